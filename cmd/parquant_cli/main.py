@@ -1,0 +1,152 @@
+"""`parquant <stage> ...`: argv -> typed options -> one library call -> exit code.
+
+This is the only place that turns parquant errors into process exit codes (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, NoReturn
+
+import argparse_dataclass
+
+from parquant import __version__
+from parquant.errors import EXIT_CODES, OutOfMemoryError, ParquantError, UsageError
+
+from .options import CommonOptions, ExportOptions, ImportOptions, InspectOptions
+from .reporting import configure_logging, progress_reporter
+
+log = logging.getLogger("parquant")
+
+
+class _Parser(argparse_dataclass.ArgumentParser):  # type: ignore[type-arg]
+    """argparse exits 2 on bad usage; parquant's contract says 64, with a one-line message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+@dataclass(frozen=True)
+class Stage:
+    options: type[CommonOptions]
+    run: Callable[[Any], int]
+    summary: str
+
+
+def _storage(options: CommonOptions) -> dict[str, str]:
+    from parquant.fs import parse_storage_options
+
+    return parse_storage_options(options.storage_option)
+
+
+def run_import(options: ImportOptions) -> int:
+    from parquant.stages.convert import import_checkpoint
+    from parquant.store.writer import WriteOptions
+
+    write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
+    result = import_checkpoint(
+        options.source, options.output, write=write, strict=options.strict, force=options.force,
+        storage_options=_storage(options), progress=progress_reporter(options.log_format, options.quiet),
+    )
+    return _finish(result)
+
+
+def run_export(options: ExportOptions) -> int:
+    from parquant.stages.convert import export_checkpoint
+
+    result = export_checkpoint(
+        options.model, options.output, force=options.force, shard_bytes=options.max_shard_size,
+        storage_options=_storage(options), progress=progress_reporter(options.log_format, options.quiet),
+    )
+    return _finish(result)
+
+
+def run_inspect(options: InspectOptions) -> int:
+    from parquant.stages.inspect import format_summary, inspect_model
+
+    summary = inspect_model(options.model, _storage(options))
+    print(json.dumps(summary.to_dict(), indent=2) if options.json else format_summary(summary))
+    return 0
+
+
+def _finish(result: Any) -> int:
+    if result.skipped:
+        log.info("%s: already done, skipped", result.stage)
+    else:
+        log.info("%s: wrote %s in %.1fs", result.stage, result.output, result.seconds)
+    print(json.dumps(asdict(result)))
+    return 0
+
+
+STAGES: dict[str, Stage] = {
+    "import": Stage(ImportOptions, run_import, "HF checkpoint folder -> Parquet model"),
+    "export": Stage(ExportOptions, run_export, "Parquet model -> HF checkpoint folder (transformers/vLLM)"),
+    "inspect": Stage(InspectOptions, run_inspect, "show tensors, dtypes, size, quantization, manifest"),
+}
+
+
+def _top_help() -> str:
+    lines = [f"parquant {__version__}: compress LLMs whose weights live in Parquet (local or s3://)", "",
+             "usage: parquant <stage> [options]   (parquant <stage> --help for a stage's options)", "", "stages:"]
+    lines += [f"  {name:<10} {stage.summary}" for name, stage in STAGES.items()]
+    lines += ["", "exit codes:"] + [f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "\n".join(lines)
+
+
+def _merge_repeated(argv: list[str], flag: str) -> list[str]:
+    """Let `--storage-option a=1 --storage-option b=2` mean the same as `--storage-option a=1 b=2`."""
+    merged: list[str] = []
+    values: list[str] = []
+    index = 0
+    while index < len(argv):
+        if argv[index] == flag:
+            index += 1
+            while index < len(argv) and not argv[index].startswith("-"):
+                values.append(argv[index])
+                index += 1
+            continue
+        merged.append(argv[index])
+        index += 1
+    return merged + ([flag, *values] if values else [])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_top_help())
+        return 0 if args else 64
+    if args[0] == "--version":
+        print(f"parquant {__version__}")
+        return 0
+    stage = STAGES.get(args[0])
+    try:
+        if stage is None:
+            raise UsageError(f"unknown stage {args[0]!r}: choose one of {', '.join(STAGES)} (parquant --help)")
+        parser = _Parser(stage.options, prog=f"parquant {args[0]}", description=stage.summary)
+        options = parser.parse_args(_merge_repeated(args[1:], "--storage-option"))
+        configure_logging(options.log_format, options.log_level)
+        return stage.run(options)
+    except ParquantError as exc:
+        return _fail(exc.exit_code, exc.message)
+    except MemoryError:
+        return _fail(OutOfMemoryError.exit_code, "out of memory: run on a node with more memory")
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted; rerun the same command to resume")
+
+
+def _fail(code: int, message: str) -> int:
+    from .reporting import redact
+
+    if not logging.getLogger("parquant").handlers:
+        configure_logging("auto", "info")
+    log.error("%s", redact(message), extra={"fields": {"exit_code": code}})
+    return code
+
+
+def entry_point() -> None:
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Hugging Face checkpoint folders <-> streams of tensors and files.
+
+safetensors is read and written here directly (8-byte header length, JSON header, raw bytes), so a
+tensor is a byte range: conversion streams it in chunks through range reads on any fsspec store,
+never loads a whole file, never imports torch, and keeps tensors bit-exact. Pickle checkpoints
+(`*.bin`, `*.pt`) are refused: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .errors import InputNotFoundError, InvalidInputError, UnavailableError
+from .fs import Location
+from .names import safe_relative_path
+from .store.schema import DTYPE_SIZES, KIND_FILE, KIND_TENSOR, TensorSpec
+from .store.writer import ModelItem
+
+INDEX_NAME = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+DEFAULT_EXPORT_SHARD_BYTES = 5 * 1024**3
+PICKLE_HINT = (
+    "parquant never unpickles (it can run arbitrary code). Convert it once, in an environment you "
+    "trust: python -c \"from transformers import AutoModelForCausalLM as M; "
+    "M.from_pretrained('IN').save_pretrained('OUT', safe_serialization=True)\" and import OUT"
+)
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    spec: TensorSpec
+    start: int  # absolute byte offset in the file
+    end: int
+
+
+@dataclass
+class SafetensorsFile:
+    name: str  # relative to the checkpoint folder
+    location: Location
+    tensors: dict[str, StoredTensor]
+    metadata: dict[str, str] | None
+    header: bytes
+
+
+def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
+    """Parse and validate a safetensors header; every offset is checked against the file size."""
+    size = location.size()
+    if size < 8:
+        raise InvalidInputError(f"{location.url} is too short to be safetensors (truncated?)")
+    (header_len,) = struct.unpack("<Q", location.read_range(0, 8))
+    if header_len > min(MAX_HEADER_BYTES, size - 8):
+        raise InvalidInputError(f"{location.url} has an impossible header length {header_len} (truncated or not safetensors)")
+    header = location.read_range(8, 8 + header_len)
+    try:
+        raw = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{location.url} has a malformed safetensors header ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"{location.url} has a malformed safetensors header (not an object)")
+    metadata = raw.pop("__metadata__", None)
+    data_start = 8 + header_len
+    tensors: dict[str, StoredTensor] = {}
+    for tensor_name, info in raw.items():
+        tensors[tensor_name] = _stored_tensor(location.url, tensor_name, info, data_start, size)
+    _check_no_overlap(location.url, tensors)
+    return SafetensorsFile(name, location, tensors, metadata, header)
+
+
+def _stored_tensor(url: str, name: str, info: Any, data_start: int, size: int) -> StoredTensor:
+    try:
+        dtype = str(info["dtype"])
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(x) for x in info["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInputError(f"{url}: tensor {name} has a malformed header entry") from None
+    if dtype not in DTYPE_SIZES:
+        raise UnavailableError(f"{url}: tensor {name} has dtype {dtype}, which parquant does not support")
+    spec = TensorSpec(name, dtype, shape)
+    if any(d < 0 for d in shape) or end - begin != spec.nbytes or begin < 0:
+        raise InvalidInputError(f"{url}: tensor {name} offsets {begin}-{end} do not match shape {list(shape)} {dtype}")
+    if data_start + end > size:
+        raise InvalidInputError(f"{url}: tensor {name} ends past the end of the file (truncated)")
+    return StoredTensor(spec, data_start + begin, data_start + end)
+
+
+def _check_no_overlap(url: str, tensors: dict[str, StoredTensor]) -> None:
+    ordered = sorted(tensors.values(), key=lambda t: t.start)
+    for left, right in zip(ordered, ordered[1:], strict=False):
+        if left.end > right.start:
+            raise InvalidInputError(f"{url}: tensors {left.spec.name} and {right.spec.name} overlap")
+
+
+@dataclass
+class HFCheckpoint:
+    """A checkpoint folder, opened and validated, ready to be streamed."""
+
+    location: Location
+    files: list[str]
+    weights: list[SafetensorsFile]
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, location: Location) -> HFCheckpoint:
+        if not location.exists():
+            raise InputNotFoundError(f"checkpoint {location.url} not found: check the URL")
+        names = [n for n in location.list_files() if not any(p.startswith(".") for p in n.split("/"))]
+        if not names:
+            raise InputNotFoundError(f"{location.url} is empty or not a folder: point at a Hugging Face checkpoint folder")
+        weight_names = [n for n in names if n.endswith(".safetensors")]
+        pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+        if not weight_names:
+            if pickles:
+                raise UnavailableError(f"{location.url} holds only pickle weights ({pickles[0]}): {PICKLE_HINT}")
+            raise InvalidInputError(f"{location.url} has no *.safetensors weights: is it a Hugging Face checkpoint?")
+        weights = [read_safetensors_header(location.child(n), n) for n in weight_names]
+        _check_unique_tensors(location.url, weights)
+        files = [safe_relative_path(n, location.url) for n in names if n not in weight_names and n not in pickles]
+        return cls(location, files, weights, skipped=pickles)
+
+    def tensor_specs(self) -> list[TensorSpec]:
+        return sorted((t.spec for w in self.weights for t in w.tensors.values()), key=lambda s: s.name)
+
+    def config(self) -> dict[str, Any]:
+        if "config.json" not in self.files:
+            return {}
+        try:
+            loaded = json.loads(self.location.child("config.json").read_bytes())
+        except ValueError as exc:
+            raise InvalidInputError(f"{self.location.url}/config.json is not valid JSON ({exc})") from None
+        return loaded if isinstance(loaded, dict) else {}
+
+    def fingerprint(self) -> str:
+        """Cheap but content-aware: headers and sizes of weights, full hash of the small files."""
+        digest = hashlib.sha256()
+        for weight in self.weights:
+            digest.update(f"{weight.name}\0{weight.location.size()}\0".encode() + weight.header)
+        for name in self.files:
+            digest.update(f"{name}\0".encode() + hashlib.sha256(self.location.child(name).read_bytes()).digest())
+        return digest.hexdigest()
+
+    def layout(self) -> dict[str, dict[str, Any]]:
+        return {w.name: {"tensors": list(w.tensors), "metadata": w.metadata} for w in self.weights}
+
+    def items(self, tensor_filter: Callable[[TensorSpec, bytes], None] | None = None) -> list[ModelItem]:
+        """Files first, then tensors sorted by name; `tensor_filter` sees every chunk (NaN checks)."""
+        items = [
+            ModelItem(KIND_FILE, name, self.location.child(name).size(), _file_chunks(self.location.child(name)))
+            for name in self.files
+        ]
+        stored = {t.spec.name: (w, t) for w in self.weights for t in w.tensors.values()}
+        for name in sorted(stored):
+            weight, tensor = stored[name]
+            items.append(ModelItem(KIND_TENSOR, name, tensor.spec.nbytes,
+                                   _range_chunks(weight.location, tensor, tensor_filter), tensor.spec))
+        return items
+
+
+def _check_unique_tensors(url: str, weights: list[SafetensorsFile]) -> None:
+    seen: dict[str, str] = {}
+    for weight in weights:
+        for name in weight.tensors:
+            if name in seen:
+                raise InvalidInputError(f"{url}: tensor {name} is in both {seen[name]} and {weight.name}")
+            seen[name] = weight.name
+
+
+def _file_chunks(location: Location) -> Callable[[int], Iterator[bytes]]:
+    def chunks(size: int) -> Iterator[bytes]:
+        yield location.read_bytes()
+
+    return chunks
+
+
+def _range_chunks(
+    location: Location, tensor: StoredTensor, tensor_filter: Callable[[TensorSpec, bytes], None] | None
+) -> Callable[[int], Iterator[bytes]]:
+    def chunks(size: int) -> Iterator[bytes]:
+        with location.open_read() as handle:
+            handle.seek(tensor.start)
+            remaining = tensor.end - tensor.start
+            while remaining > 0:
+                data = handle.read(min(size, remaining))
+                if not data:
+                    raise InvalidInputError(f"{location.url}: {tensor.spec.name} is truncated")
+                remaining -= len(data)
+                if tensor_filter is not None:
+                    tensor_filter(tensor.spec, data)
+                yield data
+
+    return chunks
+
+
+# -- export: tensors -> safetensors files -----------------------------------------------------------
+def safetensors_header(specs: list[TensorSpec], metadata: dict[str, str] | None) -> bytes:
+    """The header block (length prefix + JSON padded to 8 bytes) for tensors stored in this order."""
+    entries: dict[str, Any] = {}
+    if metadata is not None:
+        entries["__metadata__"] = metadata
+    offset = 0
+    for spec in specs:
+        entries[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape), "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header
+
+
+def write_safetensors(
+    handle: IO[bytes], specs: list[TensorSpec], metadata: dict[str, str] | None,
+    tensor_chunks: Callable[[str], Iterator[bytes]],
+) -> None:
+    handle.write(safetensors_header(specs, metadata))
+    for spec in specs:
+        for chunk in tensor_chunks(spec.name):
+            handle.write(chunk)
+
+
+def plan_export_files(
+    specs: list[TensorSpec], layout: dict[str, dict[str, Any]], shard_bytes: int = DEFAULT_EXPORT_SHARD_BYTES
+) -> tuple[dict[str, tuple[list[TensorSpec], dict[str, str] | None]], bool]:
+    """Which safetensors file gets which tensors.
+
+    The source layout is kept when it still describes exactly these tensors (then a stored
+    index.json stays true, and the round trip gives the same files); otherwise tensors are packed
+    anew into HF-style shards, and the caller must write a fresh index. Returns (plan, kept).
+    """
+    by_name = {s.name: s for s in specs}
+    listed = [n for entry in layout.values() for n in entry.get("tensors", [])]
+    if layout and sorted(listed) == sorted(by_name) and len(listed) == len(set(listed)):
+        plan = {
+            safe_relative_path(file, "the model's safetensors layout"): (
+                [by_name[n] for n in entry["tensors"]], entry.get("metadata")
+            )
+            for file, entry in layout.items()
+        }
+        return plan, True
+    groups: list[list[TensorSpec]] = [[]]
+    size = 0
+    for spec in specs:
+        if groups[-1] and size + spec.nbytes > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(spec)
+        size += spec.nbytes
+    if len(groups) == 1:
+        return {"model.safetensors": (groups[0], {"format": "pt"})}, False
+    count = len(groups)
+    return {
+        f"model-{i + 1:05d}-of-{count:05d}.safetensors": (group, {"format": "pt"}) for i, group in enumerate(groups)
+    }, False
+
+
+def index_json(plan: dict[str, tuple[list[TensorSpec], dict[str, str] | None]]) -> bytes:
+    total = sum(s.nbytes for specs, _ in plan.values() for s in specs)
+    weight_map = {s.name: file for file, (specs, _) in plan.items() for s in specs}
+    body = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    return (json.dumps(body, indent=2) + "\n").encode()

@@ -1,0 +1,187 @@
+"""Atomic, resumable output folders.
+
+A reader must never see half a model, and a killed run must resume instead of restarting. Local
+disk: files are written into a hidden sibling folder and the folder is renamed into place at the
+end. S3 (no rename): each object appears only when its upload completes (a failed upload is
+aborted, never completed), and the marker file (the manifest) is written last. In both cases a
+progress record lists the files already finished, keyed by a fingerprint of the input and config,
+so a rerun of the same work skips them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from typing import IO, Any
+
+from .errors import OutputExistsError
+from .fs import Location, storage_errors
+
+PROGRESS_NAME = ".parquant-progress.json"
+
+
+class OutputFolder:
+    """One output folder of one stage run; see the module docstring for the protocol."""
+
+    def __init__(self, location: Location, *, force: bool, marker: str | None) -> None:
+        self.location = location
+        self.force = force
+        self.marker = marker
+        if location.is_local:
+            parent, name = os.path.split(location.path.rstrip("/"))
+            self.staging = Location(location.fs, os.path.join(parent, f".{name}.parquant-partial"), location.url)
+        else:
+            self.staging = location
+        self._progress: dict[str, Any] = {}
+
+    # -- before writing -------------------------------------------------------------------------
+    def check_free(self) -> None:
+        """Refuse (exit 73) when the output holds something that is not ours to overwrite."""
+        if self.force:
+            return
+        with storage_errors(self.location.url):
+            if self.location.is_local:
+                taken = os.path.exists(self.location.path) and (
+                    not os.path.isdir(self.location.path) or bool(os.listdir(self.location.path))
+                )
+            else:
+                taken = any(name != PROGRESS_NAME for name in self._remote_names())
+                if taken and self.staging.child(PROGRESS_NAME).exists() and not self._marker_exists():
+                    taken = False  # our own unfinished run: resume it
+        if taken:
+            raise OutputExistsError(
+                f"output {self.location.url} already exists: pass --force to overwrite it, or choose another --output"
+            )
+
+    def begin(self, fingerprint: str) -> dict[str, Any]:
+        """Prepare the staging area; returns what a previous run of the same work already finished."""
+        with storage_errors(self.location.url):
+            if not self.location.is_local:
+                self._abort_dangling_uploads()
+            previous = self._read_progress()
+            if previous.get("fingerprint") == fingerprint and not (self.force and self._marker_exists()):
+                self._progress = previous
+            else:
+                self._clear_staging()
+                self._progress = {"fingerprint": fingerprint, "done": {}}
+                if self.location.is_local:
+                    os.makedirs(self.staging.path, exist_ok=True)
+        done: dict[str, Any] = self._progress["done"]
+        return done
+
+    # -- writing ----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def open_file(self, relpath: str) -> Iterator[IO[bytes]]:
+        """Write one file so that it appears whole or not at all."""
+        target = self.staging.child(relpath)
+        with storage_errors(target.url):
+            if self.location.is_local:
+                os.makedirs(os.path.dirname(target.path), exist_ok=True)
+                partial = target.path + ".part"
+                try:
+                    with open(partial, "wb") as handle:
+                        yield handle
+                    os.replace(partial, target.path)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(partial)
+                    raise
+            else:
+                remote = self.location.fs.open(target.path, "wb", autocommit=False)
+                try:
+                    yield remote
+                    remote.close()
+                    remote.commit()
+                except BaseException:
+                    remote.discard()
+                    remote.closed = True  # discarded: closing again would try to upload
+                    raise
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        with self.open_file(relpath) as handle:
+            handle.write(data)
+
+    def record(self, relpath: str, info: Any) -> None:
+        """Mark `relpath` finished so a rerun of the same work skips it."""
+        self._progress["done"][relpath] = info
+        payload = json.dumps(self._progress).encode()
+        self.write_bytes(PROGRESS_NAME, payload)
+
+    # -- finishing --------------------------------------------------------------------------------
+    def commit(self, marker_bytes: bytes | None = None) -> None:
+        """Write the marker last and make the folder visible at its final URL."""
+        if self.marker is not None and marker_bytes is not None:
+            self.write_bytes(self.marker, marker_bytes)
+        with storage_errors(self.location.url):
+            progress = self.staging.child(PROGRESS_NAME)
+            if progress.exists():
+                self.location.fs.rm(progress.path)
+            if self.location.is_local:
+                self._swap_into_place()
+
+    def _swap_into_place(self) -> None:
+        final = self.location.path.rstrip("/")
+        old = self.staging.path + "-old"
+        _remove(old)
+        if os.path.lexists(final):
+            os.replace(final, old)  # --force: the old output stays whole until the new one is in place
+        os.replace(self.staging.path, final)
+        _remove(old)
+
+    def discard(self) -> None:
+        """Remove what this run wrote, after a failure that a rerun cannot fix (bad input)."""
+        with storage_errors(self.location.url):
+            if self.location.is_local:
+                _remove(self.staging.path)
+            elif not self._marker_exists():
+                self._clear_staging()
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _marker_exists(self) -> bool:
+        return self.marker is not None and self.location.child(self.marker).exists()
+
+    def _read_progress(self) -> dict[str, Any]:
+        progress = self.staging.child(PROGRESS_NAME)
+        if not progress.exists():
+            return {}
+        try:
+            loaded = json.loads(progress.read_bytes())
+        except ValueError:
+            return {}
+        return loaded if isinstance(loaded, dict) and "done" in loaded else {}
+
+    def _clear_staging(self) -> None:
+        if self.location.is_local:
+            if os.path.isdir(self.staging.path):
+                shutil.rmtree(self.staging.path)
+            return
+        if self._marker_exists():
+            # Remove the marker first: from here on readers see "incomplete", never a mix.
+            self.location.fs.rm(self.location.child(self.marker or "").path)
+        if self.location.fs.exists(self.location.path):
+            self.location.fs.rm(self.location.path, recursive=True)
+        self.location.fs.invalidate_cache(self.location.path)
+
+    def _remote_names(self) -> list[str]:
+        if not self.location.fs.exists(self.location.path):
+            return []
+        return self.location.list_files()
+
+    def _abort_dangling_uploads(self) -> None:
+        """A SIGKILLed run cannot abort its multipart uploads; the next run does it for them."""
+        bucket, _, prefix = self.location.path.partition("/")
+        listing = self.location.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
+        for upload in listing.get("Uploads", []):
+            self.location.fs.call_s3(
+                "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)

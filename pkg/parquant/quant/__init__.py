@@ -1,0 +1,1 @@
+"""Quantization: scheme detection today; backends (built-in PTQ, AngelSlim) plug in here."""

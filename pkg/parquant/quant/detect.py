@@ -1,0 +1,88 @@
+"""Recognise how a checkpoint is already quantized, from its config and tensor names.
+
+Import and export carry such checkpoints unchanged; inspect reports the scheme; quantize refuses to
+quantize twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+PACKED_SUFFIXES = (".qweight",)
+AUXILIARY_SUFFIXES = (".weight_scale", ".input_scale", ".scales", ".qzeros", ".g_idx", ".weight_zero_point",
+                      ".weight_packed", ".weight_shape", ".output_scale", ".k_scale", ".v_scale")
+
+
+@dataclass(frozen=True)
+class QuantizationScheme:
+    """`method` is e.g. 'none', 'compressed-tensors', 'gptq', 'awq', 'fp8'; `details` what the config says."""
+
+    method: str
+    format: str = ""
+    bits: int | None = None
+    group_size: int | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quantized(self) -> bool:
+        return self.method != "none"
+
+    def describe(self) -> str:
+        if not self.quantized:
+            return "none (full precision)"
+        parts = [self.method]
+        if self.format:
+            parts.append(self.format)
+        if self.bits:
+            parts.append(f"{self.bits}-bit")
+        if self.group_size:
+            parts.append(f"group {self.group_size}")
+        return ", ".join(parts)
+
+
+def detect_quantization(config: dict[str, Any], tensor_names: Iterable[str]) -> QuantizationScheme:
+    names = list(tensor_names)
+    qconfig = config.get("quantization_config") or config.get("compression_config")
+    if isinstance(qconfig, dict):
+        method = str(qconfig.get("quant_method", "unknown"))
+        if method == "compressed-tensors":
+            return _compressed_tensors(qconfig)
+        return QuantizationScheme(method, str(qconfig.get("format", qconfig.get("version", "")) or ""),
+                                  _int(qconfig.get("bits")), _int(qconfig.get("group_size")), qconfig)
+    if any(n.endswith(PACKED_SUFFIXES) for n in names):
+        return QuantizationScheme("gptq-or-awq", "packed int (no quantization_config)")
+    if any(n.endswith(AUXILIARY_SUFFIXES) for n in names):
+        return QuantizationScheme("unknown", "scale tensors present (no quantization_config)")
+    return QuantizationScheme("none")
+
+
+def _compressed_tensors(qconfig: dict[str, Any]) -> QuantizationScheme:
+    groups = qconfig.get("config_groups") or {}
+    first = next(iter(groups.values()), {}) if isinstance(groups, dict) else {}
+    weights = first.get("weights") or {} if isinstance(first, dict) else {}
+    kind = weights.get("type", "")
+    return QuantizationScheme(
+        "compressed-tensors",
+        f"{qconfig.get('format', '')} {kind}".strip(),
+        _int(weights.get("num_bits")),
+        _int(weights.get("group_size")),
+        qconfig,
+    )
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def logical_parameters(name: str, dtype: str, numel: int, bits: int | None) -> int:
+    """Parameters a tensor stands for: packed int32 words hold 32/bits weights; scales count as 0."""
+    if name.endswith(AUXILIARY_SUFFIXES):
+        return 0
+    if name.endswith(PACKED_SUFFIXES) and dtype == "I32":
+        return numel * (32 // (bits or 4))
+    return numel

@@ -1,0 +1,77 @@
+"""What every stage shares: the result type, 'already done?' decisions, provenance, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__
+from ..errors import ParquantError
+from ..outputs import OutputFolder
+from ..store.manifest import Manifest, Provenance
+from ..store.schema import MANIFEST_NAME
+
+log = logging.getLogger("parquant")
+
+_REPORTED_LIBRARIES = ("pyarrow", "fsspec", "s3fs", "torch", "transformers", "angelslim")
+
+
+@dataclass
+class StageResult:
+    """What a stage did; the CLI prints it, the pipeline records it."""
+
+    stage: str
+    output: str
+    skipped: bool
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable hash of the input's identity and the stage's config."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_model(output: OutputFolder, expected_fingerprint: str) -> Manifest | None:
+    """The output's manifest when this exact work is already done there; else check the output is free.
+
+    Raises OutputExistsError (73) when something else is at the output and `--force` is not set.
+    """
+    manifest_location = output.location.child(MANIFEST_NAME)
+    if not output.force and manifest_location.exists():
+        try:
+            manifest = Manifest.from_json(manifest_location.read_bytes(), manifest_location.url)
+        except ParquantError:
+            manifest = None
+        if manifest is not None and manifest.source.get("fingerprint") == expected_fingerprint:
+            return manifest
+    output.check_free()
+    return None
+
+
+def provenance(stage: str, config: dict[str, Any], backend: str | None = None) -> Provenance:
+    versions = {}
+    for name in _REPORTED_LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return Provenance(stage=stage, parquant_version=__version__, config=config, backend=backend,
+                      library_versions=versions)
+
+
+@contextlib.contextmanager
+def cleanup_on_bad_input(output: OutputFolder) -> Iterator[None]:
+    """Keep partial work after retryable failures (so a rerun resumes); drop it after bad input."""
+    try:
+        yield
+    except ParquantError as exc:
+        if not exc.retryable:
+            with contextlib.suppress(ParquantError):
+                output.discard()
+        raise

@@ -1,0 +1,131 @@
+"""Stages `import` (HF checkpoint -> Parquet model) and `export` (Parquet model -> HF checkpoint)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+
+from ..errors import InvalidInputError
+from ..fs import ensure_free_space, resolve
+from ..hf import DEFAULT_EXPORT_SHARD_BYTES, INDEX_NAME, HFCheckpoint, index_json, plan_export_files, write_safetensors
+from ..numerics import count_nonfinite
+from ..outputs import OutputFolder
+from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..store.reader import ModelReader
+from ..store.schema import MANIFEST_NAME, TensorSpec
+from ..store.writer import ModelDescription, WriteOptions, write_model
+from .common import StageResult, cleanup_on_bad_input, finished_model, fingerprint, log, provenance
+
+# Room for Parquet framing and the manifest on top of the raw bytes.
+_OVERHEAD = 1.02
+_SLACK_BYTES = 4 * 1024 * 1024
+
+
+class _NonFiniteCounter:
+    """Sees every chunk during import: counts NaN/Inf per tensor, or refuses at once in strict mode."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.found: dict[str, int] = {}
+
+    def __call__(self, spec: TensorSpec, data: bytes) -> None:
+        bad = count_nonfinite(data, spec.dtype)
+        if bad:
+            if self.strict:
+                raise InvalidInputError(
+                    f"tensor {spec.name} contains NaN/Inf values: fix the checkpoint, or import without --strict"
+                )
+            self.found[spec.name] = self.found.get(spec.name, 0) + bad
+
+
+def import_checkpoint(
+    source: str,
+    output: str,
+    *,
+    write: WriteOptions | None = None,
+    strict: bool = False,
+    force: bool = False,
+    storage_options: Mapping[str, str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> StageResult:
+    """Convert a Hugging Face checkpoint folder into a Parquet model, streaming tensor by tensor."""
+    started = time.monotonic()
+    write = write or WriteOptions()
+    checkpoint = HFCheckpoint.open(resolve(source, storage_options))
+    folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
+    config = {**asdict(write), "strict": strict}
+    print_ = fingerprint("import", checkpoint.fingerprint(), config)
+    done = finished_model(folder, print_)
+    if done is not None:
+        log.info("%s already holds this import; skipping (use --force to redo it)", output)
+        return StageResult("import", output, True, time.monotonic() - started)
+    for name in checkpoint.skipped:
+        log.warning("skipping pickle file %s: parquant never unpickles", name)
+    counter = _NonFiniteCounter(strict)
+    items = checkpoint.items(counter)
+    ensure_free_space(folder.staging, int(sum(i.nbytes for i in items) * _OVERHEAD) + _SLACK_BYTES)
+    description = ModelDescription(
+        source={"url": source, "fingerprint": print_, "kind": "huggingface"},
+        created_by=provenance("import", config),
+        safetensors_layout=checkpoint.layout(),
+    )
+    with cleanup_on_bad_input(folder):
+        manifest = write_model(folder, items, write, description, print_, progress)
+    warnings = [f"tensor {name} has {count} NaN/Inf values" for name, count in sorted(counter.found.items())]
+    for warning in warnings:
+        log.warning("%s (use --strict to refuse such checkpoints)", warning)
+    return StageResult(
+        "import", output, False, time.monotonic() - started, warnings,
+        {"tensors": len(manifest.tensors), "files": len(manifest.files), "shards": len(manifest.shards),
+         "bytes": sum(t.nbytes for t in manifest.tensors.values())},
+    )
+
+
+def export_checkpoint(
+    model: str,
+    output: str,
+    *,
+    force: bool = False,
+    shard_bytes: int = DEFAULT_EXPORT_SHARD_BYTES,
+    storage_options: Mapping[str, str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> StageResult:
+    """Write a Parquet model back as a Hugging Face checkpoint folder (safetensors + its files)."""
+    started = time.monotonic()
+    model_location = resolve(model, storage_options)
+    with ModelReader(model_location) as reader:
+        specs = [reader.tensor_spec(n) for n in reader.tensor_names()]
+        plan, kept_layout = plan_export_files(specs, reader.manifest.safetensors_layout, shard_bytes)
+        files = [n for n in reader.file_names() if kept_layout or n != INDEX_NAME]
+        marker = "config.json" if "config.json" in files else None
+        folder = OutputFolder(resolve(output, storage_options), force=force, marker=marker)
+        folder.check_free()
+        manifest_digest = hashlib.sha256(reader.manifest.to_json().encode()).hexdigest()
+        done = folder.begin(fingerprint("export", manifest_digest, shard_bytes))
+        total = sum(s.nbytes for s in specs) + sum(reader.manifest.files[n].nbytes for n in files)
+        ensure_free_space(folder.staging, total + _SLACK_BYTES)
+        steps = len(files) + len(plan) + (0 if kept_layout or len(plan) == 1 else 1)
+        count = 0
+        with cleanup_on_bad_input(folder):
+            for name in files:
+                count += 1
+                if name != marker and name not in done:
+                    folder.write_bytes(name, reader.read_file(name))
+                    folder.record(name, True)
+                progress(ProgressEvent("export", name, count, steps))
+            if not kept_layout and len(plan) > 1:
+                count += 1
+                folder.write_bytes(INDEX_NAME, index_json(plan))
+                progress(ProgressEvent("export", INDEX_NAME, count, steps))
+            for file_name, (file_specs, metadata) in plan.items():
+                count += 1
+                if file_name not in done:
+                    with folder.open_file(file_name) as handle:
+                        write_safetensors(handle, file_specs, metadata, reader.iter_tensor_chunks)
+                    folder.record(file_name, True)
+                progress(ProgressEvent("export", file_name, count, steps))
+            folder.commit(reader.read_file(marker) if marker else None)
+    return StageResult("export", output, False, time.monotonic() - started, [],
+                       {"safetensors_files": len(plan), "files": len(files), "bytes": total})

@@ -1,0 +1,94 @@
+"""Stage `inspect`: what a Parquet model holds, without reading its tensor bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..fs import resolve
+from ..quant.detect import detect_quantization, logical_parameters
+from ..store.reader import ModelReader
+
+
+@dataclass
+class TensorRow:
+    name: str
+    dtype: str
+    shape: list[int]
+    nbytes: int
+
+
+@dataclass
+class ModelSummary:
+    url: str
+    format_version: str
+    architecture: str
+    model_type: str
+    shards: list[str]
+    tensor_count: int
+    total_bytes: int
+    parameters: int
+    bytes_by_dtype: dict[str, int]
+    quantization: str
+    quantization_details: dict[str, Any]
+    files: list[str]
+    created_by: dict[str, Any]
+    source: dict[str, str]
+    tensors: list[TensorRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def inspect_model(url: str, storage_options: Mapping[str, str] | None = None) -> ModelSummary:
+    with ModelReader(resolve(url, storage_options)) as reader:
+        manifest = reader.manifest
+        config = reader.config()
+        scheme = detect_quantization(config, manifest.tensors)
+        rows = [TensorRow(n, e.dtype, list(e.shape), e.nbytes) for n, e in manifest.tensors.items()]
+        by_dtype: dict[str, int] = {}
+        parameters = 0
+        for name, entry in manifest.tensors.items():
+            by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
+            parameters += logical_parameters(name, entry.dtype, entry.spec(name).numel, scheme.bits)
+        architectures = config.get("architectures") or ["unknown"]
+        return ModelSummary(
+            url=url,
+            format_version=manifest.format_version,
+            architecture=str(architectures[0]),
+            model_type=str(config.get("model_type", "unknown")),
+            shards=manifest.shards,
+            tensor_count=len(rows),
+            total_bytes=sum(r.nbytes for r in rows),
+            parameters=parameters,
+            bytes_by_dtype=dict(sorted(by_dtype.items())),
+            quantization=scheme.describe(),
+            quantization_details=scheme.details,
+            files=list(manifest.files),
+            created_by=asdict(manifest.created_by),
+            source=manifest.source,
+            tensors=rows,
+        )
+
+
+def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
+    """The human view: a header, dtype totals, then the tensor table (abridged for big models)."""
+    lines = [
+        f"model        {summary.url}",
+        f"format       parquant v{summary.format_version}, {len(summary.shards)} shard(s)",
+        f"architecture {summary.architecture} ({summary.model_type})",
+        f"parameters   {summary.parameters:,}",
+        f"size         {summary.total_bytes:,} bytes in {summary.tensor_count} tensors",
+        f"quantization {summary.quantization}",
+        f"made by      {summary.created_by.get('stage', '?')} (parquant {summary.created_by.get('parquant_version', '?')})",
+        f"files        {', '.join(summary.files) or '-'}",
+        "bytes by dtype: " + ", ".join(f"{k} {v:,}" for k, v in summary.bytes_by_dtype.items()),
+        "",
+        f"{'tensor':<60} {'dtype':<8} {'shape':<20} {'bytes':>12}",
+    ]
+    for row in summary.tensors[:max_tensors]:
+        lines.append(f"{row.name:<60} {row.dtype:<8} {str(row.shape):<20} {row.nbytes:>12,}")
+    if len(summary.tensors) > max_tensors:
+        lines.append(f"... {len(summary.tensors) - max_tensors} more (use --json for all)")
+    return "\n".join(lines)

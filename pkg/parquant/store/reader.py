@@ -1,0 +1,290 @@
+"""Streaming reader of Parquet models: one tensor by name with range reads, checksums verified.
+
+The reader trusts nothing it has not checked: the manifest's version, each chunk's position and
+CRC32C, each tensor's length and whole-tensor CRC32C. A damaged byte anywhere is an
+`InvalidInputError` naming the tensor and the shard, never silently wrong weights.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import IO, Any
+
+import google_crc32c
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
+from ..fs import Location, storage_errors
+from .manifest import FileEntry, Manifest, Provenance, TensorEntry
+from .schema import (
+    DTYPE_SIZES,
+    FORMAT_VERSIONS,
+    KIND_FILE,
+    MANIFEST_NAME,
+    META_V1_FILES,
+    META_VERSION,
+    SUPPORTED_MAJOR_VERSIONS,
+    V1,
+    V2,
+    TensorSpec,
+    major_version,
+)
+
+_V2_READ_COLUMNS = ["chunk", "num_chunks", "data", "crc32c"]
+_UNKNOWN_CRC = -1  # bare Parquet files (no manifest) carry no whole-tensor checksum
+
+
+class ModelReader:
+    """Open a Parquet model folder (with `parquant.json`) or a bare `.parquet` file."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self._shards: dict[int, tuple[IO[bytes], pq.ParquetFile]] = {}
+        self._v1_files: dict[str, bytes] | None = None
+        if location.path.endswith(".parquet"):
+            self.folder = Location(location.fs, location.path.rsplit("/", 1)[0], location.url)
+            self.manifest = self._scan_bare_file()
+        else:
+            self.folder = location
+            self.manifest = self._load_manifest()
+        self._check_entries()
+
+    # -- public API -------------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self.manifest.major_version
+
+    def tensor_names(self) -> list[str]:
+        return list(self.manifest.tensors)
+
+    def tensor_spec(self, name: str) -> TensorSpec:
+        return self._tensor_entry(name).spec(name)
+
+    def file_names(self) -> list[str]:
+        return list(self.manifest.files)
+
+    def config(self) -> dict[str, Any]:
+        """The checkpoint's config.json (empty when the model carries none)."""
+        if "config.json" not in self.manifest.files:
+            return {}
+        try:
+            loaded = json.loads(self.read_file("config.json"))
+        except ValueError as exc:
+            raise InvalidInputError(f"config.json in {self.location.url} is not valid JSON ({exc})") from None
+        return loaded if isinstance(loaded, dict) else {}
+
+    def iter_tensor_chunks(self, name: str) -> Iterator[bytes]:
+        """Yield a tensor's bytes chunk by chunk; checks every chunk and the whole at the end."""
+        entry = self._tensor_entry(name)
+        yield from self._verified_chunks(name, entry.shard, entry.row_groups, entry.nbytes, entry.crc32c)
+
+    def read_tensor(self, name: str) -> bytes:
+        return b"".join(self.iter_tensor_chunks(name))
+
+    def read_file(self, name: str) -> bytes:
+        entry = self.manifest.files.get(name)
+        if entry is None:
+            raise InvalidInputError(f"{self.location.url} has no file {name!r}")
+        if entry.row_groups is None:
+            data = self._v1_file_blob(entry.shard, name)
+            _check_crc(name, data, entry.crc32c, self._shard_url(entry.shard))
+            return data
+        return b"".join(self._verified_chunks(name, entry.shard, entry.row_groups, entry.nbytes, entry.crc32c))
+
+    def close(self) -> None:
+        for handle, _ in self._shards.values():
+            handle.close()
+        self._shards.clear()
+
+    def __enter__(self) -> ModelReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- manifest ---------------------------------------------------------------------------------
+    def _load_manifest(self) -> Manifest:
+        manifest_location = self.folder.child(MANIFEST_NAME)
+        if not manifest_location.exists():
+            if self.folder.exists():
+                raise InputNotFoundError(
+                    f"{self.location.url} is not a complete parquant model (no {MANIFEST_NAME}): "
+                    "the stage that wrote it did not finish; re-run it"
+                )
+            raise InputNotFoundError(f"model {self.location.url} not found: check the URL")
+        return Manifest.from_json(manifest_location.read_bytes(), manifest_location.url)
+
+    def _check_entries(self) -> None:
+        for name, entry in self.manifest.tensors.items():
+            if entry.dtype not in DTYPE_SIZES:
+                raise UnavailableError(f"tensor {name} has dtype {entry.dtype!r}, which parquant does not know")
+            if TensorSpec(name, entry.dtype, entry.shape).nbytes != entry.nbytes:
+                raise InvalidInputError(f"tensor {name}: shape {list(entry.shape)} and {entry.nbytes} bytes disagree")
+            if not 0 <= entry.shard < len(self.manifest.shards):
+                raise InvalidInputError(f"tensor {name} points at shard {entry.shard}, which the manifest lacks")
+
+    def _tensor_entry(self, name: str) -> TensorEntry:
+        entry = self.manifest.tensors.get(name)
+        if entry is None:
+            raise InvalidInputError(f"{self.location.url} has no tensor {name!r}")
+        return entry
+
+    # -- shards -----------------------------------------------------------------------------------
+    def _shard_url(self, shard: int) -> str:
+        return self.folder.child(self.manifest.shards[shard]).url
+
+    def _parquet(self, shard: int) -> pq.ParquetFile:
+        if shard not in self._shards:
+            location = self.folder.child(self.manifest.shards[shard])
+            if not location.exists():
+                raise InvalidInputError(f"shard {location.url} listed in the manifest is missing: re-create the model")
+            handle = location.open_read()
+            try:
+                with _corrupt_is_invalid(location.url):
+                    parquet = pq.ParquetFile(handle, pre_buffer=True)
+            except BaseException:
+                handle.close()
+                raise
+            self._shards[shard] = (handle, parquet)
+        return self._shards[shard][1]
+
+    def _verified_chunks(
+        self, name: str, shard: int, row_groups: tuple[int, int], nbytes: int, crc: int
+    ) -> Iterator[bytes]:
+        url = self._shard_url(shard)
+        parquet = self._parquet(shard)
+        first, last = row_groups
+        if not 0 <= first <= last < parquet.num_row_groups:
+            raise InvalidInputError(f"{name}: row groups {first}-{last} are outside {url}; the model is damaged")
+        if self.version == V1:
+            data = self._v1_value(parquet, first, name, url)
+            _check_length(name, len(data), nbytes, url)
+            _check_crc(name, data, crc, url)
+            yield data
+            return
+        total, running, expected_chunk, count = 0, 0, 0, -1
+        for group in range(first, last + 1):
+            with _corrupt_is_invalid(url), storage_errors(url):
+                table = parquet.read_row_group(group, columns=_V2_READ_COLUMNS)
+            for row in range(table.num_rows):
+                chunk = table.column("chunk")[row].as_py()
+                count = table.column("num_chunks")[row].as_py() if count < 0 else count
+                data = table.column("data")[row].as_buffer().to_pybytes()
+                if chunk != expected_chunk or chunk >= count:
+                    raise InvalidInputError(f"{name}: chunk {expected_chunk} is missing in {url}; the model is damaged")
+                if google_crc32c.value(data) != table.column("crc32c")[row].as_py():
+                    raise InvalidInputError(
+                        f"checksum mismatch in {name} (chunk {chunk}) in {url}: the file is corrupt; re-create it"
+                    )
+                expected_chunk += 1
+                total += len(data)
+                running = google_crc32c.extend(running, data)
+                yield data
+        if expected_chunk != count:
+            raise InvalidInputError(f"{name}: {expected_chunk} of {count} chunks found in {url}; the model is damaged")
+        _check_length(name, total, nbytes, url)
+        if crc != _UNKNOWN_CRC and running != crc:
+            raise InvalidInputError(f"checksum mismatch in {name} in {url}: the file is corrupt; re-create it")
+
+    def _v1_value(self, parquet: pq.ParquetFile, group: int, name: str, url: str) -> bytes:
+        with _corrupt_is_invalid(url), storage_errors(url):
+            table = parquet.read_row_group(group, columns=["name", "data"])
+        for row in range(table.num_rows):
+            if table.column("name")[row].as_py() == name:
+                return bytes(table.column("data")[row].as_buffer().to_pybytes())
+        raise InvalidInputError(f"{name} is not in row group {group} of {url}; the model is damaged")
+
+    def _v1_file_blob(self, shard: int, name: str) -> bytes:
+        if self._v1_files is None:
+            metadata = self._parquet(shard).schema_arrow.metadata or {}
+            raw = json.loads(metadata.get(META_V1_FILES, b"{}"))
+            self._v1_files = {k: base64.b64decode(v) for k, v in raw.items()}
+        if name not in self._v1_files:
+            raise InvalidInputError(f"file {name!r} is missing from {self._shard_url(shard)}; the model is damaged")
+        return self._v1_files[name]
+
+    # -- bare .parquet files (no manifest): index them by scanning the small columns -------------
+    def _scan_bare_file(self) -> Manifest:
+        if not self.location.exists():
+            raise InputNotFoundError(f"{self.location.url} not found: check the URL")
+        shard_file = self.location.path.rsplit("/", 1)[-1]
+        self.manifest = Manifest(FORMAT_VERSIONS[V2], [shard_file], {}, {}, {}, Provenance("external", ""))
+        parquet = self._parquet(0)
+        metadata = parquet.schema_arrow.metadata or {}
+        version = major_version(metadata.get(META_VERSION, b"").decode() or self._guess_version(parquet))
+        if version not in SUPPORTED_MAJOR_VERSIONS:
+            raise UnavailableError(
+                f"{self.location.url} has format version {metadata.get(META_VERSION, b'?').decode()}: "
+                "upgrade parquant to read it"
+            )
+        tensors: dict[str, TensorEntry] = {}
+        files: dict[str, FileEntry] = {}
+        columns = ["name", "dtype", "shape"] if version == V1 else ["kind", "name", "dtype", "shape"]
+        for group in range(parquet.num_row_groups):
+            with _corrupt_is_invalid(self.location.url):
+                rows = parquet.read_row_group(group, columns=columns).to_pylist()
+            for row in rows:
+                _index_bare_row(row, group, version, tensors, files, parquet)
+        if version == V1:
+            for name, blob in json.loads(metadata.get(META_V1_FILES, b"{}")).items():
+                files[name] = FileEntry(0, None, len(base64.b64decode(blob)), _UNKNOWN_CRC)
+        return Manifest(FORMAT_VERSIONS[version], [shard_file], tensors, files,
+                        {"url": self.location.url}, Provenance("external", ""))
+
+    @staticmethod
+    def _guess_version(parquet: pq.ParquetFile) -> str:
+        names = set(parquet.schema_arrow.names)
+        if {"name", "dtype", "shape", "data"} <= names and "chunk" not in names:
+            return FORMAT_VERSIONS[V1]
+        if {"kind", "name", "chunk", "data", "crc32c"} <= names:
+            return FORMAT_VERSIONS[V2]
+        return "0"
+
+
+def _index_bare_row(
+    row: dict[str, Any], group: int, version: int, tensors: dict[str, TensorEntry],
+    files: dict[str, FileEntry], parquet: pq.ParquetFile,
+) -> None:
+    name = row["name"]
+    if version == V2 and row["kind"] == KIND_FILE:
+        previous = files.get(name)
+        start = previous.row_groups[0] if previous and previous.row_groups else group
+        files[name] = FileEntry(0, (start, group), -1, _UNKNOWN_CRC)
+        return
+    shape = tuple(row["shape"] or ())
+    previous_tensor = tensors.get(name)
+    start = previous_tensor.row_groups[0] if previous_tensor else group
+    tensors[name] = TensorEntry(0, (start, group), row["dtype"], shape,
+                                TensorSpec(name, row["dtype"], shape).nbytes if row["dtype"] in DTYPE_SIZES else -1,
+                                _UNKNOWN_CRC)
+
+
+def _check_length(name: str, got: int, expected: int, url: str) -> None:
+    if expected >= 0 and got != expected:
+        raise InvalidInputError(f"{name}: {got} bytes in {url}, the manifest says {expected}; the model is damaged")
+
+
+def _check_crc(name: str, data: bytes, crc: int, url: str) -> None:
+    if crc != _UNKNOWN_CRC and google_crc32c.value(data) != crc:
+        raise InvalidInputError(f"checksum mismatch in {name} in {url}: the file is corrupt; re-create it")
+
+
+@contextlib.contextmanager
+def _corrupt_is_invalid(url: str) -> Iterator[None]:
+    """pyarrow's complaints about bytes it cannot parse mean a corrupt or truncated shard (exit 65)."""
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        if isinstance(exc, OSError) and "parquet" not in str(exc).lower():
+            raise
+        reason = " ".join(str(exc).split())[:160]
+        raise InvalidInputError(
+            f"{url} is corrupt or truncated ({reason}): re-create it with the stage that wrote it"
+        ) from None
+
+
+__all__ = ["ModelReader", "V1", "V2"]

@@ -1,0 +1,109 @@
+"""The Parquet model format: Arrow schemas of v1 and v2, dtype table, limits. docs/FORMAT.md explains it.
+
+This module only *defines* the format; `writer.py` and `reader.py` implement it, `manifest.py`
+defines `parquant.json`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+FORMAT_NAME = "parquant-model"
+V1 = 1
+V2 = 2
+SUPPORTED_MAJOR_VERSIONS = (V1, V2)
+DEFAULT_VERSION = V2
+FORMAT_VERSIONS = {V1: "1.0", V2: "2.0"}
+
+MANIFEST_NAME = "parquant.json"
+SINGLE_SHARD_NAME = "model.parquet"
+MAX_CHUNK_BYTES = 64 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = MAX_CHUNK_BYTES
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+
+# Key-value metadata of each Parquet file, so a shard found alone still says what it is.
+META_FORMAT = b"parquant.format"
+META_VERSION = b"parquant.format_version"
+# v1 only: the checkpoint's non-tensor files (name -> base64), and config.json for old readers.
+META_V1_FILES = b"parquant.files"
+META_V1_CONFIG = b"config"
+
+KIND_TENSOR = "tensor"
+KIND_FILE = "file"
+
+# safetensors dtype names -> bytes per element.
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
+FLOAT_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "F16", "BF16", "F32", "F64"})
+
+V2_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("name", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("chunk", pa.int32(), nullable=False),
+        pa.field("num_chunks", pa.int32(), nullable=False),
+        pa.field("dtype", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("shape", pa.list_(pa.int64())),
+        pa.field("data", pa.binary(), nullable=False),
+        pa.field("crc32c", pa.uint32(), nullable=False),
+    ]
+)
+
+V1_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("data", pa.large_binary(), nullable=False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What a tensor is, independent of where its bytes live."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def shard_name(index: int, count: int) -> str:
+    """HF-style shard names; a single shard is plain `model.parquet`."""
+    if count == 1:
+        return SINGLE_SHARD_NAME
+    return f"model-{index + 1:05d}-of-{count:05d}.parquet"
+
+
+def major_version(version: str) -> int:
+    """`"2.0"` -> 2; anything unparsable is major 0, which no reader supports."""
+    try:
+        return int(str(version).split(".", 1)[0])
+    except ValueError:
+        return 0

@@ -1,0 +1,285 @@
+"""Streaming writer of Parquet models (v2 and v1), shard by shard, resumable, manifest last.
+
+Memory stays at one chunk (v2) or one tensor (v1, whose format needs a tensor in one value):
+each chunk becomes its own row group, written as soon as it is read, so row groups are aligned
+to tensors and a reader fetches one tensor as a contiguous byte range.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import google_crc32c
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InvalidInputError, UsageError
+from ..outputs import OutputFolder
+from ..progress import ProgressCallback, ProgressEvent, no_progress
+from .manifest import FileEntry, Manifest, Provenance, TensorEntry, file_entry, tensor_entry
+from .schema import (
+    FORMAT_NAME,
+    FORMAT_VERSIONS,
+    KIND_FILE,
+    KIND_TENSOR,
+    MAX_CHUNK_BYTES,
+    META_FORMAT,
+    META_V1_CONFIG,
+    META_V1_FILES,
+    META_VERSION,
+    V1,
+    V1_SCHEMA,
+    V2,
+    V2_SCHEMA,
+    TensorSpec,
+    shard_name,
+)
+
+COMPRESSIONS = ("none", "zstd", "snappy", "lz4", "gzip", "brotli")
+ChunkSource = Callable[[int], Iterator[bytes]]
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a model is laid out; part of a stage's fingerprint, since it changes the bytes."""
+
+    version: int = V2
+    chunk_bytes: int = MAX_CHUNK_BYTES
+    shard_bytes: int = 2 * 1024**3
+    compression: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.version not in (V1, V2):
+            raise UsageError(f"--format-version {self.version} is unknown: use 2 (default) or 1")
+        if not 0 < self.chunk_bytes <= MAX_CHUNK_BYTES:
+            raise UsageError(f"--chunk-size must be between 1 byte and {MAX_CHUNK_BYTES} (64 MiB)")
+        if self.shard_bytes <= 0:
+            raise UsageError("--shard-size must be positive")
+        if self.compression not in COMPRESSIONS:
+            raise UsageError(f"--compression {self.compression!r} is unknown: use one of {', '.join(COMPRESSIONS)}")
+
+
+@dataclass(frozen=True)
+class ModelItem:
+    """One tensor or one file to store. `chunks(n)` yields its bytes in pieces of at most n bytes."""
+
+    kind: str
+    name: str
+    nbytes: int
+    chunks: ChunkSource
+    spec: TensorSpec | None = None
+
+
+@dataclass
+class ModelDescription:
+    """Everything the manifest says besides the index the writer builds."""
+
+    source: dict[str, str]
+    created_by: Provenance
+    safetensors_layout: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def plan_shards(items: list[ModelItem], shard_bytes: int) -> list[list[ModelItem]]:
+    """Greedy packing in the given order; a shard holds at least one item, whatever its size."""
+    shards: list[list[ModelItem]] = [[]]
+    size = 0
+    for item in items:
+        if shards[-1] and size + item.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += item.nbytes
+    return shards
+
+
+def write_model(
+    output: OutputFolder,
+    items: list[ModelItem],
+    options: WriteOptions,
+    description: ModelDescription,
+    fingerprint: str,
+    progress: ProgressCallback = no_progress,
+) -> Manifest:
+    """Write all shards (skipping those a previous run finished), then the manifest."""
+    started = time.monotonic()
+    plan = plan_shards(items, options.shard_bytes)
+    names = [shard_name(i, len(plan)) for i in range(len(plan))]
+    done = output.begin(fingerprint + f"|shards={len(plan)}")
+    total_bytes = sum(item.nbytes for item in items)
+    tracker = _Tracker(progress, len(items), total_bytes)
+    tensors: dict[str, TensorEntry] = {}
+    files: dict[str, FileEntry] = {}
+    for index, (name, shard_items) in enumerate(zip(names, plan, strict=True)):
+        if name in done:
+            entries = done[name]
+            tracker.skip(shard_items, name)
+        else:
+            with output.open_file(name) as handle:
+                entries = _write_shard(handle, index, shard_items, options, tracker)
+            output.record(name, entries)
+        tensors.update({k: tensor_entry(v) for k, v in entries["tensors"].items()})
+        files.update({k: file_entry(v) for k, v in entries["files"].items()})
+    manifest = Manifest(
+        format_version=FORMAT_VERSIONS[options.version],
+        shards=names,
+        tensors=dict(sorted(tensors.items())),
+        files=dict(sorted(files.items())),
+        source=description.source,
+        created_by=description.created_by,
+        safetensors_layout=description.safetensors_layout,
+        timings={**description.timings, "write_seconds": round(time.monotonic() - started, 3)},
+    )
+    output.commit(manifest.to_json().encode())
+    return manifest
+
+
+class _Tracker:
+    def __init__(self, progress: ProgressCallback, total_items: int, total_bytes: int) -> None:
+        self.progress = progress
+        self.total_items = total_items
+        self.total_bytes = total_bytes
+        self.items = 0
+        self.bytes = 0
+
+    def advance(self, item: ModelItem, note: str = "") -> None:
+        self.items += 1
+        self.bytes += item.nbytes
+        self.progress(
+            ProgressEvent("write", item.name, self.items, self.total_items, self.bytes, self.total_bytes, note)
+        )
+
+    def skip(self, items: list[ModelItem], shard: str) -> None:
+        for item in items:
+            self.advance(item, note=f"already in {shard}")
+
+
+def _write_shard(
+    handle: IO[bytes], index: int, items: list[ModelItem], options: WriteOptions, tracker: _Tracker
+) -> dict[str, dict[str, Any]]:
+    if options.version == V1:
+        return _write_v1_shard(handle, index, items, options, tracker)
+    metadata = {META_FORMAT: FORMAT_NAME.encode(), META_VERSION: FORMAT_VERSIONS[V2].encode()}
+    writer = pq.ParquetWriter(
+        handle,
+        V2_SCHEMA.with_metadata(metadata),
+        compression=options.compression,
+        write_statistics=["kind", "name", "chunk", "num_chunks", "dtype"],
+        use_dictionary=["kind", "name", "dtype"],
+    )
+    tensors: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    row_group = 0
+    try:
+        for item in items:
+            num_chunks = max(1, -(-item.nbytes // options.chunk_bytes))
+            first, crc, written = row_group, 0, 0
+            for chunk_index, data in enumerate(_exact_chunks(item, options.chunk_bytes)):
+                writer.write_table(_v2_row(item, chunk_index, num_chunks, data), row_group_size=1)
+                crc = google_crc32c.extend(crc, data)
+                written += len(data)
+                row_group += 1
+            _check_length(item, written)
+            entry: dict[str, Any] = {"shard": index, "row_groups": [first, row_group - 1], "nbytes": written, "crc32c": crc}
+            if item.spec is not None:
+                tensors[item.name] = {**entry, "dtype": item.spec.dtype, "shape": list(item.spec.shape)}
+            else:
+                files[item.name] = entry
+            tracker.advance(item)
+    finally:
+        writer.close()
+    return {"tensors": tensors, "files": files}
+
+
+def _exact_chunks(item: ModelItem, chunk_bytes: int) -> Iterator[bytes]:
+    """Re-cut the source's pieces to exactly `chunk_bytes` (the last one shorter); empty -> one row."""
+    buffer = bytearray()
+    emitted = False
+    for piece in item.chunks(chunk_bytes):
+        if not buffer and len(piece) == chunk_bytes:
+            emitted = True
+            yield piece
+            continue
+        buffer += piece
+        while len(buffer) >= chunk_bytes:
+            emitted = True
+            yield bytes(buffer[:chunk_bytes])
+            del buffer[:chunk_bytes]
+    if buffer or not emitted:
+        yield bytes(buffer)
+
+
+def _v2_row(item: ModelItem, chunk: int, num_chunks: int, data: bytes) -> pa.Table:
+    spec = item.spec
+    offsets = pa.py_buffer((0).to_bytes(4, "little") + len(data).to_bytes(4, "little"))
+    data_array = pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(data)])
+    return pa.Table.from_arrays(
+        [
+            pa.array([item.kind]).dictionary_encode(),
+            pa.array([item.name]).dictionary_encode(),
+            pa.array([chunk], pa.int32()),
+            pa.array([num_chunks], pa.int32()),
+            pa.array([spec.dtype if spec else None], pa.string()).dictionary_encode(),
+            pa.array([list(spec.shape) if spec else None], pa.list_(pa.int64())),
+            data_array,
+            pa.array([google_crc32c.value(data)], pa.uint32()),
+        ],
+        schema=V2_SCHEMA,
+    )
+
+
+def _check_length(item: ModelItem, written: int) -> None:
+    if written != item.nbytes:
+        raise InvalidInputError(
+            f"{item.name}: expected {item.nbytes} bytes from the source, got {written}; the input is truncated"
+        )
+
+
+def _write_v1_shard(
+    handle: IO[bytes], index: int, items: list[ModelItem], options: WriteOptions, tracker: _Tracker
+) -> dict[str, dict[str, Any]]:
+    """v1: one row per tensor; the checkpoint's files travel in the footer metadata."""
+    file_items = [item for item in items if item.kind == KIND_FILE]
+    stored = {item.name: b"".join(item.chunks(options.chunk_bytes)) for item in file_items}
+    metadata = {
+        META_FORMAT: FORMAT_NAME.encode(),
+        META_VERSION: FORMAT_VERSIONS[V1].encode(),
+        META_V1_FILES: json.dumps({k: base64.b64encode(v).decode() for k, v in stored.items()}).encode(),
+    }
+    if "config.json" in stored:
+        metadata[META_V1_CONFIG] = stored["config.json"]
+    writer = pq.ParquetWriter(
+        handle, V1_SCHEMA.with_metadata(metadata), compression=options.compression, write_statistics=["name", "dtype"]
+    )
+    tensors: dict[str, Any] = {}
+    files: dict[str, Any] = {}
+    row_group = 0
+    try:
+        for item in items:
+            if item.kind == KIND_FILE:
+                data = stored[item.name]
+                files[item.name] = {"shard": index, "row_groups": None, "nbytes": len(data),
+                                    "crc32c": google_crc32c.value(data)}
+                tracker.advance(item)
+                continue
+            assert item.spec is not None and item.kind == KIND_TENSOR
+            data = b"".join(item.chunks(options.chunk_bytes))
+            _check_length(item, len(data))
+            row = pa.Table.from_pydict(
+                {"name": [item.name], "dtype": [item.spec.dtype], "shape": [list(item.spec.shape)], "data": [data]},
+                schema=V1_SCHEMA,
+            )
+            writer.write_table(row)
+            tensors[item.name] = {"shard": index, "row_groups": [row_group, row_group], "nbytes": len(data),
+                                  "crc32c": google_crc32c.value(data), "dtype": item.spec.dtype,
+                                  "shape": list(item.spec.shape)}
+            row_group += 1
+            tracker.advance(item)
+    finally:
+        writer.close()
+    return {"tensors": tensors, "files": files}

@@ -1,0 +1,117 @@
+"""WeightLoader: Parquet model -> torch tensors and transformers models, for validate/benchmark stages.
+
+Tensors load lazily, one at a time, straight from their row groups. A whole model is built by
+exporting to a temporary HF folder and calling `from_pretrained` on it: exactly what a user's own
+transformers/vLLM loader would see, including compressed-tensors quantized models.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .errors import UnavailableError
+from .fs import resolve
+from .quant.detect import QuantizationScheme, detect_quantization
+from .stages.convert import export_checkpoint
+from .store.reader import ModelReader
+from .store.schema import TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    table = {
+        "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
+        "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+        "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+        "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+    }
+    if name not in table:
+        raise UnavailableError(f"dtype {name} has no torch equivalent in this torch build")
+    return table[name]
+
+
+class LazyStateDict(Mapping[str, "torch.Tensor"]):
+    """A read-only state dict whose tensors are read from Parquet on first access."""
+
+    def __init__(self, loader: WeightLoader) -> None:
+        self._loader = loader
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._loader.reader.manifest.tensors:
+            raise KeyError(name)
+        return self._loader.load(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loader.names())
+
+    def __len__(self) -> int:
+        return len(self._loader.names())
+
+
+class WeightLoader:
+    """Open a Parquet model URL; list, load and build. Use as a context manager."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, str] | None = None) -> None:
+        self.url = url
+        self.storage_options = dict(storage_options or {})
+        self.reader = ModelReader(resolve(url, storage_options))
+
+    def names(self) -> list[str]:
+        return self.reader.tensor_names()
+
+    def spec(self, name: str) -> TensorSpec:
+        return self.reader.tensor_spec(name)
+
+    def config(self) -> dict[str, Any]:
+        return self.reader.config()
+
+    def quantization(self) -> QuantizationScheme:
+        return detect_quantization(self.config(), self.names())
+
+    def load(self, name: str) -> torch.Tensor:
+        """One tensor, with its stored dtype and shape (bit-exact)."""
+        import torch
+
+        spec = self.spec(name)
+        data = bytearray(self.reader.read_tensor(name))
+        if not data:
+            return torch.empty(spec.shape, dtype=torch_dtype(spec.dtype))
+        return torch.frombuffer(data, dtype=torch_dtype(spec.dtype)).reshape(spec.shape)
+
+    def state_dict(self) -> LazyStateDict:
+        return LazyStateDict(self)
+
+    def build_model(self, dtype: Any = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
+        """A transformers model with these weights, in eval mode, on CPU."""
+        from transformers import AutoModelForCausalLM
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+        model_type = self.config().get("model_type")
+        if not trust_remote_code and model_type not in CONFIG_MAPPING:
+            raise UnavailableError(
+                f"architecture {model_type!r} is not built into transformers; parquant does not run remote code "
+                "by default (trust_remote_code is off)"
+            )
+        with tempfile.TemporaryDirectory(prefix="parquant-model-") as folder:
+            export_checkpoint(self.url, f"{folder}/hf", storage_options=self.storage_options)
+            model = AutoModelForCausalLM.from_pretrained(
+                f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code, device_map="cpu"
+            )
+        model.eval()
+        return model
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> WeightLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
