@@ -25,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).parent))
-import wikitext  # noqa: E402
+import wikitext
 
 HERE = Path(__file__).parent
 CHAT_TEMPLATE = (

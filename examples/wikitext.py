@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-DUMP = Path(__file__).parent / "data" / (
-    "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-)
+DUMP = Path(__file__).parent / "data" / ("enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
 
 _NESTED = [re.compile(r"\{\{[^{}]*\}\}"), re.compile(r"\{\|[^{}]*?\|\}", re.S)]
 _DROP_LINKS = re.compile(r"\[\[(?:File|Image|Category|[a-z]{2,3}(?:-[a-z]+)?):[^\[\]]*\]\]")

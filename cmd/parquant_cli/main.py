@@ -5,7 +5,6 @@ This is the only place that turns parquant errors into process exit codes (DESIG
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -24,7 +23,7 @@ from .reporting import configure_logging, progress_reporter
 log = logging.getLogger("parquant")
 
 
-class _Parser(argparse_dataclass.ArgumentParser):  # type: ignore[type-arg]
+class _Parser(argparse_dataclass.ArgumentParser):  # type: ignore[misc]
     """argparse exits 2 on bad usage; parquant's contract says 64, with a one-line message."""
 
     def error(self, message: str) -> NoReturn:
@@ -50,8 +49,13 @@ def run_import(options: ImportOptions) -> int:
 
     write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
     result = import_checkpoint(
-        options.source, options.output, write=write, strict=options.strict, force=options.force,
-        storage_options=_storage(options), progress=progress_reporter(options.log_format, options.quiet),
+        options.source,
+        options.output,
+        write=write,
+        strict=options.strict,
+        force=options.force,
+        storage_options=_storage(options),
+        progress=progress_reporter(options.log_format, options.quiet),
     )
     return _finish(result)
 
@@ -60,8 +64,12 @@ def run_export(options: ExportOptions) -> int:
     from parquant.stages.convert import export_checkpoint
 
     result = export_checkpoint(
-        options.model, options.output, force=options.force, shard_bytes=options.max_shard_size,
-        storage_options=_storage(options), progress=progress_reporter(options.log_format, options.quiet),
+        options.model,
+        options.output,
+        force=options.force,
+        shard_bytes=options.max_shard_size,
+        storage_options=_storage(options),
+        progress=progress_reporter(options.log_format, options.quiet),
     )
     return _finish(result)
 
@@ -91,8 +99,13 @@ STAGES: dict[str, Stage] = {
 
 
 def _top_help() -> str:
-    lines = [f"parquant {__version__}: compress LLMs whose weights live in Parquet (local or s3://)", "",
-             "usage: parquant <stage> [options]   (parquant <stage> --help for a stage's options)", "", "stages:"]
+    lines = [
+        f"parquant {__version__}: compress LLMs whose weights live in Parquet (local or s3://)",
+        "",
+        "usage: parquant <stage> [options]   (parquant <stage> --help for a stage's options)",
+        "",
+        "stages:",
+    ]
     lines += [f"  {name:<10} {stage.summary}" for name, stage in STAGES.items()]
     lines += ["", "exit codes:"] + [f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()]
     return "\n".join(lines)

@@ -1,6 +1,5 @@
 """Typed options of each stage, parsed from argv by argparse-dataclass (one dataclass per stage)."""
 
-
 from dataclasses import dataclass, field
 
 SIZE_SUFFIXES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -12,7 +11,7 @@ def size(text: str) -> int:
 
     cleaned = text.strip().upper()
     number = cleaned.rstrip("KMGIB")
-    suffix = cleaned[len(number):]
+    suffix = cleaned[len(number) :]
     try:
         return int(float(number) * SIZE_SUFFIXES[suffix])
     except (KeyError, ValueError):
@@ -21,28 +20,43 @@ def size(text: str) -> int:
 
 @dataclass(kw_only=True)
 class CommonOptions:
-    log_format: str = field(default="auto", metadata={
-        "choices": ["auto", "text", "json"],
-        "help": "log lines as text (TTY) or JSON (not a TTY, e.g. in a Pod); auto picks by TTY"})
+    log_format: str = field(
+        default="auto",
+        metadata={
+            "choices": ["auto", "text", "json"],
+            "help": "log lines as text (TTY) or JSON (not a TTY, e.g. in a Pod); auto picks by TTY",
+        },
+    )
     log_level: str = field(default="info", metadata={"choices": ["debug", "info", "warning", "error"]})
     quiet: bool = field(default=False, metadata={"help": "no progress bars or progress lines"})
-    storage_option: list[str] = field(default_factory=list, metadata={
-        "nargs": "+", "metavar": "KEY=VALUE",
-        "help": "fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 region=eu-west-1 "
-                "(credentials come from the standard AWS_* variables, never from flags)"})
+    storage_option: list[str] = field(
+        default_factory=list,
+        metadata={
+            "nargs": "+",
+            "metavar": "KEY=VALUE",
+            "help": "fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 region=eu-west-1 "
+            "(credentials come from the standard AWS_* variables, never from flags)",
+        },
+    )
 
 
 @dataclass(kw_only=True)
 class WriteFlags:
     force: bool = field(default=False, metadata={"help": "overwrite an existing output (also redo finished work)"})
     format_version: int = field(default=2, metadata={"choices": [1, 2], "help": "Parquet model format to write"})
-    chunk_size: int = field(default=64 * 2**20, metadata={
-        "type": size, "help": "max bytes per stored chunk (<= 64MiB, default 64MiB)"})
-    shard_size: int = field(default=2 * 2**30, metadata={
-        "type": size, "help": "max bytes per Parquet shard file (default 2GiB)"})
-    compression: str = field(default="none", metadata={
-        "choices": ["none", "zstd", "snappy", "lz4", "gzip", "brotli"],
-        "help": "Parquet compression of tensor data (default none; zstd saves little on weights)"})
+    chunk_size: int = field(
+        default=64 * 2**20, metadata={"type": size, "help": "max bytes per stored chunk (<= 64MiB, default 64MiB)"}
+    )
+    shard_size: int = field(
+        default=2 * 2**30, metadata={"type": size, "help": "max bytes per Parquet shard file (default 2GiB)"}
+    )
+    compression: str = field(
+        default="none",
+        metadata={
+            "choices": ["none", "zstd", "snappy", "lz4", "gzip", "brotli"],
+            "help": "Parquet compression of tensor data (default none; zstd saves little on weights)",
+        },
+    )
 
 
 @dataclass(kw_only=True)
@@ -57,8 +71,13 @@ class ExportOptions(CommonOptions):
     model: str = field(metadata={"args": ["model"], "help": "Parquet model folder URL"})
     output: str = field(metadata={"args": ["-o", "--output"], "help": "HF checkpoint folder URL to write"})
     force: bool = field(default=False, metadata={"help": "overwrite an existing output"})
-    max_shard_size: int = field(default=5 * 10**9, metadata={
-        "type": size, "help": "max bytes per safetensors file when the source layout cannot be kept (default 5GB)"})
+    max_shard_size: int = field(
+        default=5 * 10**9,
+        metadata={
+            "type": size,
+            "help": "max bytes per safetensors file when the source layout cannot be kept (default 5GB)",
+        },
+    )
 
 
 @dataclass(kw_only=True)

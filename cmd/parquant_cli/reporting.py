@@ -15,7 +15,7 @@ from typing import Any
 
 from parquant.progress import ProgressCallback, ProgressEvent
 
-_SECRET = re.compile(r"(?i)(secret|password|token|session|access_key|key_id)[^=:\s]*([=:]\s*)\S+")
+_SECRET = re.compile(r"(?i)\b([\w-]*(?:secret|password|token|access_key|key_id|credential)[\w-]*)(=|\": \")[^\s\"]+")
 
 
 def redact(text: str) -> str:
@@ -79,8 +79,14 @@ class _LineProgress:
         elapsed = now - self.started
         fraction = _fraction(event)
         eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
-        fields = {"phase": event.phase, "item": event.item, "done": event.done, "total": event.total,
-                  "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1)}
+        fields = {
+            "phase": event.phase,
+            "item": event.item,
+            "done": event.done,
+            "total": event.total,
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+        }
         if event.note:
             fields["note"] = event.note
         self.log.info("%s %d/%d %s", event.phase, event.done, event.total, event.item, extra={"fields": fields})

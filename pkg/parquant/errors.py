@@ -72,7 +72,7 @@ class StorageIOError(ParquantError):
     retryable = True
 
 
-class TemporaryFailure(ParquantError):
+class TemporaryFailure(ParquantError):  # noqa: N818 - DESIGN.md names it so
     """Network trouble or throttling; a retry may succeed."""
 
     exit_code = 75

@@ -71,7 +71,7 @@ class Location:
         """A seekable handle doing plain range reads (no read-ahead cache on remote stores)."""
         with storage_errors(self.url):
             if self.is_local:
-                return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+                return open(self.path, "rb")
             handle: IO[bytes] = self.fs.open(self.path, "rb", cache_type="none")
             return handle
 
@@ -116,7 +116,6 @@ def _s3_options(user: Mapping[str, str]) -> dict[str, Any]:
     options: dict[str, Any] = {
         # Fail in seconds, not minutes, when the endpoint is wrong; retryable errors exit 75.
         "config_kwargs": {"connect_timeout": 10, "read_timeout": 120, "retries": {"max_attempts": 3}},
-        "retries": 3,
     }
     for key, value in user.items():
         key = _S3_ALIASES.get(key, key)
@@ -139,7 +138,9 @@ def storage_errors(url: str) -> Iterator[None]:
     except ParquantError:
         raise
     except FileNotFoundError as exc:
-        raise InputNotFoundError(f"{url} not found ({_reason(exc)}): check the URL and that the bucket exists") from None
+        raise InputNotFoundError(
+            f"{url} not found ({_reason(exc)}): check the URL and that the bucket exists"
+        ) from None
     except PermissionError as exc:
         raise PermissionDeniedError(
             f"access to {url} denied ({_reason(exc)}): check credentials and permissions"
@@ -174,9 +175,17 @@ def _remote_error(url: str, exc: Exception) -> ParquantError | None:
             f"no credentials for {url}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
             "(or AWS_PROFILE / workload identity)"
         )
-    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
-                "ServerDisconnectedError", "ReadTimeoutError", "ClientOSError"}:
-        return TemporaryFailure(f"cannot reach the storage endpoint for {url} ({_reason(exc)}): check endpoint_url, then retry")
+    if names & {
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ClientConnectorError",
+        "ServerDisconnectedError",
+        "ReadTimeoutError",
+        "ClientOSError",
+    }:
+        return TemporaryFailure(
+            f"cannot reach the storage endpoint for {url} ({_reason(exc)}): check endpoint_url, then retry"
+        )
     if "ClientError" in names:
         return StorageIOError(f"storage error on {url} ({_reason(exc)})")
     return None

@@ -9,6 +9,7 @@ never loads a whole file, never imports torch, and keeps tensors bit-exact. Pick
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 DEFAULT_EXPORT_SHARD_BYTES = 5 * 1024**3
 PICKLE_HINT = (
     "parquant never unpickles (it can run arbitrary code). Convert it once, in an environment you "
-    "trust: python -c \"from transformers import AutoModelForCausalLM as M; "
+    'trust: python -c "from transformers import AutoModelForCausalLM as M; '
     "M.from_pretrained('IN').save_pretrained('OUT', safe_serialization=True)\" and import OUT"
 )
 
@@ -55,7 +56,9 @@ def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
         raise InvalidInputError(f"{location.url} is too short to be safetensors (truncated?)")
     (header_len,) = struct.unpack("<Q", location.read_range(0, 8))
     if header_len > min(MAX_HEADER_BYTES, size - 8):
-        raise InvalidInputError(f"{location.url} has an impossible header length {header_len} (truncated or not safetensors)")
+        raise InvalidInputError(
+            f"{location.url} has an impossible header length {header_len} (truncated or not safetensors)"
+        )
     header = location.read_range(8, 8 + header_len)
     try:
         raw = json.loads(header)
@@ -91,7 +94,7 @@ def _stored_tensor(url: str, name: str, info: Any, data_start: int, size: int) -
 
 def _check_no_overlap(url: str, tensors: dict[str, StoredTensor]) -> None:
     ordered = sorted(tensors.values(), key=lambda t: t.start)
-    for left, right in zip(ordered, ordered[1:], strict=False):
+    for left, right in itertools.pairwise(ordered):
         if left.end > right.start:
             raise InvalidInputError(f"{url}: tensors {left.spec.name} and {right.spec.name} overlap")
 
@@ -111,7 +114,9 @@ class HFCheckpoint:
             raise InputNotFoundError(f"checkpoint {location.url} not found: check the URL")
         names = [n for n in location.list_files() if not any(p.startswith(".") for p in n.split("/"))]
         if not names:
-            raise InputNotFoundError(f"{location.url} is empty or not a folder: point at a Hugging Face checkpoint folder")
+            raise InputNotFoundError(
+                f"{location.url} is empty or not a folder: point at a Hugging Face checkpoint folder"
+            )
         weight_names = [n for n in names if n.endswith(".safetensors")]
         pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
         if not weight_names:
@@ -156,8 +161,15 @@ class HFCheckpoint:
         stored = {t.spec.name: (w, t) for w in self.weights for t in w.tensors.values()}
         for name in sorted(stored):
             weight, tensor = stored[name]
-            items.append(ModelItem(KIND_TENSOR, name, tensor.spec.nbytes,
-                                   _range_chunks(weight.location, tensor, tensor_filter), tensor.spec))
+            items.append(
+                ModelItem(
+                    KIND_TENSOR,
+                    name,
+                    tensor.spec.nbytes,
+                    _range_chunks(weight.location, tensor, tensor_filter),
+                    tensor.spec,
+                )
+            )
         return items
 
 
@@ -204,7 +216,11 @@ def safetensors_header(specs: list[TensorSpec], metadata: dict[str, str] | None)
         entries["__metadata__"] = metadata
     offset = 0
     for spec in specs:
-        entries[spec.name] = {"dtype": spec.dtype, "shape": list(spec.shape), "data_offsets": [offset, offset + spec.nbytes]}
+        entries[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
         offset += spec.nbytes
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)
@@ -212,7 +228,9 @@ def safetensors_header(specs: list[TensorSpec], metadata: dict[str, str] | None)
 
 
 def write_safetensors(
-    handle: IO[bytes], specs: list[TensorSpec], metadata: dict[str, str] | None,
+    handle: IO[bytes],
+    specs: list[TensorSpec],
+    metadata: dict[str, str] | None,
     tensor_chunks: Callable[[str], Iterator[bytes]],
 ) -> None:
     handle.write(safetensors_header(specs, metadata))
@@ -235,7 +253,8 @@ def plan_export_files(
     if layout and sorted(listed) == sorted(by_name) and len(listed) == len(set(listed)):
         plan = {
             safe_relative_path(file, "the model's safetensors layout"): (
-                [by_name[n] for n in entry["tensors"]], entry.get("metadata")
+                [by_name[n] for n in entry["tensors"]],
+                entry.get("metadata"),
             )
             for file, entry in layout.items()
         }

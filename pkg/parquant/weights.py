@@ -27,10 +27,21 @@ def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     table = {
-        "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "I32": torch.int32,
-        "I64": torch.int64, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
-        "F64": torch.float64, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-        "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+        "BOOL": torch.bool,
+        "U8": torch.uint8,
+        "I8": torch.int8,
+        "I16": torch.int16,
+        "I32": torch.int32,
+        "I64": torch.int64,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "F32": torch.float32,
+        "F64": torch.float64,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "F8_E5M2": torch.float8_e5m2,
+        "U16": torch.uint16,
+        "U32": torch.uint32,
+        "U64": torch.uint64,
     }
     if name not in table:
         raise UnavailableError(f"dtype {name} has no torch equivalent in this torch build")
@@ -102,9 +113,9 @@ class WeightLoader:
         with tempfile.TemporaryDirectory(prefix="parquant-model-") as folder:
             export_checkpoint(self.url, f"{folder}/hf", storage_options=self.storage_options)
             model = AutoModelForCausalLM.from_pretrained(
-                f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code, device_map="cpu"
+                f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code
             )
-        model.eval()
+        model.train(False)  # eval mode, spelled so that strict mypy can see its type
         return model
 
     def close(self) -> None:

@@ -11,8 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PACKED_SUFFIXES = (".qweight",)
-AUXILIARY_SUFFIXES = (".weight_scale", ".input_scale", ".scales", ".qzeros", ".g_idx", ".weight_zero_point",
-                      ".weight_packed", ".weight_shape", ".output_scale", ".k_scale", ".v_scale")
+AUXILIARY_SUFFIXES = (
+    ".weight_scale",
+    ".input_scale",
+    ".scales",
+    ".qzeros",
+    ".g_idx",
+    ".weight_zero_point",
+    ".weight_packed",
+    ".weight_shape",
+    ".output_scale",
+    ".k_scale",
+    ".v_scale",
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +60,13 @@ def detect_quantization(config: dict[str, Any], tensor_names: Iterable[str]) -> 
         method = str(qconfig.get("quant_method", "unknown"))
         if method == "compressed-tensors":
             return _compressed_tensors(qconfig)
-        return QuantizationScheme(method, str(qconfig.get("format", qconfig.get("version", "")) or ""),
-                                  _int(qconfig.get("bits")), _int(qconfig.get("group_size")), qconfig)
+        return QuantizationScheme(
+            method,
+            str(qconfig.get("format", qconfig.get("version", "")) or ""),
+            _int(qconfig.get("bits")),
+            _int(qconfig.get("group_size")),
+            qconfig,
+        )
     if any(n.endswith(PACKED_SUFFIXES) for n in names):
         return QuantizationScheme("gptq-or-awq", "packed int (no quantization_config)")
     if any(n.endswith(AUXILIARY_SUFFIXES) for n in names):
@@ -60,7 +76,7 @@ def detect_quantization(config: dict[str, Any], tensor_names: Iterable[str]) -> 
 
 def _compressed_tensors(qconfig: dict[str, Any]) -> QuantizationScheme:
     groups = qconfig.get("config_groups") or {}
-    first = next(iter(groups.values()), {}) if isinstance(groups, dict) else {}
+    first: dict[str, Any] = next(iter(groups.values()), {}) if isinstance(groups, dict) else {}
     weights = first.get("weights") or {} if isinstance(first, dict) else {}
     kind = weights.get("type", "")
     return QuantizationScheme(

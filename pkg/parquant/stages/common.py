@@ -61,8 +61,9 @@ def provenance(stage: str, config: dict[str, Any], backend: str | None = None) -
     for name in _REPORTED_LIBRARIES:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
-    return Provenance(stage=stage, parquant_version=__version__, config=config, backend=backend,
-                      library_versions=versions)
+    return Provenance(
+        stage=stage, parquant_version=__version__, config=config, backend=backend, library_versions=versions
+    )
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from ..progress import ProgressCallback, ProgressEvent, no_progress
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
-from .common import StageResult, cleanup_on_bad_input, finished_model, fingerprint, log, provenance
+from .common import StageResult, cleanup_on_bad_input, fingerprint, finished_model, log, provenance
 
 # Room for Parquet framing and the manifest on top of the raw bytes.
 _OVERHEAD = 1.02
@@ -77,9 +77,17 @@ def import_checkpoint(
     for warning in warnings:
         log.warning("%s (use --strict to refuse such checkpoints)", warning)
     return StageResult(
-        "import", output, False, time.monotonic() - started, warnings,
-        {"tensors": len(manifest.tensors), "files": len(manifest.files), "shards": len(manifest.shards),
-         "bytes": sum(t.nbytes for t in manifest.tensors.values())},
+        "import",
+        output,
+        False,
+        time.monotonic() - started,
+        warnings,
+        {
+            "tensors": len(manifest.tensors),
+            "files": len(manifest.files),
+            "shards": len(manifest.shards),
+            "bytes": sum(t.nbytes for t in manifest.tensors.values()),
+        },
     )
 
 
@@ -127,5 +135,11 @@ def export_checkpoint(
                     folder.record(file_name, True)
                 progress(ProgressEvent("export", file_name, count, steps))
             folder.commit(reader.read_file(marker) if marker else None)
-    return StageResult("export", output, False, time.monotonic() - started, [],
-                       {"safetensors_files": len(plan), "files": len(files), "bytes": total})
+    return StageResult(
+        "export",
+        output,
+        False,
+        time.monotonic() - started,
+        [],
+        {"safetensors_files": len(plan), "files": len(files), "bytes": total},
+    )

@@ -74,6 +74,7 @@ def inspect_model(url: str, storage_options: Mapping[str, str] | None = None) ->
 
 def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
     """The human view: a header, dtype totals, then the tensor table (abridged for big models)."""
+    made_by = summary.created_by
     lines = [
         f"model        {summary.url}",
         f"format       parquant v{summary.format_version}, {len(summary.shards)} shard(s)",
@@ -81,14 +82,14 @@ def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
         f"parameters   {summary.parameters:,}",
         f"size         {summary.total_bytes:,} bytes in {summary.tensor_count} tensors",
         f"quantization {summary.quantization}",
-        f"made by      {summary.created_by.get('stage', '?')} (parquant {summary.created_by.get('parquant_version', '?')})",
+        f"made by      {made_by.get('stage', '?')} (parquant {made_by.get('parquant_version', '?')})",
         f"files        {', '.join(summary.files) or '-'}",
         "bytes by dtype: " + ", ".join(f"{k} {v:,}" for k, v in summary.bytes_by_dtype.items()),
         "",
         f"{'tensor':<60} {'dtype':<8} {'shape':<20} {'bytes':>12}",
     ]
     for row in summary.tensors[:max_tensors]:
-        lines.append(f"{row.name:<60} {row.dtype:<8} {str(row.shape):<20} {row.nbytes:>12,}")
+        lines.append(f"{row.name:<60} {row.dtype:<8} {row.shape!s:<20} {row.nbytes:>12,}")
     if len(summary.tensors) > max_tensors:
         lines.append(f"... {len(summary.tensors) - max_tensors} more (use --json for all)")
     return "\n".join(lines)

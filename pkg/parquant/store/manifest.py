@@ -84,8 +84,7 @@ class Manifest:
         if major_version(version) not in SUPPORTED_MAJOR_VERSIONS:
             known = ", ".join(FORMAT_VERSIONS.values())
             raise UnavailableError(
-                f"{where} has format version {version!r}, this parquant reads {known}: "
-                "upgrade parquant to read it"
+                f"{where} has format version {version!r}, this parquant reads {known}: upgrade parquant to read it"
             )
         try:
             return cls(

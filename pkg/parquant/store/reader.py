@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
 from ..fs import Location, storage_errors
+from ..names import safe_relative_path
 from .manifest import FileEntry, Manifest, Provenance, TensorEntry
 from .schema import (
     DTYPE_SIZES,
@@ -119,6 +120,8 @@ class ModelReader:
         return Manifest.from_json(manifest_location.read_bytes(), manifest_location.url)
 
     def _check_entries(self) -> None:
+        for name in self.manifest.files:
+            safe_relative_path(name, self.location.url)
         for name, entry in self.manifest.tensors.items():
             if entry.dtype not in DTYPE_SIZES:
                 raise UnavailableError(f"tensor {name} has dtype {entry.dtype!r}, which parquant does not know")
@@ -232,8 +235,14 @@ class ModelReader:
         if version == V1:
             for name, blob in json.loads(metadata.get(META_V1_FILES, b"{}")).items():
                 files[name] = FileEntry(0, None, len(base64.b64decode(blob)), _UNKNOWN_CRC)
-        return Manifest(FORMAT_VERSIONS[version], [shard_file], tensors, files,
-                        {"url": self.location.url}, Provenance("external", ""))
+        return Manifest(
+            FORMAT_VERSIONS[version],
+            [shard_file],
+            tensors,
+            files,
+            {"url": self.location.url},
+            Provenance("external", ""),
+        )
 
     @staticmethod
     def _guess_version(parquet: pq.ParquetFile) -> str:
@@ -246,8 +255,12 @@ class ModelReader:
 
 
 def _index_bare_row(
-    row: dict[str, Any], group: int, version: int, tensors: dict[str, TensorEntry],
-    files: dict[str, FileEntry], parquet: pq.ParquetFile,
+    row: dict[str, Any],
+    group: int,
+    version: int,
+    tensors: dict[str, TensorEntry],
+    files: dict[str, FileEntry],
+    parquet: pq.ParquetFile,
 ) -> None:
     name = row["name"]
     if version == V2 and row["kind"] == KIND_FILE:
@@ -258,9 +271,14 @@ def _index_bare_row(
     shape = tuple(row["shape"] or ())
     previous_tensor = tensors.get(name)
     start = previous_tensor.row_groups[0] if previous_tensor else group
-    tensors[name] = TensorEntry(0, (start, group), row["dtype"], shape,
-                                TensorSpec(name, row["dtype"], shape).nbytes if row["dtype"] in DTYPE_SIZES else -1,
-                                _UNKNOWN_CRC)
+    tensors[name] = TensorEntry(
+        0,
+        (start, group),
+        row["dtype"],
+        shape,
+        TensorSpec(name, row["dtype"], shape).nbytes if row["dtype"] in DTYPE_SIZES else -1,
+        _UNKNOWN_CRC,
+    )
 
 
 def _check_length(name: str, got: int, expected: int, url: str) -> None:
@@ -287,4 +305,4 @@ def _corrupt_is_invalid(url: str) -> Iterator[None]:
         ) from None
 
 
-__all__ = ["ModelReader", "V1", "V2"]
+__all__ = ["V1", "V2", "ModelReader"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from .schema import (
     shard_name,
 )
 
+log = logging.getLogger("parquant")
 COMPRESSIONS = ("none", "zstd", "snappy", "lz4", "gzip", "brotli")
 ChunkSource = Callable[[int], Iterator[bytes]]
 
@@ -111,6 +113,9 @@ def write_model(
     plan = plan_shards(items, options.shard_bytes)
     names = [shard_name(i, len(plan)) for i in range(len(plan))]
     done = output.begin(fingerprint + f"|shards={len(plan)}")
+    resumed = [name for name in names if name in done]
+    if resumed:
+        log.info("resuming: %d of %d shards already written by an earlier run", len(resumed), len(plan))
     total_bytes = sum(item.nbytes for item in items)
     tracker = _Tracker(progress, len(items), total_bytes)
     tensors: dict[str, TensorEntry] = {}
@@ -185,7 +190,12 @@ def _write_shard(
                 written += len(data)
                 row_group += 1
             _check_length(item, written)
-            entry: dict[str, Any] = {"shard": index, "row_groups": [first, row_group - 1], "nbytes": written, "crc32c": crc}
+            entry: dict[str, Any] = {
+                "shard": index,
+                "row_groups": [first, row_group - 1],
+                "nbytes": written,
+                "crc32c": crc,
+            }
             if item.spec is not None:
                 tensors[item.name] = {**entry, "dtype": item.spec.dtype, "shape": list(item.spec.shape)}
             else:
@@ -263,8 +273,12 @@ def _write_v1_shard(
         for item in items:
             if item.kind == KIND_FILE:
                 data = stored[item.name]
-                files[item.name] = {"shard": index, "row_groups": None, "nbytes": len(data),
-                                    "crc32c": google_crc32c.value(data)}
+                files[item.name] = {
+                    "shard": index,
+                    "row_groups": None,
+                    "nbytes": len(data),
+                    "crc32c": google_crc32c.value(data),
+                }
                 tracker.advance(item)
                 continue
             assert item.spec is not None and item.kind == KIND_TENSOR
@@ -275,9 +289,14 @@ def _write_v1_shard(
                 schema=V1_SCHEMA,
             )
             writer.write_table(row)
-            tensors[item.name] = {"shard": index, "row_groups": [row_group, row_group], "nbytes": len(data),
-                                  "crc32c": google_crc32c.value(data), "dtype": item.spec.dtype,
-                                  "shape": list(item.spec.shape)}
+            tensors[item.name] = {
+                "shard": index,
+                "row_groups": [row_group, row_group],
+                "nbytes": len(data),
+                "crc32c": google_crc32c.value(data),
+                "dtype": item.spec.dtype,
+                "shape": list(item.spec.shape),
+            }
             row_group += 1
             tracker.advance(item)
     finally:

@@ -1,0 +1,47 @@
+# parquant — every target installs what it needs through `venv` first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := out/demo
+export PYTHONHASHSEED := 0
+
+.PHONY: venv demo test lint format bench train-example clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[s3,dev]'
+	touch $(STAMP)
+
+## demo: the main job on the embedded default model (examples/tiny-llama)
+demo: venv
+	$(BIN)/parquant import examples/tiny-llama --output $(DEMO)/tiny-llama.parquet
+	$(BIN)/parquant inspect $(DEMO)/tiny-llama.parquet
+	$(BIN)/parquant export $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-hf --force
+	$(BIN)/python examples/check_roundtrip.py examples/tiny-llama $(DEMO)/tiny-llama-hf
+
+## test: the whole suite with line coverage of pkg/ and cmd/ (fails below 90%)
+test: venv
+	$(BIN)/python -m pytest -q --cov --cov-report=term --cov-fail-under=90 tests
+
+lint: venv
+	$(BIN)/ruff check pkg cmd tests bench examples
+	$(BIN)/ruff format --check pkg cmd tests bench examples
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format pkg cmd tests bench examples
+	$(BIN)/ruff check --fix pkg cmd tests bench examples
+
+## bench: conversion throughput vs. plain copy, peak RSS vs. largest tensor (prints ratios)
+bench: venv
+	$(BIN)/python bench/convert_bench.py
+
+## train-example: re-train the embedded default model from the shipped Wikipedia text (~12 min)
+train-example: venv
+	$(BIN)/python examples/train_default_model.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache .coverage

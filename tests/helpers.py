@@ -1,0 +1,42 @@
+"""Assertions shared by tests: checkpoints equal to the bit, logits equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+
+def checkpoint_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    found: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                found[name] = handle.get_tensor(name)
+    return found
+
+
+def assert_same_checkpoint(original: Path, exported: Path) -> None:
+    """Every non-tensor file byte-identical, every tensor bit-identical (same dtype, shape, bytes)."""
+    originals = {p.relative_to(original).as_posix() for p in original.rglob("*") if p.is_file()}
+    exporteds = {p.relative_to(exported).as_posix() for p in exported.rglob("*") if p.is_file()}
+    assert {n for n in originals if not n.endswith(".safetensors")} == {
+        n for n in exporteds if not n.endswith(".safetensors")
+    }
+    for name in originals:
+        if not name.endswith(".safetensors"):
+            assert (original / name).read_bytes() == (exported / name).read_bytes(), name
+    left, right = checkpoint_tensors(original), checkpoint_tensors(exported)
+    assert left.keys() == right.keys()
+    for name, tensor in left.items():
+        assert tensor.dtype == right[name].dtype and tensor.shape == right[name].shape, name
+        assert torch.equal(tensor.contiguous().view(torch.uint8), right[name].contiguous().view(torch.uint8)), name
+
+
+def logits(folder: Path) -> torch.Tensor:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(torch.arange(1, 25).unsqueeze(0)).logits

@@ -1,0 +1,138 @@
+"""The format itself: v1/v2 written and read back, bare .parquet files, manifest refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from parquant.errors import InvalidInputError, UnavailableError
+from parquant.fs import resolve
+from parquant.outputs import OutputFolder
+from parquant.store.manifest import Manifest, Provenance
+from parquant.store.reader import ModelReader
+from parquant.store.schema import TensorSpec, shard_name
+from parquant.store.writer import ModelDescription, ModelItem, WriteOptions, plan_shards, write_model
+
+CONFIG = '{"a": "é"}'.encode()
+
+
+def _items() -> list[ModelItem]:
+    blobs = {"b.weight": bytes(range(256)) * 40, "a.bias": b"\x01\x02" * 3, "empty": b""}
+    specs = {
+        "b.weight": TensorSpec("b.weight", "U8", (40, 256)),
+        "a.bias": TensorSpec("a.bias", "BF16", (3,)),
+        "empty": TensorSpec("empty", "F32", (0, 4)),
+    }
+    items = [ModelItem("file", "config.json", len(CONFIG), lambda n: iter([CONFIG]))]
+    for name, blob in sorted(blobs.items()):
+        items.append(
+            ModelItem(
+                "tensor",
+                name,
+                len(blob),
+                lambda n, blob=blob: (blob[i : i + 777] for i in range(0, len(blob), 777)),
+                specs[name],
+            )
+        )
+    return items
+
+
+def _write(folder: Path, version: int, chunk: int = 1000, shard: int = 10**9) -> Manifest:
+    output = OutputFolder(resolve(str(folder)), force=False, marker="parquant.json")
+    description = ModelDescription({"fingerprint": "fp"}, Provenance("test", "0"))
+    return write_model(output, _items(), WriteOptions(version, chunk, shard), description, "fp")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_written_model_reads_back_exactly(tmp_path: Path, version: int) -> None:
+    manifest = _write(tmp_path / "m", version, shard=6000)
+    assert len(manifest.shards) > 1 and manifest.format_version == f"{version}.0"
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        assert reader.tensor_names() == ["a.bias", "b.weight", "empty"]
+        assert reader.read_tensor("b.weight") == bytes(range(256)) * 40
+        assert reader.read_tensor("a.bias") == b"\x01\x02" * 3
+        assert reader.read_tensor("empty") == b""
+        assert reader.read_file("config.json") == CONFIG
+        assert reader.tensor_spec("b.weight").shape == (40, 256)
+        with pytest.raises(InvalidInputError, match="no tensor"):
+            reader.read_tensor("missing")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_bare_parquet_file_without_manifest_is_readable(tmp_path: Path, version: int) -> None:
+    _write(tmp_path / "m", version)
+    shutil.copy(tmp_path / "m" / "model.parquet", tmp_path / "legacy.parquet")
+    with ModelReader(resolve(str(tmp_path / "legacy.parquet"))) as reader:
+        assert reader.read_tensor("b.weight") == bytes(range(256)) * 40
+        assert "config.json" in reader.file_names()
+        assert reader.read_file("config.json") == CONFIG
+
+
+def test_a_foreign_v1_file_with_several_rows_per_row_group(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "name": ["x", "y"],
+            "dtype": ["I8", "I8"],
+            "shape": [[2], [3]],
+            "data": pa.array([b"\x01\x02", b"\x03\x04\x05"], pa.large_binary()),
+        }
+    )
+    pq.write_table(table.replace_schema_metadata({b"config": b"{}"}), tmp_path / "old.parquet")
+    with ModelReader(resolve(str(tmp_path / "old.parquet"))) as reader:
+        assert reader.read_tensor("y") == b"\x03\x04\x05"
+        assert reader.version == 1
+
+
+def test_unrecognised_bare_parquet_is_refused(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "other.parquet")
+    with pytest.raises(UnavailableError, match="upgrade parquant"):
+        ModelReader(resolve(str(tmp_path / "other.parquet")))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"format": "other"}', "not a parquant manifest"),
+        ('{"format": "parquant-model", "format_version": "2.0"}', "malformed field"),
+    ],
+)
+def test_damaged_manifests(text: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        Manifest.from_json(text, "m/parquant.json")
+
+
+def test_manifest_with_impossible_tensor_entry(tmp_path: Path) -> None:
+    _write(tmp_path / "m", 2)
+    manifest = json.loads((tmp_path / "m" / "parquant.json").read_text())
+    manifest["tensors"]["b.weight"]["shape"] = [41, 256]
+    (tmp_path / "m" / "parquant.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidInputError, match="disagree"):
+        ModelReader(resolve(str(tmp_path / "m")))
+
+
+def test_missing_shard_is_named(tmp_path: Path) -> None:
+    manifest = _write(tmp_path / "m", 2, shard=6000)
+    (tmp_path / "m" / manifest.shards[manifest.tensors["b.weight"].shard]).unlink()
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader, pytest.raises(InvalidInputError, match="missing"):
+        reader.read_tensor("b.weight")
+
+
+def test_shard_plan_and_names() -> None:
+    items = [ModelItem("tensor", str(i), size, lambda n: iter([b""])) for i, size in enumerate([5, 5, 20, 1])]
+    assert [[i.name for i in s] for s in plan_shards(items, 10)] == [["0", "1"], ["2"], ["3"]]
+    assert shard_name(0, 1) == "model.parquet"
+    assert shard_name(1, 3) == "model-00002-of-00003.parquet"
+
+
+def test_write_options_are_validated() -> None:
+    from parquant.errors import UsageError
+
+    for bad in (dict(version=3), dict(chunk_bytes=0), dict(shard_bytes=0), dict(compression="rar")):
+        with pytest.raises(UsageError):
+            WriteOptions(**bad)  # type: ignore[arg-type]

@@ -1,0 +1,72 @@
+"""The command line: help texts, usage errors (exit 64), JSON output, exit-code mapping."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, CliResult
+
+Cli = Callable[..., CliResult]
+
+
+def test_top_level_help_lists_stages_and_exit_codes(cli: Cli) -> None:
+    result = cli("--help")
+    assert result.code == 0
+    for word in ("import", "export", "inspect", "73", "output exists"):
+        assert word in result.out
+
+
+@pytest.mark.parametrize("stage", ["import", "export", "inspect"])
+def test_stage_help(stage: str, cli: Cli) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli(stage, "--help")
+    assert exit_info.value.code == 0
+
+
+def test_usage_errors_exit_64(cli: Cli, tmp_path: Path) -> None:
+    assert cli().code == 64
+    unknown = cli("frobnicate")
+    assert unknown.code == 64 and "unknown stage 'frobnicate'" in unknown.err
+    missing = cli("import", tmp_path)
+    assert missing.code == 64 and "--output" in missing.err
+    bad_size = cli("import", tmp_path, "-o", tmp_path / "x", "--chunk-size", "lots")
+    assert bad_size.code == 64 and "not a size" in bad_size.err
+    too_big = cli("import", tmp_path, "-o", tmp_path / "x", "--chunk-size", "65MiB")
+    assert too_big.code == 64 and "--chunk-size" in too_big.err
+    bad_option = cli("inspect", tmp_path, "--storage-option", "novalue")
+    assert bad_option.code == 64 and "KEY=VALUE" in bad_option.err
+
+
+def test_version(cli: Cli) -> None:
+    result = cli("--version")
+    assert result.code == 0 and result.out.startswith("parquant ")
+
+
+def test_inspect_text_and_json(checkpoint: Path, tmp_path: Path, cli: Cli) -> None:
+    assert cli("import", checkpoint, "-o", tmp_path / "pq", "--log-format", "text", "--quiet").code == 0
+    text = cli("inspect", tmp_path / "pq")
+    assert text.code == 0
+    assert "LlamaForCausalLM" in text.out and "quantization none" in text.out
+    summary = json.loads(cli("inspect", tmp_path / "pq", "--json").out)
+    assert summary["parameters"] == sum(
+        t["nbytes"] // 4 for t in summary["tensors"]
+    )  # float32 checkpoint: 4 bytes a parameter
+    assert summary["format_version"] == "2.0" and summary["created_by"]["stage"] == "import"
+
+
+def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
+    env = {"PYTHONPATH": f"{REPO / 'pkg'}:{REPO / 'cmd'}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "parquant_cli", "inspect", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 66
+    assert done.stderr.count("\n") == 1 and "not found" in done.stderr
