@@ -6,7 +6,7 @@ rerun on the same torch build gives the same model. It writes:
 - examples/tiny-llama/          HF checkpoint: config, bf16 safetensors, tokenizer with chat template
 - examples/data/calibration.jsonl   128 training paragraphs as {"text": ...} lines
 - examples/data/eval.txt            held-out articles (never trained on) for perplexity
-- examples/tiny-llama/TRAINING.json figures of this run (perplexity vs. a unigram baseline)
+- examples/tiny-llama-training.json  figures of this run (perplexity vs. a unigram baseline)
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main() -> None:
     model.generation_config.do_sample = False
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    (args.out / "TRAINING.json").write_text(json.dumps(figures, indent=2) + "\n")
+    (HERE / "tiny-llama-training.json").write_text(json.dumps(figures, indent=2) + "\n")
 
     data = HERE / "data"
     rng = random.Random(args.seed)

@@ -45,7 +45,7 @@ class WriteFlags:
     force: bool = field(default=False, metadata={"help": "overwrite an existing output (also redo finished work)"})
     format_version: int = field(default=2, metadata={"choices": [1, 2], "help": "Parquet model format to write"})
     chunk_size: int = field(
-        default=64 * 2**20, metadata={"type": size, "help": "max bytes per stored chunk (<= 64MiB, default 64MiB)"}
+        default=16 * 2**20, metadata={"type": size, "help": "max bytes per stored chunk (<= 64MiB, default 16MiB)"}
     )
     shard_size: int = field(
         default=2 * 2**30, metadata={"type": size, "help": "max bytes per Parquet shard file (default 2GiB)"}

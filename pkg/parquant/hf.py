@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -182,30 +182,42 @@ def _check_unique_tensors(url: str, weights: list[SafetensorsFile]) -> None:
             seen[name] = weight.name
 
 
-def _file_chunks(location: Location) -> Callable[[int], Iterator[bytes]]:
-    def chunks(size: int) -> Iterator[bytes]:
-        yield location.read_bytes()
+def _file_chunks(location: Location) -> Callable[[int], Iterator[bytes | memoryview]]:
+    def chunks(size: int) -> Iterator[bytes | memoryview]:
+        data = memoryview(location.read_bytes())
+        for start in range(0, len(data), size):
+            yield data[start : start + size]
 
     return chunks
 
 
 def _range_chunks(
-    location: Location, tensor: StoredTensor, tensor_filter: Callable[[TensorSpec, bytes], None] | None
+    location: Location,
+    tensor: StoredTensor,
+    tensor_filter: Callable[[TensorSpec, bytes], None] | None,
 ) -> Callable[[int], Iterator[bytes]]:
     def chunks(size: int) -> Iterator[bytes]:
+        remaining = tensor.end - tensor.start
         with location.open_read() as handle:
             handle.seek(tensor.start)
-            remaining = tensor.end - tensor.start
             while remaining > 0:
-                data = handle.read(min(size, remaining))
-                if not data:
-                    raise InvalidInputError(f"{location.url}: {tensor.spec.name} is truncated")
-                remaining -= len(data)
+                piece = _read_exactly(handle, min(size, remaining), f"{location.url}: {tensor.spec.name}")
+                remaining -= len(piece)
                 if tensor_filter is not None:
-                    tensor_filter(tensor.spec, data)
-                yield data
+                    tensor_filter(tensor.spec, piece)
+                yield piece
 
     return chunks
+
+
+def _read_exactly(handle: IO[bytes], count: int, what: str) -> bytes:
+    piece = handle.read(count)
+    while len(piece) < count:  # remote or unusual files may return short reads
+        more = handle.read(count - len(piece))
+        if not more:
+            raise InvalidInputError(f"{what} is truncated")
+        piece += more
+    return piece
 
 
 # -- export: tensors -> safetensors files -----------------------------------------------------------
@@ -231,12 +243,12 @@ def write_safetensors(
     handle: IO[bytes],
     specs: list[TensorSpec],
     metadata: dict[str, str] | None,
-    tensor_chunks: Callable[[str], Iterator[bytes]],
+    chunks: Iterable[bytes | memoryview],
 ) -> None:
+    """Header, then the tensors' bytes as `chunks` yields them (in `specs` order)."""
     handle.write(safetensors_header(specs, metadata))
-    for spec in specs:
-        for chunk in tensor_chunks(spec.name):
-            handle.write(chunk)
+    for chunk in chunks:
+        handle.write(chunk)
 
 
 def plan_export_files(

@@ -26,8 +26,8 @@ def test_round_trip_is_exact_and_loads(tmp_path: Path, arch: str, sharded: bool,
     assert (len(list(source.glob("*.safetensors"))) > 1) == sharded
     # small chunks and shards: tensors span several chunks, the model spans several Parquet files
     write = WriteOptions(version=version, chunk_bytes=16 * 1024, shard_bytes=100 * 1024)
-    import_checkpoint(str(source), str(tmp_path / "pq"), write=write)
-    export_checkpoint(str(tmp_path / "pq"), str(tmp_path / "back"))
+    import_checkpoint(str(source), str(tmp_path / "model.parquet"), write=write)  # a folder, despite its name
+    export_checkpoint(str(tmp_path / "model.parquet"), str(tmp_path / "back"))
     assert_same_checkpoint(source, tmp_path / "back")
     assert torch.equal(logits(source), logits(tmp_path / "back"))
 

@@ -35,7 +35,7 @@ def _items() -> list[ModelItem]:
                 "tensor",
                 name,
                 len(blob),
-                lambda n, blob=blob: (blob[i : i + 777] for i in range(0, len(blob), 777)),
+                lambda n, blob=blob: (blob[i : i + n] for i in range(0, len(blob), n)),
                 specs[name],
             )
         )
@@ -136,3 +136,21 @@ def test_write_options_are_validated() -> None:
     for bad in (dict(version=3), dict(chunk_bytes=0), dict(shard_bytes=0), dict(compression="rar")):
         with pytest.raises(UsageError):
             WriteOptions(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("pieces", "error", "message"),
+    [
+        ([b"1234567890AB"], "InternalError", "12-byte piece as chunk 0 of 1"),
+        ([b"1234567890", b"x"], "InternalError", "10-byte piece as chunk 0 of 1"),
+        ([b"12345"], "InvalidInputError", "chunk 0 has 5 of 10 bytes; the input is truncated"),
+        ([], "InvalidInputError", "chunk 0 has 0 of 10 bytes"),
+    ],
+)
+def test_sources_are_held_to_the_chunk_contract(tmp_path: Path, pieces: list[bytes], error: str, message: str) -> None:
+    from parquant import errors
+
+    items = [ModelItem("tensor", "t", 10, lambda n: iter(pieces), TensorSpec("t", "U8", (10,)))]
+    output = OutputFolder(resolve(str(tmp_path / "m")), force=False, marker="parquant.json")
+    with pytest.raises(getattr(errors, error), match=message):
+        write_model(output, items, WriteOptions(), ModelDescription({}, Provenance("t", "0")), "fp")

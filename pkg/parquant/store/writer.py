@@ -15,15 +15,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import google_crc32c
+import crc32c
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InvalidInputError, UsageError
+from ..errors import InternalError, InvalidInputError, UsageError
 from ..outputs import OutputFolder
+from ..prefetch import prefetched
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from .manifest import FileEntry, Manifest, Provenance, TensorEntry, file_entry, tensor_entry
 from .schema import (
+    DEFAULT_CHUNK_BYTES,
     FORMAT_NAME,
     FORMAT_VERSIONS,
     KIND_FILE,
@@ -43,7 +45,7 @@ from .schema import (
 
 log = logging.getLogger("parquant")
 COMPRESSIONS = ("none", "zstd", "snappy", "lz4", "gzip", "brotli")
-ChunkSource = Callable[[int], Iterator[bytes]]
+ChunkSource = Callable[[int], Iterator[bytes | memoryview | bytearray]]
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class WriteOptions:
     """How a model is laid out; part of a stage's fingerprint, since it changes the bytes."""
 
     version: int = V2
-    chunk_bytes: int = MAX_CHUNK_BYTES
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     shard_bytes: int = 2 * 1024**3
     compression: str = "none"
 
@@ -68,7 +70,11 @@ class WriteOptions:
 
 @dataclass(frozen=True)
 class ModelItem:
-    """One tensor or one file to store. `chunks(n)` yields its bytes in pieces of at most n bytes."""
+    """One tensor or one file to store.
+
+    `chunks(n)` yields its bytes in pieces of exactly n bytes, the last one shorter. Pieces must be
+    independent objects (no refilled buffer): the writer reads ahead on another thread.
+    """
 
     kind: str
     name: str
@@ -125,7 +131,7 @@ def write_model(
             entries = done[name]
             tracker.skip(shard_items, name)
         else:
-            with output.open_file(name) as handle:
+            with output.open_file(name, native=True) as handle:
                 entries = _write_shard(handle, index, shard_items, options, tracker)
             output.record(name, entries)
         tensors.update({k: tensor_entry(v) for k, v in entries["tensors"].items()})
@@ -179,22 +185,21 @@ def _write_shard(
     )
     tensors: dict[str, Any] = {}
     files: dict[str, Any] = {}
-    row_group = 0
+    row_group = first = 0
     try:
-        for item in items:
-            num_chunks = max(1, -(-item.nbytes // options.chunk_bytes))
-            first, crc, written = row_group, 0, 0
-            for chunk_index, data in enumerate(_exact_chunks(item, options.chunk_bytes)):
-                writer.write_table(_v2_row(item, chunk_index, num_chunks, data), row_group_size=1)
-                crc = google_crc32c.extend(crc, data)
-                written += len(data)
-                row_group += 1
-            _check_length(item, written)
-            entry: dict[str, Any] = {
+        for piece in prefetched(_pieces(items, options.chunk_bytes)):
+            item = piece.item
+            first = row_group if piece.index == 0 else first
+            writer.write_table(_v2_row(item, piece.index, piece.count, piece.data, piece.crc), row_group_size=1)
+            row_group += 1
+            if piece.index < piece.count - 1:
+                continue
+            _check_length(item, piece.written)
+            entry = {
                 "shard": index,
                 "row_groups": [first, row_group - 1],
-                "nbytes": written,
-                "crc32c": crc,
+                "nbytes": piece.written,
+                "crc32c": piece.running_crc,
             }
             if item.spec is not None:
                 tensors[item.name] = {**entry, "dtype": item.spec.dtype, "shape": list(item.spec.shape)}
@@ -206,25 +211,46 @@ def _write_shard(
     return {"tensors": tensors, "files": files}
 
 
-def _exact_chunks(item: ModelItem, chunk_bytes: int) -> Iterator[bytes]:
-    """Re-cut the source's pieces to exactly `chunk_bytes` (the last one shorter); empty -> one row."""
-    buffer = bytearray()
-    emitted = False
-    for piece in item.chunks(chunk_bytes):
-        if not buffer and len(piece) == chunk_bytes:
-            emitted = True
-            yield piece
-            continue
-        buffer += piece
-        while len(buffer) >= chunk_bytes:
-            emitted = True
-            yield bytes(buffer[:chunk_bytes])
-            del buffer[:chunk_bytes]
-    if buffer or not emitted:
-        yield bytes(buffer)
+@dataclass(frozen=True)
+class _Piece:
+    """One chunk ready to write, with its checksums computed on the reading thread."""
+
+    item: ModelItem
+    index: int
+    count: int
+    data: bytes | memoryview | bytearray
+    crc: int
+    running_crc: int  # of the item's bytes up to and including this chunk
+    written: int  # the item's bytes up to and including this chunk
 
 
-def _v2_row(item: ModelItem, chunk: int, num_chunks: int, data: bytes) -> pa.Table:
+def _pieces(items: list[ModelItem], chunk_bytes: int) -> Iterator[_Piece]:
+    for item in items:
+        count = max(1, -(-item.nbytes // chunk_bytes))
+        running, written = 0, 0
+        for index, data in enumerate(_chunks_of(item, chunk_bytes, count)):
+            running = crc32c.crc32c(data, running)
+            written += len(data)
+            yield _Piece(item, index, count, data, crc32c.crc32c(data), running, written)
+
+
+def _chunks_of(item: ModelItem, chunk_bytes: int, count: int) -> Iterator[bytes | memoryview | bytearray]:
+    """The item's `count` pieces, checked against the ModelItem contract before each is yielded."""
+    source = iter(item.chunks(chunk_bytes))
+    for index in range(count):
+        expected = chunk_bytes if index < count - 1 else item.nbytes - chunk_bytes * (count - 1)
+        piece = next(source, None)
+        if piece is None and item.nbytes == 0:
+            piece = b""
+        if piece is None or len(piece) < expected:
+            got = 0 if piece is None else len(piece)
+            raise InvalidInputError(f"{item.name}: chunk {index} has {got} of {expected} bytes; the input is truncated")
+        if len(piece) > expected or (index == count - 1 and next(source, None) is not None):
+            raise InternalError(f"{item.name}: source yielded a {len(piece)}-byte piece as chunk {index} of {count}")
+        yield piece
+
+
+def _v2_row(item: ModelItem, chunk: int, num_chunks: int, data: bytes | memoryview | bytearray, crc: int) -> pa.Table:
     spec = item.spec
     offsets = pa.py_buffer((0).to_bytes(4, "little") + len(data).to_bytes(4, "little"))
     data_array = pa.Array.from_buffers(pa.binary(), 1, [None, offsets, pa.py_buffer(data)])
@@ -237,7 +263,7 @@ def _v2_row(item: ModelItem, chunk: int, num_chunks: int, data: bytes) -> pa.Tab
             pa.array([spec.dtype if spec else None], pa.string()).dictionary_encode(),
             pa.array([list(spec.shape) if spec else None], pa.list_(pa.int64())),
             data_array,
-            pa.array([google_crc32c.value(data)], pa.uint32()),
+            pa.array([crc], pa.uint32()),
         ],
         schema=V2_SCHEMA,
     )
@@ -255,7 +281,7 @@ def _write_v1_shard(
 ) -> dict[str, dict[str, Any]]:
     """v1: one row per tensor; the checkpoint's files travel in the footer metadata."""
     file_items = [item for item in items if item.kind == KIND_FILE]
-    stored = {item.name: b"".join(item.chunks(options.chunk_bytes)) for item in file_items}
+    stored = {item.name: _joined(item, options.chunk_bytes) for item in file_items}
     metadata = {
         META_FORMAT: FORMAT_NAME.encode(),
         META_VERSION: FORMAT_VERSIONS[V1].encode(),
@@ -277,12 +303,12 @@ def _write_v1_shard(
                     "shard": index,
                     "row_groups": None,
                     "nbytes": len(data),
-                    "crc32c": google_crc32c.value(data),
+                    "crc32c": crc32c.crc32c(data),
                 }
                 tracker.advance(item)
                 continue
             assert item.spec is not None and item.kind == KIND_TENSOR
-            data = b"".join(item.chunks(options.chunk_bytes))
+            data = _joined(item, options.chunk_bytes)
             _check_length(item, len(data))
             row = pa.Table.from_pydict(
                 {"name": [item.name], "dtype": [item.spec.dtype], "shape": [list(item.spec.shape)], "data": [data]},
@@ -293,7 +319,7 @@ def _write_v1_shard(
                 "shard": index,
                 "row_groups": [row_group, row_group],
                 "nbytes": len(data),
-                "crc32c": google_crc32c.value(data),
+                "crc32c": crc32c.crc32c(data),
                 "dtype": item.spec.dtype,
                 "shape": list(item.spec.shape),
             }
@@ -302,3 +328,11 @@ def _write_v1_shard(
     finally:
         writer.close()
     return {"tensors": tensors, "files": files}
+
+
+def _joined(item: ModelItem, chunk_bytes: int) -> bytes:
+    """The whole content (v1 needs it in one value); pieces are copied as they come (see ModelItem)."""
+    data = bytearray()
+    for piece in item.chunks(chunk_bytes):
+        data += piece
+    return bytes(data)
