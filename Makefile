@@ -10,9 +10,15 @@ export PYTHONHASHSEED := 0
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# torch first, on its own: asked for directly, pip takes the CPU build from local disk; resolved as
+# a dependency it may pick PyPI's multi-GB CUDA build of the same version.
+# AngelSlim 0.5.0 declares GPU-only and unused dependencies (triton, ray, lm_eval, torchvision):
+# its CPU-side needs come from the angelslim extra, the package itself is installed --no-deps.
+$(STAMP): pyproject.toml requirements-angelslim.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[s3,dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[s3,dev,angelslim]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-angelslim.txt
 	touch $(STAMP)
 
 ## demo: the main job on the embedded default model (examples/tiny-llama)

@@ -17,7 +17,7 @@ import argparse_dataclass
 from parquant import __version__
 from parquant.errors import EXIT_CODES, OutOfMemoryError, ParquantError, UsageError
 
-from .options import CommonOptions, ExportOptions, ImportOptions, InspectOptions
+from .options import CommonOptions, ExportOptions, ImportOptions, InspectOptions, QuantizeOptions
 from .reporting import configure_logging, progress_reporter
 
 log = logging.getLogger("parquant")
@@ -74,6 +74,51 @@ def run_export(options: ExportOptions) -> int:
     return _finish(result)
 
 
+def run_quantize(options: QuantizeOptions) -> int:
+    from parquant.config import load_config
+    from parquant.stages.quantize import quantize
+    from parquant.store.writer import WriteOptions
+
+    flags = {
+        "method": options.method,
+        "backend": options.backend,
+        "group_size": options.group_size,
+        "ignore": options.ignore,
+        "calibration.data": options.calibration_data,
+        "calibration.num_samples": options.num_samples,
+        "calibration.seq_len": options.seq_len,
+        "calibration.seed": options.seed,
+        "device": options.device,
+        "fallback": False if options.no_fallback else None,
+    }
+    config = load_config(options.config, flags)
+    write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
+    result = quantize(
+        options.model,
+        options.output,
+        config,
+        write=write,
+        force=options.force,
+        dry_run=options.dry_run,
+        storage_options=_storage(options),
+        progress=progress_reporter(options.log_format, options.quiet),
+    )
+    if options.dry_run:
+        plan, estimate = result.details["plan"], result.details["estimate"]
+        log.info("plan: backend %s, method %s, device %s", plan["backend"], plan["method"], plan["device"])
+        for line in plan["reasons"] + plan["fallbacks"]:
+            log.info("plan: %s", line)
+        log.info(
+            "estimate: peak memory %.2f GB, disk %.2f GB, about %.0f s",
+            estimate["peak_memory_gb"],
+            estimate["disk_gb"],
+            estimate["seconds"],
+        )
+        print(json.dumps(asdict(result)))
+        return 0
+    return _finish(result)
+
+
 def run_inspect(options: InspectOptions) -> int:
     from parquant.stages.inspect import format_summary, inspect_model
 
@@ -94,6 +139,7 @@ def _finish(result: Any) -> int:
 STAGES: dict[str, Stage] = {
     "import": Stage(ImportOptions, run_import, "HF checkpoint folder -> Parquet model"),
     "export": Stage(ExportOptions, run_export, "Parquet model -> HF checkpoint folder (transformers/vLLM)"),
+    "quantize": Stage(QuantizeOptions, run_quantize, "Parquet model -> quantized Parquet model (AngelSlim or PTQ)"),
     "inspect": Stage(InspectOptions, run_inspect, "show tensors, dtypes, size, quantization, manifest"),
 }
 

@@ -84,3 +84,59 @@ class ExportOptions(CommonOptions):
 class InspectOptions(CommonOptions):
     model: str = field(metadata={"args": ["model"], "help": "Parquet model folder URL (or a .parquet file)"})
     json: bool = field(default=False, metadata={"help": "print the full summary as JSON"})
+
+
+@dataclass(kw_only=True)
+class QuantizeOptions(CommonOptions, WriteFlags):
+    model: str = field(metadata={"args": ["model"], "help": "Parquet model folder URL to quantize"})
+    output: str = field(metadata={"args": ["-o", "--output"], "help": "Parquet model folder URL to write"})
+    config: str | None = field(
+        default=None,
+        metadata={
+            "type": str,
+            "help": "YAML QuantizationConfig (keys: method, backend, group_size, ignore, calibration, "
+            "device, fallback, angelslim); flags and PARQUANT_* variables override it",
+        },
+    )
+    method: str | None = field(
+        default=None,
+        metadata={
+            "args": ["--method", "--angelslim-method"],
+            "type": str,
+            "help": "fp8-static, fp8-dynamic, int8-dynamic, int4-gptq, int4-awq (AngelSlim); "
+            "int8-weight, int8-dynamic, fp8-dynamic (built-in PTQ). Default int8-weight",
+        },
+    )
+    backend: str | None = field(
+        default=None,
+        metadata={
+            "type": str,
+            "help": "auto (default: AngelSlim when installed and offering the method, else PTQ), angelslim, ptq",
+        },
+    )
+    group_size: int | None = field(default=None, metadata={"type": int, "help": "INT4 group size (default 128)"})
+    ignore: list[str] | None = field(
+        default=None,
+        metadata={
+            "nargs": "+",
+            "type": str,
+            "help": "modules kept in full precision: names or globs (default lm_head)",
+        },
+    )
+    calibration_data: str | None = field(
+        default=None,
+        metadata={
+            "type": str,
+            "help": "calibration texts URL: .jsonl (text | messages | input+output), .txt, .parquet (text)",
+        },
+    )
+    num_samples: int | None = field(default=None, metadata={"type": int, "help": "calibration samples (default 128)"})
+    seq_len: int | None = field(
+        default=None, metadata={"type": int, "help": "tokens per calibration sample (default 512)"}
+    )
+    seed: int | None = field(default=None, metadata={"type": int, "help": "calibration sampling seed (default 0)"})
+    device: str | None = field(default=None, metadata={"type": str, "help": "auto (default), cuda, cpu"})
+    no_fallback: bool = field(
+        default=False, metadata={"help": "fail (exit 69) instead of falling back to built-in PTQ or to the CPU"}
+    )
+    dry_run: bool = field(default=False, metadata={"help": "print the plan and estimates; write nothing"})

@@ -56,8 +56,8 @@ def configure_logging(log_format: str, level: str) -> None:
 def progress_reporter(log_format: str, quiet: bool, every_seconds: float = 5.0) -> ProgressCallback:
     if quiet:
         return lambda event: None
-    if use_json(log_format):
-        return _LineProgress(every_seconds)
+    if use_json(log_format) or not sys.stderr.isatty():
+        return _LineProgress(every_seconds)  # a log collector gets lines, never bar redraws
     return _BarProgress()
 
 

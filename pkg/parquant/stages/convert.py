@@ -51,14 +51,21 @@ def import_checkpoint(
     force: bool = False,
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
+    description: ModelDescription | None = None,
 ) -> StageResult:
-    """Convert a Hugging Face checkpoint folder into a Parquet model, streaming tensor by tensor."""
+    """Convert a Hugging Face checkpoint folder into a Parquet model, streaming tensor by tensor.
+
+    `description` lets another stage (quantize) import its intermediate HF folder under its own
+    provenance and fingerprint.
+    """
     started = time.monotonic()
     write = write or WriteOptions()
     checkpoint = HFCheckpoint.open(resolve(source, storage_options))
     folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
     config = {**asdict(write), "strict": strict}
-    print_ = fingerprint("import", checkpoint.fingerprint(), config)
+    print_ = (
+        description.source["fingerprint"] if description else fingerprint("import", checkpoint.fingerprint(), config)
+    )
     done = finished_model(folder, print_)
     if done is not None:
         log.info("%s already holds this import; skipping (use --force to redo it)", output)
@@ -68,11 +75,11 @@ def import_checkpoint(
     counter = _NonFiniteCounter(strict)
     items = checkpoint.items(counter)
     ensure_free_space(folder.staging, int(sum(i.nbytes for i in items) * _OVERHEAD) + _SLACK_BYTES)
-    description = ModelDescription(
+    description = description or ModelDescription(
         source={"url": source, "fingerprint": print_, "kind": "huggingface"},
         created_by=provenance("import", config),
-        safetensors_layout=checkpoint.layout(),
     )
+    description.safetensors_layout = checkpoint.layout()
     with cleanup_on_bad_input(folder):
         manifest = write_model(folder, items, write, description, print_, progress)
     warnings = [f"tensor {name} has {count} NaN/Inf values" for name, count in sorted(counter.found.items())]

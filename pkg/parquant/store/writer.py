@@ -93,6 +93,25 @@ class ModelDescription:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def rechunked(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
+    """Re-cut a stream into pieces of exactly `size` bytes (the last shorter), copying only when needed."""
+    pending = bytearray()
+    for piece in pieces:
+        if not pending and len(piece) == size:
+            yield piece
+            continue
+        view = memoryview(piece)
+        while len(view):
+            take = min(size - len(pending), len(view))
+            pending += view[:take]
+            view = view[take:]
+            if len(pending) == size:
+                yield bytes(pending)
+                pending.clear()
+    if pending:
+        yield bytes(pending)
+
+
 def plan_shards(items: list[ModelItem], shard_bytes: int) -> list[list[ModelItem]]:
     """Greedy packing in the given order; a shard holds at least one item, whatever its size."""
     shards: list[list[ModelItem]] = [[]]

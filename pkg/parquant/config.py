@@ -1,0 +1,235 @@
+"""QuantizationConfig: what to quantize and how, from YAML, PARQUANT_* variables and CLI flags.
+
+Precedence, lowest to highest: defaults < YAML file (`--config`) < environment (`PARQUANT_*`) <
+flags given on the command line. Every value remembers where it came from, so an error names the
+key *and* its source; unknown keys are refused rather than silently ignored (a typo in a batch
+job's config would otherwise quantize with defaults).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, InputNotFoundError, UsageError
+
+BACKENDS = ("auto", "angelslim", "ptq")
+ANGELSLIM_METHODS = ("fp8-static", "fp8-dynamic", "int8-dynamic", "int4-gptq", "int4-awq")
+PTQ_METHODS = ("int8-weight", "int8-dynamic", "fp8-dynamic")
+METHODS = tuple(dict.fromkeys(ANGELSLIM_METHODS + PTQ_METHODS))
+CALIBRATED_METHODS = ("fp8-static", "int4-gptq", "int4-awq")
+DEVICES = ("auto", "cuda", "cpu")
+# When AngelSlim cannot run a method, the built-in PTQ method that comes closest and loads everywhere.
+PTQ_FALLBACK = {
+    "fp8-static": "fp8-dynamic",
+    "fp8-dynamic": "fp8-dynamic",
+    "int8-dynamic": "int8-dynamic",
+    "int4-gptq": "int8-weight",
+    "int4-awq": "int8-weight",
+    "int8-weight": "int8-weight",
+}
+# AngelSlim QuantizationConfig fields a user may pass through (`angelslim:` in YAML).
+ANGELSLIM_PASSTHROUGH = (
+    "quant_method",
+    "zero_point",
+    "mse_range",
+    "smooth_alpha",
+    "quant_helpers",
+    "low_memory",
+    "modules_to_quantize",
+    "cpu_convert",
+)
+
+ENVIRONMENT = {
+    "PARQUANT_BACKEND": "backend",
+    "PARQUANT_METHOD": "method",
+    "PARQUANT_GROUP_SIZE": "group_size",
+    "PARQUANT_IGNORE": "ignore",
+    "PARQUANT_CALIBRATION_DATA": "calibration.data",
+    "PARQUANT_NUM_SAMPLES": "calibration.num_samples",
+    "PARQUANT_SEQ_LEN": "calibration.seq_len",
+    "PARQUANT_SEED": "calibration.seed",
+    "PARQUANT_DEVICE": "device",
+    "PARQUANT_FALLBACK": "fallback",
+}
+
+
+@dataclass
+class CalibrationConfig:
+    data: str | None = None
+    num_samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+
+
+@dataclass
+class QuantizationConfig:
+    method: str = "int8-weight"
+    backend: str = "auto"
+    group_size: int = 128
+    ignore: list[str] = field(default_factory=lambda: ["lm_head"])
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    device: str = "auto"
+    fallback: bool = True
+    angelslim: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method in CALIBRATED_METHODS
+
+
+def load_config(
+    path: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> QuantizationConfig:
+    """Merge the three sources (see module docstring) and validate; raises 78 (file) or 64 (flags/env)."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if path:
+        _merge(values, origin, _read_yaml(path), path)
+    env = os.environ if environ is None else environ
+    for variable, key in ENVIRONMENT.items():
+        if variable in env:
+            _merge(values, origin, {key: _from_env(key, env[variable], variable)}, variable)
+    for key, value in (flags or {}).items():
+        if value is not None:
+            _merge(values, origin, {key: value}, f"--{key.split('.')[-1].replace('_', '-')}")
+    return _build(values, origin)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"config file {path} not found")
+    try:
+        with open(path) as handle:
+            loaded = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys (method:, backend:, ...), not {type(loaded).__name__}")
+    section = loaded.get("quantization", loaded) if set(loaded) <= {"quantization"} else loaded
+    return _flatten(section, path)
+
+
+def _flatten(raw: Mapping[str, Any], path: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "calibration" and isinstance(value, Mapping):
+            flat.update({f"calibration.{k}": v for k, v in value.items()})
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def _from_env(key: str, text: str, variable: str) -> Any:
+    if key == "ignore":
+        return [part.strip() for part in text.split(",") if part.strip()]
+    if key == "fallback":
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise UsageError(f"{variable}={text!r} must be true or false")
+        return text.lower() in ("1", "true", "yes")
+    return text
+
+
+def _merge(values: dict[str, Any], origin: dict[str, str], new: Mapping[str, Any], source: str) -> None:
+    for key, value in new.items():
+        values[key] = value
+        origin[key] = source
+
+
+def _build(values: dict[str, Any], origin: dict[str, str]) -> QuantizationConfig:
+    top = {f.name: f for f in fields(QuantizationConfig)} | {
+        f"calibration.{f.name}": f for f in fields(CalibrationConfig)
+    }
+    config = QuantizationConfig()
+    for key, value in values.items():
+        if key not in top or key == "calibration":
+            known = ", ".join(k for k in top if k != "calibration")
+            raise _error(origin[key], f"unknown key {key!r} in {origin[key]}: known keys are {known}")
+        target, name = (config.calibration, key.split(".")[1]) if key.startswith("calibration.") else (config, key)
+        setattr(target, name, _coerce(key, value, getattr(target, name), origin[key]))
+    _validate(config, origin)
+    return config
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, list):
+            if isinstance(value, str):
+                return [value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return list(value)
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+        return value if value is None else str(value)
+    except (TypeError, ValueError):
+        raise _error(source, f"{key} has an invalid value {value!r} (from {source})") from None
+
+
+def _validate(config: QuantizationConfig, origin: dict[str, str]) -> None:
+    def where(key: str) -> str:
+        return origin.get(key, "the default")
+
+    if config.method not in METHODS:
+        raise _error(
+            where("method"),
+            f"method {config.method!r} (from {where('method')}) is unknown: choose one of {', '.join(METHODS)}",
+        )
+    if config.backend not in BACKENDS:
+        raise _error(where("backend"), f"backend {config.backend!r} is unknown: choose one of {', '.join(BACKENDS)}")
+    if config.device not in DEVICES:
+        raise _error(where("device"), f"device {config.device!r} is unknown: choose one of {', '.join(DEVICES)}")
+    if config.backend == "ptq" and config.method not in PTQ_METHODS:
+        raise _error(
+            where("method"),
+            f"method {config.method} is not offered by the built-in ptq backend "
+            f"(it offers {', '.join(PTQ_METHODS)}): use --backend angelslim or auto",
+        )
+    if config.backend == "angelslim" and config.method not in ANGELSLIM_METHODS:
+        raise _error(
+            where("method"),
+            f"method {config.method} is not an AngelSlim method "
+            f"({', '.join(ANGELSLIM_METHODS)}): use --backend ptq or auto",
+        )
+    if config.needs_calibration and not config.calibration.data:
+        raise _error(
+            where("method"),
+            f"method {config.method} needs calibration data: pass --calibration-data URL (jsonl, txt or parquet)",
+        )
+    if config.group_size not in (32, 64, 128, 256, -1):
+        raise _error(where("group_size"), f"group_size {config.group_size} must be 32, 64, 128, 256 or -1")
+    if config.calibration.num_samples <= 0 or config.calibration.seq_len <= 0:
+        raise _error(where("calibration.num_samples"), "num_samples and seq_len must be positive")
+    unknown = sorted(set(config.angelslim) - set(ANGELSLIM_PASSTHROUGH))
+    if unknown:
+        raise _error(
+            where("angelslim"),
+            f"angelslim option(s) {', '.join(unknown)} are not passed through: "
+            f"allowed are {', '.join(ANGELSLIM_PASSTHROUGH)}",
+        )
+
+
+def _error(source: str, message: str) -> UsageError | ConfigError:
+    """A bad value from a config file is a configuration error (78); from flags or env, usage (64)."""
+    if source.startswith(("--", "PARQUANT_", "the default")):
+        return UsageError(message)
+    return ConfigError(message)

@@ -1,0 +1,202 @@
+"""The AngelSlim backend: Parquet -> HF folder (cached) -> AngelSlim Engine -> HF folder.
+
+The stage imports the result back to Parquet. AngelSlim is called through its public API the way
+its own `tools/run.py` does (SlimConfigParser, Engine.prepare_model / prepare_data /
+prepare_compressor / run / convert / save), so the output is bit-identical to running AngelSlim
+directly on the same folder; angelslim_compat.py explains the CPU adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..calib import CalibrationSet, cache_dir, prepare_calibration
+from ..config import QuantizationConfig
+from ..errors import UnavailableError
+from ..stages.convert import export_checkpoint
+from ..store.reader import ModelReader
+from .angelslim_compat import host_as_cuda, load_angelslim
+
+log = logging.getLogger("parquant")
+
+# model_type -> AngelSlim's model class name (SlimModelFactory); others are not supported by 0.5.0.
+MODEL_NAMES = {"llama": "Llama", "mistral": "Llama", "qwen2": "Qwen", "qwen3": "Qwen"}
+METHOD_NAMES = {
+    "fp8-static": "fp8_static",
+    "fp8-dynamic": "fp8_dynamic",
+    "int8-dynamic": "int8_dynamic",
+    "int4-gptq": "int4_gptq",
+    "int4-awq": "int4_awq",
+}
+
+
+@dataclass(frozen=True)
+class AngelSlimRun:
+    output: Path  # the HF folder AngelSlim saved
+    calibration: CalibrationSet | None
+    device: str
+
+
+def quantization_section(config: QuantizationConfig) -> dict[str, Any]:
+    """AngelSlim's `compression.quantization` section for our method (its Qwen3 PTQ recipes' values)."""
+    method = METHOD_NAMES[config.method]
+    if method in ("fp8_static", "fp8_dynamic"):
+        section: dict[str, Any] = {"bits": 8, "quant_method": {"weight": "per-tensor", "activation": "per-tensor"}}
+    elif method == "int8_dynamic":
+        section = {"bits": 8, "quant_method": {"weight": "per-channel", "activation": "per-token"}}
+    elif method == "int4_gptq":
+        section = {"bits": 4, "quant_method": {"weight": "per-group", "group_size": config.group_size}}
+    else:
+        section = {
+            "bits": 4,
+            "quant_method": {
+                "weight": "per-group",
+                "group_size": config.group_size,
+                "zero_point": True,
+                "mse_range": False,
+            },
+        }
+    section.update({"name": method, "ignore_layers": list(config.ignore)})
+    overrides = dict(config.angelslim)
+    if "quant_method" in overrides:
+        section["quant_method"] = {**section["quant_method"], **overrides.pop("quant_method")}
+    section.update(overrides)
+    return section
+
+
+def angelslim_config(
+    config: QuantizationConfig, model_dir: Path, calibration: Path | None, save_dir: Path, model_type: str, device: str
+) -> dict[str, Any]:
+    """The whole dict AngelSlim's SlimConfigParser takes (what a YAML recipe would hold)."""
+    model_name = MODEL_NAMES.get(model_type)
+    if model_name is None:
+        raise UnavailableError(
+            f"architecture {model_type!r} is not supported by AngelSlim 0.5.0 (supported: {', '.join(MODEL_NAMES)}); "
+            "use --backend ptq"
+        )
+    result: dict[str, Any] = {
+        "global": {"save_path": str(save_dir)},
+        "model": {
+            "name": model_name,
+            "model_path": str(model_dir),
+            "trust_remote_code": False,
+            "torch_dtype": "auto",
+            "device_map": "cpu" if device == "cpu" else "auto",
+            "low_cpu_mem_usage": True,
+            "use_cache": False,
+        },
+        "compression": {"name": "PTQ", "quantization": quantization_section(config)},
+    }
+    if calibration is not None:
+        result["dataset"] = {
+            "name": "TextDataset",
+            "data_path": str(calibration),
+            "max_seq_length": config.calibration.seq_len,
+            "num_samples": config.calibration.num_samples,
+            "batch_size": 1,
+            "shuffle": False,
+        }
+    return result
+
+
+def run_engine(slim_config: dict[str, Any], device: str) -> None:
+    """Exactly AngelSlim's own sequence of Engine calls; its console output goes to stderr."""
+    engine_module = load_angelslim()
+    from angelslim.utils.config_parser import SlimConfigParser
+
+    parsed = SlimConfigParser()._get_configs(slim_config)
+    model, dataset, compression = parsed.model_config, parsed.dataset_config, parsed.compression_config
+    with contextlib.redirect_stdout(sys.stderr), _offline():
+        engine = engine_module.Engine()
+        engine.prepare_model(
+            model_name=model.name,
+            model_path=model.model_path,
+            torch_dtype=model.torch_dtype,
+            device_map=model.device_map,
+            trust_remote_code=model.trust_remote_code,
+            low_cpu_mem_usage=model.low_cpu_mem_usage,
+            use_cache=model.use_cache,
+        )
+        if compression.need_dataset:
+            engine.prepare_data(
+                data_path=dataset.data_path,
+                data_type=dataset.name,
+                max_length=dataset.max_seq_length,
+                batch_size=dataset.batch_size,
+                num_samples=dataset.num_samples,
+                shuffle=dataset.shuffle,
+                model_name=model.name,
+                quantization_config=compression.quantization,
+                dtype=engine.slim_model.model.dtype,
+            )
+        engine.prepare_compressor(
+            compress_name=compression.name, compress_config=compression, global_config=parsed.global_config
+        )
+        with host_as_cuda() if device == "cpu" else contextlib.nullcontext():
+            engine.run()
+            engine.convert()
+        engine.save(parsed.global_config.save_path, parsed)
+
+
+@contextlib.contextmanager
+def _offline() -> Any:
+    """AngelSlim reaches for the hub when a path is not local: everything here is local."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def cached_hf_folder(model_url: str, reader: ModelReader, storage_options: Mapping[str, str] | None) -> Path:
+    """Export the model once per content (manifest digest) into the local cache."""
+    digest = hashlib.sha256(reader.manifest.to_json().encode()).hexdigest()[:32]
+    folder = cache_dir() / "hf" / digest
+    if not (folder / "config.json").exists():
+        export_checkpoint(model_url, str(folder), force=True, storage_options=storage_options)
+    return folder
+
+
+def quantize_with_angelslim(
+    model_url: str,
+    reader: ModelReader,
+    config: QuantizationConfig,
+    device: str,
+    workdir: Path,
+    storage_options: Mapping[str, str] | None,
+) -> AngelSlimRun:
+    model_type = str(reader.config().get("model_type"))
+    if model_type not in MODEL_NAMES:
+        angelslim_config(config, workdir, None, workdir, model_type, device)  # raises the clear message
+    model_dir = cached_hf_folder(model_url, reader, storage_options)
+    calibration = None
+    if config.needs_calibration:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer_id = (
+            hashlib.sha256((model_dir / "tokenizer.json").read_bytes()).hexdigest()
+            if (model_dir / "tokenizer.json").exists()
+            else model_dir.name
+        )
+        calibration = prepare_calibration(config.calibration, tokenizer, tokenizer_id, storage_options)
+    save_dir = workdir / "angelslim-output"
+    slim_config = angelslim_config(
+        config, model_dir, calibration.path if calibration else None, save_dir, model_type, device
+    )
+    log.info("running AngelSlim %s on %s (%s)", METHOD_NAMES[config.method], device, model_type)
+    run_engine(slim_config, device)
+    return AngelSlimRun(save_dir, calibration, device)

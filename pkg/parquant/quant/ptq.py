@@ -1,0 +1,126 @@
+"""Built-in post-training quantization: pure tensor math, no I/O (the streaming stage is ptq_stage.py).
+
+Each method turns one float weight [out, in] into the tensors a compressed-tensors checkpoint
+stores for it, so the result loads in transformers (with compressed-tensors), vLLM and SGLang:
+
+- int8-weight:  W8A16, int8 weight + per-output-channel scale (symmetric, absmax / 127).
+- int8-dynamic: W8A8, same weights; activations quantized per token at run time.
+- fp8-dynamic:  FP8 E4M3 weight + per-output-channel scale (absmax / 448); activations dynamic.
+
+Scales are rounded to their storage dtype *before* the weights are divided by them, so
+dequantization (q x stored scale) reproduces exactly the values the rounding aimed at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+INT8_MAX = 127.0
+FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+
+
+@dataclass(frozen=True)
+class QuantizedWeight:
+    weight: torch.Tensor  # int8 or float8_e4m3fn, [out, in]
+    weight_scale: torch.Tensor  # [out, 1]
+
+
+@dataclass(frozen=True)
+class PTQMethod:
+    """What a built-in method stores and how compressed-tensors should describe it."""
+
+    name: str
+    weight_type: str  # "int" or "float"
+    activations_dynamic: bool
+
+    def quantize(self, weight: torch.Tensor) -> QuantizedWeight:
+        if self.weight_type == "int":
+            return quantize_int8_per_channel(weight)
+        return quantize_fp8_per_channel(weight)
+
+    def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
+        """The `quantization_config` block of config.json (compressed-tensors)."""
+        weights = {
+            "num_bits": 8,
+            "type": self.weight_type,
+            "symmetric": True,
+            "strategy": "channel",
+            "dynamic": False,
+            "group_size": None,
+            "observer": "minmax",
+        }
+        activations = None
+        if self.activations_dynamic:
+            activations = {
+                "num_bits": 8,
+                "type": self.weight_type,
+                "symmetric": True,
+                "strategy": "token",
+                "dynamic": True,
+                "group_size": None,
+                "observer": None,
+            }
+        layout = "float-quantized" if self.weight_type == "float" else "int-quantized"
+        return {
+            "quant_method": "compressed-tensors",
+            "format": layout,
+            "quantization_status": "compressed",
+            "ignore": sorted(ignore),
+            "kv_cache_scheme": None,
+            # The per-group format matters: without it, weight-only int8 is read as packed int4-style.
+            "config_groups": {
+                "group_0": {
+                    "targets": ["Linear"],
+                    "weights": weights,
+                    "format": layout,
+                    "input_activations": activations,
+                    "output_activations": None,
+                }
+            },
+        }
+
+
+PTQ_METHODS = {
+    "int8-weight": PTQMethod("int8-weight", "int", activations_dynamic=False),
+    "int8-dynamic": PTQMethod("int8-dynamic", "int", activations_dynamic=True),
+    "fp8-dynamic": PTQMethod("fp8-dynamic", "float", activations_dynamic=True),
+}
+
+
+def _channel_scale(weight: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale in the weight's dtype [out, 1], the same scale as float32 to divide by)."""
+    stored = (weight.float().abs().amax(dim=1, keepdim=True) / qmax).to(weight.dtype)
+    divisor = stored.float()
+    return stored, torch.where(divisor > 0, divisor, torch.ones_like(divisor))  # all-zero rows stay zero
+
+
+def quantize_int8_per_channel(weight: torch.Tensor) -> QuantizedWeight:
+    stored, scale = _channel_scale(weight, INT8_MAX)
+    values = torch.round(weight.float() / scale).clamp(-INT8_MAX - 1, INT8_MAX).to(torch.int8)
+    return QuantizedWeight(values, stored)
+
+
+def quantize_fp8_per_channel(weight: torch.Tensor) -> QuantizedWeight:
+    stored, scale = _channel_scale(weight, FP8_MAX)
+    values = (weight.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return QuantizedWeight(values, stored)
+
+
+def dequantize(quantized: QuantizedWeight) -> torch.Tensor:
+    return quantized.weight.float() * quantized.weight_scale.float()
+
+
+def quantize_rows(method: PTQMethod, weight: torch.Tensor, block_bytes: int = 64 * 2**20) -> QuantizedWeight:
+    """`method.quantize` in blocks of rows, so float32 temporaries stay bounded for huge tensors.
+
+    Per-channel quantization treats each output row alone, so the result is bit-identical to
+    quantizing the whole tensor at once.
+    """
+    rows_per_block = max(1, block_bytes // max(1, weight.shape[1] * 4))
+    parts = [
+        method.quantize(weight[start : start + rows_per_block]) for start in range(0, weight.shape[0], rows_per_block)
+    ]
+    return QuantizedWeight(torch.cat([p.weight for p in parts]), torch.cat([p.weight_scale for p in parts]))

@@ -1,0 +1,131 @@
+"""The built-in PTQ backend as a streaming stage: Parquet model in, quantized Parquet model out.
+
+Tensors flow one at a time (reading runs ahead on another thread): a linear layer's weight is
+loaded, checked for NaN/Inf, quantized in row blocks and written as `weight` + `weight_scale`;
+every other tensor is copied through chunk by chunk. The whole model is never in memory, and a
+killed run resumes at the first unfinished shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidInputError
+from ..numerics import count_nonfinite
+from ..store.reader import ModelReader
+from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
+from ..store.writer import ModelItem, rechunked
+from ..weights import torch_dtype
+from .layout import is_ignored, linear_modules
+from .ptq import PTQ_METHODS, QuantizedWeight, quantize_rows
+
+INDEX_NAME = "model.safetensors.index.json"
+_TORCH_TO_SAFETENSORS = {torch.int8: "I8", torch.float8_e4m3fn: "F8_E4M3"}
+
+
+@dataclass(frozen=True)
+class PTQPlan:
+    items: list[ModelItem]
+    quantized: list[str]  # module names
+    skipped: list[str]  # linear modules left in full precision (ignored)
+
+
+def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str]) -> PTQPlan:
+    method = PTQ_METHODS[method_name]
+    config = reader.config()
+    linear = linear_modules(config)
+    names = set(reader.tensor_names())
+    targets = {m for m in linear if f"{m}.weight" in names and not is_ignored(m, ignore)}
+    cache = _OneTensorCache(reader, method_name)
+    items: list[ModelItem] = []
+    for name in reader.tensor_names():
+        spec = reader.tensor_spec(name)
+        module = name.removesuffix(".weight")
+        if module in targets and spec.dtype in FLOAT_DTYPES and len(spec.shape) == 2:
+            items += _quantized_items(module, spec, cache, method.weight_type)
+        else:
+            items.append(ModelItem(KIND_TENSOR, name, spec.nbytes, _checked_copy(reader, spec), spec))
+    skipped = sorted(linear - targets)
+    quantization = method.quantization_config(ignore=skipped)
+    for file in reader.file_names():
+        if file == INDEX_NAME:
+            continue  # the safetensors layout changes; export writes a fresh index
+        data = _with_quantization_config(reader.read_file(file), quantization) if file == "config.json" else None
+        items.append(_file_item(reader, file, data))
+    items.sort(key=lambda item: (item.kind != KIND_FILE, item.name))
+    return PTQPlan(items, sorted(targets), skipped)
+
+
+class _OneTensorCache:
+    """`weight` and `weight_scale` items come from one quantization; they are written back to back."""
+
+    def __init__(self, reader: ModelReader, method_name: str) -> None:
+        self.reader = reader
+        self.method = PTQ_METHODS[method_name]
+        self.module = ""
+        self.result: QuantizedWeight | None = None
+
+    def get(self, module: str, spec: TensorSpec) -> QuantizedWeight:
+        if module != self.module or self.result is None:
+            self.result = None  # free the previous one before loading the next
+            data = bytearray(self.reader.read_tensor(spec.name))
+            weight = torch.frombuffer(data, dtype=torch_dtype(spec.dtype)).reshape(spec.shape)
+            if not bool(torch.isfinite(weight).all()):
+                raise InvalidInputError(f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it")
+            self.result, self.module = quantize_rows(self.method, weight), module
+        return self.result
+
+
+def _quantized_items(module: str, spec: TensorSpec, cache: _OneTensorCache, weight_type: str) -> list[ModelItem]:
+    out_features, in_features = spec.shape
+    weight_dtype = "I8" if weight_type == "int" else "F8_E4M3"
+    weight_spec = TensorSpec(f"{module}.weight", weight_dtype, (out_features, in_features))
+    scale_spec = TensorSpec(f"{module}.weight_scale", spec.dtype, (out_features, 1))
+
+    def weight_chunks(size: int) -> Iterator[bytes | memoryview]:
+        return _sliced(_raw(cache.get(module, spec).weight), size)
+
+    def scale_chunks(size: int) -> Iterator[bytes | memoryview]:
+        return _sliced(_raw(cache.get(module, spec).weight_scale), size)
+
+    return [
+        ModelItem(KIND_TENSOR, weight_spec.name, weight_spec.nbytes, weight_chunks, weight_spec),
+        ModelItem(KIND_TENSOR, scale_spec.name, scale_spec.nbytes, scale_chunks, scale_spec),
+    ]
+
+
+def _raw(tensor: torch.Tensor) -> memoryview:
+    return memoryview(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+
+
+def _sliced(data: memoryview, size: int) -> Iterator[memoryview]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _checked_copy(reader: ModelReader, spec: TensorSpec) -> Callable[[int], Iterator[bytes | memoryview]]:
+    def chunks(size: int) -> Iterator[bytes | memoryview]:
+        for piece in rechunked(reader.iter_tensor_chunks(spec.name), size):
+            if count_nonfinite(piece, spec.dtype):
+                raise InvalidInputError(f"tensor {spec.name} contains NaN/Inf values: refusing to quantize the model")
+            yield piece
+
+    return chunks
+
+
+def _file_item(reader: ModelReader, name: str, replacement: bytes | None) -> ModelItem:
+    def chunks(size: int) -> Iterator[bytes | memoryview]:
+        return _sliced(memoryview(replacement if replacement is not None else reader.read_file(name)), size)
+
+    nbytes = len(replacement) if replacement is not None else reader.manifest.files[name].nbytes
+    return ModelItem(KIND_FILE, name, nbytes, chunks)
+
+
+def _with_quantization_config(config_json: bytes, quantization: dict[str, object]) -> bytes:
+    config = json.loads(config_json)
+    config["quantization_config"] = quantization
+    return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
