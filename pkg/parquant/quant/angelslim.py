@@ -179,8 +179,6 @@ def quantize_with_angelslim(
     storage_options: Mapping[str, str] | None,
 ) -> AngelSlimRun:
     model_type = str(reader.config().get("model_type"))
-    if model_type not in MODEL_NAMES:
-        angelslim_config(config, workdir, None, workdir, model_type, device)  # raises the clear message
     model_dir = cached_hf_folder(model_url, reader, storage_options)
     calibration = None
     if config.needs_calibration:

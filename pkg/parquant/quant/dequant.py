@@ -83,3 +83,25 @@ def dequantize_module(
         return None
     scale = tensors.get(f"{prefix}.weight_scale")
     return dequantize_scaled(weight, scale) if scale is not None else weight.to(torch.float32)
+
+
+_QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_scale", ".input_scale", ".weight_zero_point")
+
+
+def dequantized_state_dict(
+    tensors: Mapping[str, torch.Tensor], quantization_config: Mapping[str, object] | None, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """A plain float state dict (`<module>.weight` for every layer) from any supported layout."""
+    config = dict(quantization_config or {})
+    method = str(config.get("quant_method", ""))
+    group_size = int(str(config.get("group_size", 128) or 128))
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.endswith(".qweight") or (name.endswith(".weight") and f"{name}_scale" in tensors):
+            prefix = name.rsplit(".", 1)[0]
+            weight = dequantize_module(prefix, tensors, method, group_size)
+            assert weight is not None
+            state[f"{prefix}.weight"] = weight.to(dtype)
+        elif not name.endswith(_QUANT_SUFFIXES):
+            state[name] = tensor
+    return state

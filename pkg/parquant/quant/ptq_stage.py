@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UnavailableError
 from ..numerics import count_nonfinite
 from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
@@ -40,6 +40,11 @@ def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str]) -> PTQPla
     linear = linear_modules(config)
     names = set(reader.tensor_names())
     targets = {m for m in linear if f"{m}.weight" in names and not is_ignored(m, ignore)}
+    if not targets:
+        raise UnavailableError(
+            f"architecture {config.get('model_type')!r} has no nn.Linear layers to quantize outside --ignore "
+            f"{' '.join(ignore)} (e.g. GPT-2 uses Conv1D): unsupported by the built-in PTQ backend"
+        )
     cache = _OneTensorCache(reader, method_name)
     items: list[ModelItem] = []
     for name in reader.tensor_names():

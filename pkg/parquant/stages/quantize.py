@@ -47,8 +47,10 @@ class Plan:
     fallbacks: list[str] = field(default_factory=list)
 
 
-def choose(config: QuantizationConfig, cuda: bool | None = None) -> Plan:
+def choose(config: QuantizationConfig, model_type: str, cuda: bool | None = None) -> Plan:
     """Apply the fallback chain to the config, without running anything."""
+    from ..quant.angelslim import MODEL_NAMES
+
     if cuda is None:
         cuda = _cuda_available()
     device = "cuda" if (config.device in ("auto", "cuda") and cuda) else "cpu"
@@ -62,9 +64,15 @@ def choose(config: QuantizationConfig, cuda: bool | None = None) -> Plan:
         plan.reasons.append(f"{config.method} runs on the built-in PTQ backend")
         return plan
     if not angelslim_available():
-        if config.backend == "angelslim" and not config.fallback:
+        if not config.fallback:
             raise UnavailableError(f"the AngelSlim backend needs the angelslim package: {INSTALL_HINT}")
         fall_back(plan, "angelslim is not installed")
+        return plan
+    if model_type not in MODEL_NAMES:
+        why = f"AngelSlim 0.5.0 does not support architecture {model_type!r} (supported: {', '.join(MODEL_NAMES)})"
+        if not config.fallback:
+            raise UnavailableError(f"{why}: use --backend ptq")
+        fall_back(plan, why)
         return plan
     plan.backend = "angelslim"
     plan.reasons.append(f"AngelSlim {config.method} on {device}" + (" (CPU adapter active)" if device == "cpu" else ""))
@@ -105,7 +113,7 @@ def quantize(
             raise InvalidInputError(
                 f"{model} is already quantized ({scheme.describe()}): quantize the original model instead"
             )
-        plan = choose(config)
+        plan = choose(config, str(reader.config().get("model_type")))
         model_bytes = sum(e.nbytes for e in reader.manifest.tensors.values())
         estimate = _estimate(plan, model_bytes)
         if dry_run:

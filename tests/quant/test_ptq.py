@@ -1,0 +1,61 @@
+"""Built-in PTQ math: reconstruction error bounds on known tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parquant.quant.ptq import (
+    PTQ_METHODS,
+    dequantize,
+    quantize_fp8_per_channel,
+    quantize_int8_per_channel,
+    quantize_rows,
+)
+
+
+@pytest.fixture
+def weight() -> torch.Tensor:
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * torch.linspace(0.01, 3.0, 64).unsqueeze(1)  # rows of very different ranges
+    w[5] = 0.0  # an all-zero row
+    w[7, 3] = 40.0  # an outlier
+    return w.to(torch.bfloat16)
+
+
+def test_int8_per_channel_error_is_at_most_half_a_step(weight: torch.Tensor) -> None:
+    q = quantize_int8_per_channel(weight)
+    assert q.weight.dtype == torch.int8 and q.weight_scale.shape == (64, 1) and q.weight_scale.dtype == torch.bfloat16
+    error = (dequantize(q) - weight.float()).abs()
+    step = q.weight_scale.float()
+    assert bool((error <= step / 2 + 1e-6).all())
+    assert bool((dequantize(q)[5] == 0).all())
+    assert int(q.weight.abs().max()) <= 127
+
+
+def test_fp8_per_channel_relative_error(weight: torch.Tensor) -> None:
+    q = quantize_fp8_per_channel(weight)
+    assert q.weight.dtype == torch.float8_e4m3fn
+    restored, original = dequantize(q), weight.float()
+    big = original.abs() > original.abs().amax(dim=1, keepdim=True) / 64  # normal range of E4M3 per row
+    relative = ((restored - original).abs() / original.abs().clamp(min=1e-12))[big]
+    assert float(relative.max()) <= 2**-4 + 1e-3  # 3 mantissa bits: half a step is 1/16
+    cosine = torch.nn.functional.cosine_similarity(restored.flatten(), original.flatten(), dim=0)
+    assert float(cosine) > 0.999
+
+
+def test_blockwise_quantization_is_bit_identical(weight: torch.Tensor) -> None:
+    for method in PTQ_METHODS.values():
+        whole = method.quantize(weight)
+        blocks = quantize_rows(method, weight, block_bytes=256 * 4 * 5)  # 5 rows a block
+        assert torch.equal(whole.weight.view(torch.uint8), blocks.weight.view(torch.uint8))
+        assert torch.equal(whole.weight_scale, blocks.weight_scale)
+
+
+def test_quantization_configs_describe_the_methods() -> None:
+    dynamic = PTQ_METHODS["int8-dynamic"].quantization_config(["lm_head"])
+    group = dynamic["config_groups"]["group_0"]
+    assert dynamic["format"] == "int-quantized" and group["input_activations"]["dynamic"] is True
+    weight_only = PTQ_METHODS["int8-weight"].quantization_config([])
+    assert weight_only["config_groups"]["group_0"]["input_activations"] is None
+    assert PTQ_METHODS["fp8-dynamic"].quantization_config([])["format"] == "float-quantized"
