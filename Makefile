@@ -27,6 +27,10 @@ demo: venv
 	$(BIN)/parquant inspect $(DEMO)/tiny-llama.parquet
 	$(BIN)/parquant export $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-hf --force
 	$(BIN)/python examples/check_roundtrip.py examples/tiny-llama $(DEMO)/tiny-llama-hf
+	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-int8 --method int8-weight
+	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-fp8 --method fp8-static \
+		--calibration-data examples/data/calibration.jsonl --num-samples 32 --seq-len 256
+	$(BIN)/parquant inspect $(DEMO)/tiny-llama-fp8
 
 ## test: the whole suite with line coverage of pkg/ and cmd/ (fails below 90%)
 test: venv
@@ -41,9 +45,10 @@ format: venv
 	$(BIN)/ruff format pkg cmd tests bench examples
 	$(BIN)/ruff check --fix pkg cmd tests bench examples
 
-## bench: conversion throughput vs. plain copy, peak RSS vs. largest tensor (prints ratios)
+## bench: conversion and quantization benchmarks (print ratios measured side by side)
 bench: venv
 	$(BIN)/python bench/convert_bench.py
+	$(BIN)/python bench/quantize_bench.py
 
 ## train-example: re-train the embedded default model from the shipped Wikipedia text (~12 min)
 train-example: venv

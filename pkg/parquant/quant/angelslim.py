@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class AngelSlimRun:
     output: Path  # the HF folder AngelSlim saved
     calibration: CalibrationSet | None
     device: str
+    export_seconds: float  # Parquet -> HF folder (0 when the cache had it)
+    engine_seconds: float  # AngelSlim itself, calibration data preparation included
 
 
 def quantization_section(config: QuantizationConfig) -> dict[str, Any]:
@@ -179,7 +182,9 @@ def quantize_with_angelslim(
     storage_options: Mapping[str, str] | None,
 ) -> AngelSlimRun:
     model_type = str(reader.config().get("model_type"))
+    started = time.monotonic()
     model_dir = cached_hf_folder(model_url, reader, storage_options)
+    exported = time.monotonic()
     calibration = None
     if config.needs_calibration:
         from transformers import AutoTokenizer
@@ -197,4 +202,4 @@ def quantize_with_angelslim(
     )
     log.info("running AngelSlim %s on %s (%s)", METHOD_NAMES[config.method], device, model_type)
     run_engine(slim_config, device)
-    return AngelSlimRun(save_dir, calibration, device)
+    return AngelSlimRun(save_dir, calibration, device, exported - started, time.monotonic() - exported)

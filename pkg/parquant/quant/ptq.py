@@ -113,7 +113,7 @@ def dequantize(quantized: QuantizedWeight) -> torch.Tensor:
     return quantized.weight.float() * quantized.weight_scale.float()
 
 
-def quantize_rows(method: PTQMethod, weight: torch.Tensor, block_bytes: int = 64 * 2**20) -> QuantizedWeight:
+def quantize_rows(method: PTQMethod, weight: torch.Tensor, block_bytes: int = 8 * 2**20) -> QuantizedWeight:
     """`method.quantize` in blocks of rows, so float32 temporaries stay bounded for huge tensors.
 
     Per-channel quantization treats each output row alone, so the result is bit-identical to

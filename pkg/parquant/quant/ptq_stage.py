@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..errors import InvalidInputError, UnavailableError
+from ..memory import release_free_memory
 from ..numerics import count_nonfinite
 from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
@@ -77,7 +79,12 @@ class _OneTensorCache:
     def get(self, module: str, spec: TensorSpec) -> QuantizedWeight:
         if module != self.module or self.result is None:
             self.result = None  # free the previous one before loading the next
-            data = bytearray(self.reader.read_tensor(spec.name))
+            release_free_memory()
+            data = bytearray(spec.nbytes)  # filled chunk by chunk: one copy of the tensor in memory, not two
+            position = 0
+            for piece in self.reader.iter_tensor_chunks(spec.name):
+                data[position : position + len(piece)] = piece
+                position += len(piece)
             weight = torch.frombuffer(data, dtype=torch_dtype(spec.dtype)).reshape(spec.shape)
             if not bool(torch.isfinite(weight).all()):
                 raise InvalidInputError(f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it")
@@ -104,7 +111,8 @@ def _quantized_items(module: str, spec: TensorSpec, cache: _OneTensorCache, weig
 
 
 def _raw(tensor: torch.Tensor) -> memoryview:
-    return memoryview(tensor.contiguous().view(torch.uint8).numpy().tobytes())
+    array: Any = tensor.contiguous().view(torch.uint8).reshape(-1).numpy()  # zero-copy view of its bytes
+    return memoryview(array)
 
 
 def _sliced(data: memoryview, size: int) -> Iterator[memoryview]:

@@ -206,6 +206,8 @@ def _run_angelslim(
         )
     return {
         "quantize_seconds": round(quantized_seconds, 3),
+        "export_seconds": round(run.export_seconds, 3),
+        "engine_seconds": round(run.engine_seconds, 3),
         "import_seconds": round(result.seconds, 3),
         "calibration_samples": run.calibration.samples if run.calibration else 0,
     }
