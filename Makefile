@@ -23,12 +23,12 @@ $(STAMP): pyproject.toml requirements-angelslim.txt
 
 ## demo: the main job on the embedded default model (examples/tiny-llama)
 demo: venv
-	$(BIN)/parquant import examples/tiny-llama --output $(DEMO)/tiny-llama.parquet
+	$(BIN)/parquant import examples/tiny-llama --output $(DEMO)/tiny-llama.parquet --force
 	$(BIN)/parquant inspect $(DEMO)/tiny-llama.parquet
 	$(BIN)/parquant export $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-hf --force
 	$(BIN)/python examples/check_roundtrip.py examples/tiny-llama $(DEMO)/tiny-llama-hf
-	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-int8 --method int8-weight
-	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-fp8 --method fp8-static \
+	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-int8 --method int8-weight --force
+	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-fp8 --method fp8-static --force \
 		--calibration-data examples/data/calibration.jsonl --num-samples 32 --seq-len 256
 	$(BIN)/parquant inspect $(DEMO)/tiny-llama-fp8
 

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .errors import UnavailableError
+from .errors import InvalidInputError, UnavailableError
 from .fs import resolve
 from .quant.detect import QuantizationScheme, detect_quantization
 from .stages.convert import export_checkpoint
@@ -100,7 +100,11 @@ class WeightLoader:
         return LazyStateDict(self)
 
     def build_model(self, dtype: Any = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
-        """A transformers model with these weights, in eval mode, on CPU."""
+        """A transformers model with these weights, in eval mode, on CPU.
+
+        GPTQ and AWQ checkpoints need GPU kernel libraries in transformers; they are dequantized
+        here instead (parquant's own dequantizers), giving the float model they stand for.
+        """
         from transformers import AutoModelForCausalLM
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -110,12 +114,40 @@ class WeightLoader:
                 f"architecture {model_type!r} is not built into transformers; parquant does not run remote code "
                 "by default (trust_remote_code is off)"
             )
+        if self.quantization().method in ("gptq", "awq"):
+            return self._dequantized_model()
         with tempfile.TemporaryDirectory(prefix="parquant-model-") as folder:
             export_checkpoint(self.url, f"{folder}/hf", storage_options=self.storage_options)
             model = AutoModelForCausalLM.from_pretrained(
                 f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code
             )
         model.train(False)  # eval mode, spelled so that strict mypy can see its type
+        return model
+
+    def _dequantized_model(self) -> PreTrainedModel:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from .quant.dequant import dequantized_state_dict
+
+        config = self.config()
+        settings = {k: v for k, v in config.items() if k not in ("quantization_config", "model_type")}
+        dtype = next((self.spec(n).dtype for n in self.names() if n.endswith(".scales")), "BF16")
+        target = torch.float16 if dtype == "F16" else torch.bfloat16
+        model: PreTrainedModel = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            AutoConfig.for_model(config["model_type"], **settings)
+        )
+        state = dequantized_state_dict({n: self.load(n) for n in self.names()}, config["quantization_config"], target)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+        if unexpected or set(missing) - tied:
+            raise InvalidInputError(
+                f"{self.url}: dequantized weights do not fit the architecture (missing {sorted(missing)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]})"
+            )
+        model.tie_weights()
+        model.to(target)  # in place for modules
+        model.train(False)
         return model
 
     def close(self) -> None:

@@ -47,23 +47,9 @@ def eval_ids() -> torch.Tensor:
 
 
 def logits_of(model_url: str, ids: torch.Tensor) -> torch.Tensor:
-    """Logits of any model parquant writes: transformers for compressed-tensors, our dequantizer for int4."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+    """Logits of any model parquant writes (transformers for compressed-tensors, dequantized int4)."""
     with WeightLoader(model_url) as loader:
-        config = loader.config()
-        method = (config.get("quantization_config") or {}).get("quant_method")
-        if method in ("gptq", "awq"):
-            tensors = {name: loader.load(name) for name in loader.names()}
-            state = dequantized_state_dict(tensors, config["quantization_config"], torch.bfloat16)
-            plain = {k: v for k, v in config.items() if k not in ("quantization_config", "model_type")}
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(config["model_type"], **plain))
-            missing, unexpected = model.load_state_dict(state, strict=False)
-            assert not unexpected and all(k == "lm_head.weight" for k in missing)
-            model.tie_weights()
-            model = model.to(torch.bfloat16).eval()
-        else:
-            model = loader.build_model()
+        model = loader.build_model()
     with torch.no_grad():
         return model(ids).logits.float()
 
