@@ -146,7 +146,7 @@ class WeightLoader:
                 f"unexpected {sorted(unexpected)[:3]})"
             )
         model.tie_weights()
-        model.to(target)  # in place for modules
+        torch.nn.Module.to(model, target)  # in place for modules
         model.train(False)
         return model
 
