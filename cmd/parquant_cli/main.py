@@ -17,7 +17,16 @@ import argparse_dataclass
 from parquant import __version__
 from parquant.errors import EXIT_CODES, OutOfMemoryError, ParquantError, UsageError
 
-from .options import CommonOptions, ExportOptions, ImportOptions, InspectOptions, QuantizeOptions
+from .options import (
+    BenchmarkOptions,
+    CommonOptions,
+    ExportOptions,
+    ImportOptions,
+    InspectOptions,
+    QuantizeOptions,
+    ReportOptions,
+    ValidateOptions,
+)
 from .reporting import configure_logging, progress_reporter
 
 log = logging.getLogger("parquant")
@@ -91,6 +100,8 @@ def run_quantize(options: QuantizeOptions) -> int:
         "device": options.device,
         "fallback": False if options.no_fallback else None,
     }
+    if options.compare:
+        return _run_compare(options, flags)
     config = load_config(options.config, flags)
     write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
     result = quantize(
@@ -119,6 +130,82 @@ def run_quantize(options: QuantizeOptions) -> int:
     return _finish(result)
 
 
+def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
+    from parquant.config import load_config
+    from parquant.stages.compare import CompareSettings, compare
+
+    if not options.eval_text:
+        raise UsageError("--compare needs --eval-text URL (held-out text for validation)")
+    methods = [m.strip() for m in (options.compare or "").split(",") if m.strip()]
+    rows = compare(
+        options.model,
+        options.output,
+        methods,
+        lambda method: load_config(options.config, {**flags, "method": method, "backend": options.backend}),
+        CompareSettings(eval_text=options.eval_text),
+        force=options.force,
+        storage_options=_storage(options),
+        progress=progress_reporter(options.log_format, options.quiet),
+    )
+    failed = [row["label"] for row in rows if row.get("error")]
+    log.info(
+        "compare: %d rows, report in %s/report%s",
+        len(rows),
+        options.output.rstrip("/"),
+        f" ({len(failed)} failed: {', '.join(failed)})" if failed else "",
+    )
+    print(json.dumps({"report": f"{options.output.rstrip('/')}/report", "rows": len(rows), "failed": failed}))
+    return 0
+
+
+def run_validate(options: ValidateOptions) -> int:
+    from parquant.stages.evaluate import validate
+    from parquant.validate import Thresholds, gate
+
+    result = validate(
+        options.reference,
+        options.candidate,
+        options.eval_text,
+        output=options.output,
+        seq_len=options.seq_len,
+        max_tokens=options.max_tokens,
+        thresholds=Thresholds(options.min_cosine, options.max_ppl_ratio),
+        storage_options=_storage(options),
+        progress=progress_reporter(options.log_format, options.quiet),
+    )
+    print(json.dumps(result.to_dict(), indent=2) if options.json else result.summary())
+    gate(result)
+    return 0
+
+
+def run_benchmark(options: BenchmarkOptions) -> int:
+    from parquant.stages.evaluate import benchmark
+
+    result = benchmark(
+        options.model,
+        output=options.output,
+        batch_sizes=tuple(options.batch_sizes),
+        seq_lens=tuple(options.seq_lens),
+        new_tokens=options.new_tokens,
+        repeats=options.repeats,
+        device=options.device,
+        storage_options=_storage(options),
+        progress=progress_reporter(options.log_format, options.quiet),
+    )
+    print(json.dumps(result.to_dict(), indent=2) if options.json else result.summary())
+    return 0
+
+
+def run_report(options: ReportOptions) -> int:
+    from parquant.stages.evaluate import report
+
+    files = report(
+        options.results, options.output, title=options.title, force=options.force, storage_options=_storage(options)
+    )
+    log.info("report: wrote %s (%s)", options.output, ", ".join(files))
+    return 0
+
+
 def run_inspect(options: InspectOptions) -> int:
     from parquant.stages.inspect import format_summary, inspect_model
 
@@ -140,6 +227,9 @@ STAGES: dict[str, Stage] = {
     "import": Stage(ImportOptions, run_import, "HF checkpoint folder -> Parquet model"),
     "export": Stage(ExportOptions, run_export, "Parquet model -> HF checkpoint folder (transformers/vLLM)"),
     "quantize": Stage(QuantizeOptions, run_quantize, "Parquet model -> quantized Parquet model (AngelSlim or PTQ)"),
+    "validate": Stage(ValidateOptions, run_validate, "precision of a quantized model vs its reference (gate: exit 79)"),
+    "benchmark": Stage(BenchmarkOptions, run_benchmark, "load time, prefill latency, decode tokens/s, peak memory"),
+    "report": Stage(ReportOptions, run_report, "comparison report (Markdown, JSON, HTML with plots) from results"),
     "inspect": Stage(InspectOptions, run_inspect, "show tensors, dtypes, size, quantization, manifest"),
 }
 

@@ -140,3 +140,58 @@ class QuantizeOptions(CommonOptions, WriteFlags):
         default=False, metadata={"help": "fail (exit 69) instead of falling back to built-in PTQ or to the CPU"}
     )
     dry_run: bool = field(default=False, metadata={"help": "print the plan and estimates; write nothing"})
+    compare: str | None = field(
+        default=None,
+        metadata={
+            "type": str,
+            "help": "comma-separated methods to compare (plus the PTQ INT8 baseline): quantize, validate "
+            "and benchmark each into OUTPUT/<method>, write OUTPUT/report",
+        },
+    )
+    eval_text: str | None = field(default=None, metadata={"type": str, "help": "held-out text for --compare"})
+
+
+@dataclass(kw_only=True)
+class ValidateOptions(CommonOptions):
+    reference: str = field(metadata={"args": ["reference"], "help": "the original Parquet model URL"})
+    candidate: str = field(metadata={"args": ["candidate"], "help": "the quantized Parquet model URL"})
+    eval_text: str = field(metadata={"help": "held-out text URL (plain UTF-8) for logits and perplexity"})
+    seq_len: int = field(default=256, metadata={"help": "tokens per evaluation window (default 256)"})
+    max_tokens: int = field(default=4096, metadata={"help": "evaluate at most this many tokens (default 4096)"})
+    min_cosine: float = field(default=0.99, metadata={"help": "gate: minimum mean logits cosine (default 0.99)"})
+    max_ppl_ratio: float = field(default=1.05, metadata={"help": "gate: maximum perplexity ratio (default 1.05)"})
+    output: str | None = field(
+        default=None, metadata={"args": ["-o", "--output"], "type": str, "help": "write the JSON result here"}
+    )
+    json: bool = field(default=False, metadata={"help": "print the full JSON result instead of the summary"})
+
+
+@dataclass(kw_only=True)
+class BenchmarkOptions(CommonOptions):
+    model: str = field(metadata={"args": ["model"], "help": "Parquet model URL"})
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4], metadata={"nargs": "+", "type": int})
+    seq_lens: list[int] = field(
+        default_factory=lambda: [128, 512], metadata={"nargs": "+", "type": int, "help": "prefill lengths"}
+    )
+    new_tokens: int = field(default=32, metadata={"help": "decoded tokens per run (default 32)"})
+    repeats: int = field(default=3, metadata={"help": "timed runs after one warm-up; median reported"})
+    device: str = field(default="cpu", metadata={"choices": ["cpu", "cuda"]})
+    output: str | None = field(
+        default=None, metadata={"args": ["-o", "--output"], "type": str, "help": "write the JSON result here"}
+    )
+    json: bool = field(default=False, metadata={"help": "print the full JSON result instead of the summary"})
+
+
+@dataclass(kw_only=True)
+class ReportOptions(CommonOptions):
+    results: list[str] = field(
+        metadata={
+            "args": ["results"],
+            "nargs": "+",
+            "type": str,
+            "help": "result JSON files of validate, benchmark or --compare",
+        }
+    )
+    output: str = field(metadata={"args": ["-o", "--output"], "help": "report folder URL to write"})
+    title: str = field(default="parquant comparison")
+    force: bool = field(default=False, metadata={"help": "overwrite an existing report"})

@@ -191,3 +191,21 @@ def _remove(path: str) -> None:
         shutil.rmtree(path)
     elif os.path.lexists(path):
         os.unlink(path)
+
+
+def write_file_atomically(location: Location, data: bytes) -> None:
+    """One file, whole or not at all: local temp file + rename; S3 PUTs are atomic already."""
+    with storage_errors(location.url):
+        if location.is_local:
+            os.makedirs(os.path.dirname(os.path.abspath(location.path)), exist_ok=True)
+            partial = location.path + ".part"
+            try:
+                with open(partial, "wb") as handle:
+                    handle.write(data)
+                os.replace(partial, location.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+                raise
+        else:
+            location.fs.pipe_file(location.path, data)

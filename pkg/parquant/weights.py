@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, UnavailableError
@@ -123,6 +124,20 @@ class WeightLoader:
             )
         model.train(False)  # eval mode, spelled so that strict mypy can see its type
         return model
+
+    def tokenizer(self) -> Any:
+        """The model's tokenizer, from the files stored with it (all of them are small)."""
+        from transformers import AutoTokenizer
+
+        with tempfile.TemporaryDirectory(prefix="parquant-tokenizer-") as folder:
+            for name in self.reader.file_names():
+                target = Path(folder) / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.reader.read_file(name))
+            try:
+                return AutoTokenizer.from_pretrained(folder)
+            except (OSError, ValueError) as exc:
+                raise UnavailableError(f"{self.url} has no usable tokenizer files ({exc})") from None
 
     def _dequantized_model(self) -> PreTrainedModel:
         import torch

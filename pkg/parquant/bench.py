@@ -1,0 +1,157 @@
+"""BenchmarkRunner: load time, prefill latency, decode throughput, peak memory, size on disk.
+
+Every timing has warm-up runs that are discarded and repeated runs reported as median and spread
+(min, max), because a single CPU timing on a shared machine says little.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .progress import ProgressCallback, ProgressEvent, no_progress
+from .weights import WeightLoader
+
+
+@dataclass
+class Timing:
+    median: float
+    minimum: float
+    maximum: float
+    runs: int
+
+
+@dataclass
+class BenchmarkResult:
+    model: str
+    device: str
+    size_on_disk_bytes: int
+    load_seconds: float
+    prefill_seconds: dict[str, Timing] = field(default_factory=dict)  # "batch x seq_len" -> timing
+    decode_tokens_per_second: dict[str, Timing] = field(default_factory=dict)  # "batch" -> tokens/s
+    model_memory_bytes: int = 0  # parameters + buffers as loaded (CPU transformers decompresses FP8/INT8)
+    peak_host_rss_bytes: int = 0  # the process's high-water mark (includes anything it ran before)
+    peak_gpu_allocated_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "benchmark", **asdict(self)}
+
+    def summary(self) -> str:
+        lines = [
+            f"benchmark {self.model} on {self.device}: load {self.load_seconds:.2f}s, "
+            f"{self.size_on_disk_bytes / 1e6:.1f} MB on disk, peak RSS {self.peak_host_rss_bytes / 1e6:.0f} MB"
+        ]
+        lines += [
+            f"  prefill {k}: {t.median * 1000:.1f} ms (min {t.minimum * 1000:.1f}, max {t.maximum * 1000:.1f})"
+            for k, t in self.prefill_seconds.items()
+        ]
+        lines += [
+            f"  decode batch {k}: {t.median:.1f} tokens/s (min {t.minimum:.1f}, max {t.maximum:.1f})"
+            for k, t in self.decode_tokens_per_second.items()
+        ]
+        return "\n".join(lines)
+
+
+class BenchmarkRunner:
+    def __init__(
+        self,
+        model: str,
+        *,
+        batch_sizes: tuple[int, ...] = (1, 4),
+        seq_lens: tuple[int, ...] = (128, 512),
+        new_tokens: int = 32,
+        warmup: int = 1,
+        repeats: int = 3,
+        device: str = "cpu",
+        storage_options: Mapping[str, str] | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> None:
+        self.model_url = model
+        self.batch_sizes, self.seq_lens, self.new_tokens = batch_sizes, seq_lens, new_tokens
+        self.warmup, self.repeats, self.device = warmup, repeats, device
+        self.storage_options, self.progress = storage_options, progress
+
+    def run(self) -> BenchmarkResult:
+        with WeightLoader(self.model_url, self.storage_options) as loader:
+            size = _size_on_disk(loader)
+            started = time.perf_counter()
+            model: Any = loader.build_model()
+            torch.nn.Module.to(model, self.device)
+            load_seconds = time.perf_counter() - started
+        vocab = int(model.config.vocab_size)
+        max_positions = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        result = BenchmarkResult(self.model_url, self.device, size, round(load_seconds, 3))
+        result.model_memory_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+        steps = len(self.batch_sizes) * (len(self.seq_lens) + 1)
+        done = 0
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for batch in self.batch_sizes:
+                for seq_len in self.seq_lens:
+                    length = min(seq_len, max_positions)
+                    ids = torch.randint(0, vocab, (batch, length), generator=generator).to(self.device)
+                    result.prefill_seconds[f"{batch}x{length}"] = self._time(functools.partial(model, ids))
+                    done += 1
+                    self.progress(ProgressEvent("benchmark", f"prefill {batch}x{length}", done, steps))
+                prompt = torch.randint(0, vocab, (batch, 16), generator=generator).to(self.device)
+                seconds = self._time(
+                    functools.partial(
+                        model.generate,
+                        prompt,
+                        max_new_tokens=self.new_tokens,
+                        min_new_tokens=self.new_tokens,
+                        do_sample=False,
+                        pad_token_id=model.config.eos_token_id or 0,
+                    )
+                )
+                result.decode_tokens_per_second[str(batch)] = Timing(
+                    round(batch * self.new_tokens / seconds.median, 2),
+                    round(batch * self.new_tokens / seconds.maximum, 2),
+                    round(batch * self.new_tokens / seconds.minimum, 2),
+                    seconds.runs,
+                )
+                done += 1
+                self.progress(ProgressEvent("benchmark", f"decode batch {batch}", done, steps))
+        result.peak_host_rss_bytes = _peak_rss()
+        if self.device.startswith("cuda"):
+            result.peak_gpu_allocated_bytes = int(torch.cuda.max_memory_allocated())
+        return result
+
+    def _time(self, action: Callable[[], Any]) -> Timing:
+        for _ in range(self.warmup):
+            action()
+        samples = []
+        for _ in range(self.repeats):
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            action()
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            samples.append(time.perf_counter() - started)
+        return Timing(
+            round(statistics.median(samples), 6), round(min(samples), 6), round(max(samples), 6), len(samples)
+        )
+
+
+def _size_on_disk(loader: WeightLoader) -> int:
+    return sum(loader.reader.folder.child(shard).size() for shard in loader.reader.manifest.shards)
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,94 @@
+"""One comparison row per model: what it is, how it was made, how precise and how fast it is."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass
+class ComparisonRow:
+    label: str
+    method: str
+    backend: str
+    model: str
+    size_bytes: int | None = None
+    compression_ratio: float | None = None
+    quantize_seconds: float | None = None
+    peak_memory_bytes: int | None = None
+    logits_cosine: float | None = None
+    worst_token_cosine: float | None = None
+    top1_agreement: float | None = None
+    perplexity: float | None = None
+    perplexity_ratio: float | None = None
+    decode_tokens_per_second: float | None = None
+    prefill_ms: float | None = None
+    passed: bool | None = None
+    note: str = ""
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
+    """Group validation / benchmark / quantize / comparison-row results by the model they describe."""
+    rows: dict[str, ComparisonRow] = {}
+    order: list[str] = []
+
+    def row(model: str, label: str = "", method: str = "", backend: str = "") -> ComparisonRow:
+        if model not in rows:
+            rows[model] = ComparisonRow(label or model.rstrip("/").rsplit("/", 1)[-1], method, backend, model)
+            order.append(model)
+        found = rows[model]
+        found.label, found.method, found.backend = (
+            label or found.label,
+            method or found.method,
+            backend or found.backend,
+        )
+        return found
+
+    for result in results:
+        kind = result.get("kind")
+        if kind == "comparison-row":
+            target = row(result["model"], result.get("label", ""), result.get("method", ""), result.get("backend", ""))
+            target.note, target.error = result.get("note", ""), result.get("error", "")
+            if result.get("quantize_seconds") is not None:
+                target.quantize_seconds = result["quantize_seconds"]
+            for nested in (result.get("validation"), result.get("benchmark")):
+                if nested:
+                    _apply(target, nested)
+        elif kind in ("validation", "benchmark"):
+            model = result["candidate"] if kind == "validation" else result["model"]
+            _apply(row(model), result)
+    table = [rows[m] for m in order]
+    _fill_ratios(table)
+    return table
+
+
+def _apply(target: ComparisonRow, result: dict[str, Any]) -> None:
+    if result.get("kind") == "validation":
+        target.logits_cosine = result["logits_cosine_mean"]
+        target.worst_token_cosine = result["logits_cosine_worst"]
+        target.top1_agreement = result["top1_agreement"]
+        target.perplexity = result["perplexity_candidate"]
+        target.perplexity_ratio = result["perplexity_ratio"]
+        target.passed = result["passed"]
+    else:
+        target.size_bytes = result["size_on_disk_bytes"]
+        target.peak_memory_bytes = result.get("model_memory_bytes") or result["peak_host_rss_bytes"]
+        decode = result.get("decode_tokens_per_second", {}).get("1")
+        target.decode_tokens_per_second = decode["median"] if decode else None
+        prefill = next(iter(result.get("prefill_seconds", {}).values()), None)
+        target.prefill_ms = round(prefill["median"] * 1000, 2) if prefill else None
+
+
+def _fill_ratios(table: list[ComparisonRow]) -> None:
+    """Compression ratio against the baseline row (the unquantized reference, when present)."""
+    baseline = next((r for r in table if r.method in ("none", "reference", "bf16")), None)
+    if baseline is None or not baseline.size_bytes:
+        return
+    for entry in table:
+        if entry.size_bytes:
+            entry.compression_ratio = round(baseline.size_bytes / entry.size_bytes, 3)

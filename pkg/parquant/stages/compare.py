@@ -1,0 +1,131 @@
+"""`quantize --compare`: several methods on one model, each quantized, validated and benchmarked.
+
+Layout under the output URL: `<method>/` (each quantized model), `results/<method>.json` (one
+comparison row each, with the full validation and benchmark results), `report/` (Markdown, JSON,
+HTML with plots). The reference itself and the built-in PTQ INT8 baseline are always rows. A
+method that fails becomes a row that says why; the comparison goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import QuantizationConfig
+from ..errors import ParquantError
+from ..progress import ProgressCallback, no_progress
+from ..validate import Thresholds
+from .evaluate import benchmark, report, validate, write_json
+from .quantize import quantize
+
+log = logging.getLogger("parquant")
+BASELINE = "int8-weight"
+
+
+@dataclass
+class CompareSettings:
+    eval_text: str
+    seq_len: int = 256
+    max_tokens: int = 4096
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    batch_sizes: tuple[int, ...] = (1,)
+    bench_seq_lens: tuple[int, ...] = (128,)
+    new_tokens: int = 16
+    repeats: int = 3
+    notes: list[str] = field(default_factory=list)
+
+
+def compare(
+    model: str,
+    output: str,
+    methods: list[str],
+    config_for: Callable[[str], QuantizationConfig],
+    settings: CompareSettings,
+    *,
+    force: bool = False,
+    storage_options: Mapping[str, str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> list[dict[str, Any]]:
+    """Run every method (plus reference and PTQ INT8 baseline); returns the rows written."""
+    base = output.rstrip("/")
+    rows = [_reference_row(model, base, settings, storage_options)]
+    for method in dict.fromkeys([BASELINE, *methods]):
+        log.info("compare: %s", method)
+        row: dict[str, Any] = {
+            "kind": "comparison-row",
+            "label": method,
+            "method": method,
+            "backend": "",
+            "model": f"{base}/{method}",
+        }
+        try:
+            config = config_for(method)
+            quantized = quantize(
+                model, row["model"], config, force=force, storage_options=storage_options, progress=progress
+            )
+            row.update(
+                backend=quantized.details.get("backend", ""),
+                method=quantized.details.get("method", method),
+                quantize_seconds=round(quantized.seconds, 2),
+                note="; ".join(quantized.details.get("fallbacks", [])),
+            )
+            row["validation"] = validate(
+                model,
+                row["model"],
+                settings.eval_text,
+                seq_len=settings.seq_len,
+                max_tokens=settings.max_tokens,
+                thresholds=settings.thresholds,
+                storage_options=storage_options,
+            ).to_dict()
+            row["benchmark"] = _benchmark(row["model"], settings, storage_options)
+        except ParquantError as exc:
+            log.warning("compare: %s failed: %s", method, exc)
+            row["error"] = f"exit {exc.exit_code}: {exc}"
+        write_json(f"{base}/results/{method}.json", row, storage_options)
+        rows.append(row)
+    report(
+        [f"{base}/results/{name}.json" for name in ["reference", *dict.fromkeys([BASELINE, *methods])]],
+        f"{base}/report",
+        title=f"parquant comparison: {model}",
+        notes=settings.notes,
+        force=True,
+        storage_options=storage_options,
+    )
+    return rows
+
+
+def _benchmark(model: str, settings: CompareSettings, storage_options: Mapping[str, str] | None) -> dict[str, Any]:
+    return benchmark(
+        model,
+        batch_sizes=settings.batch_sizes,
+        seq_lens=settings.bench_seq_lens,
+        new_tokens=settings.new_tokens,
+        repeats=settings.repeats,
+        storage_options=storage_options,
+    ).to_dict()
+
+
+def _reference_row(
+    model: str, base: str, settings: CompareSettings, storage_options: Mapping[str, str] | None
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "kind": "comparison-row",
+        "label": "reference",
+        "method": "reference",
+        "backend": "-",
+        "model": model,
+    }
+    row["validation"] = validate(
+        model,
+        model,
+        settings.eval_text,
+        seq_len=settings.seq_len,
+        max_tokens=settings.max_tokens,
+        storage_options=storage_options,
+    ).to_dict()
+    row["benchmark"] = _benchmark(model, settings, storage_options)
+    write_json(f"{base}/results/reference.json", row, storage_options)
+    return row

@@ -1,0 +1,260 @@
+"""PrecisionValidator: how far a quantized (candidate) model is from its reference.
+
+Two levels, both needing no GPU library:
+- weights: every linear layer of the reference against the candidate's weight, dequantized by
+  parquant itself (FP8/INT8 compressed-tensors, GPTQ, AWQ): cosine, relative error, max abs error;
+- model: both models run on held-out text in windows of `seq_len` tokens: logits cosine per token
+  (mean and the worst tokens, never hidden in a mean), top-1 agreement, KL(reference || candidate),
+  perplexity of both and their ratio.
+
+Thresholds turn the result into a gate (PrecisionGateError, exit 79).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import InvalidInputError, PrecisionGateError
+from .fs import resolve
+from .progress import ProgressCallback, ProgressEvent, no_progress
+from .quant.dequant import dequantize_module
+from .weights import WeightLoader
+
+DEFAULT_MIN_COSINE = 0.99
+DEFAULT_MAX_PPL_RATIO = 1.05
+_SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
+
+
+@dataclass
+class Thresholds:
+    min_cosine: float = DEFAULT_MIN_COSINE  # mean logits cosine
+    max_ppl_ratio: float = DEFAULT_MAX_PPL_RATIO
+
+
+@dataclass
+class TensorMetric:
+    name: str
+    cosine: float
+    relative_error: float
+    max_abs_error: float
+
+
+@dataclass
+class WorstToken:
+    position: int
+    token: str
+    cosine: float
+
+
+@dataclass
+class ValidationResult:
+    reference: str
+    candidate: str
+    tensors: list[TensorMetric]
+    worst_tensors: list[TensorMetric]
+    logits_cosine_mean: float
+    logits_cosine_worst: float
+    worst_tokens: list[WorstToken]
+    top1_agreement: float
+    kl_divergence: float
+    perplexity_reference: float
+    perplexity_candidate: float
+    perplexity_ratio: float
+    tokens_evaluated: int
+    seconds: float
+    thresholds: Thresholds
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "validation", **asdict(self)}
+
+    def summary(self) -> str:
+        worst = self.worst_tensors[0] if self.worst_tensors else None
+        lines = [
+            f"validate {self.candidate} against {self.reference}: {'PASSED' if self.passed else 'FAILED'}",
+            f"  logits cosine   mean {self.logits_cosine_mean:.5f}  worst token {self.logits_cosine_worst:.5f}",
+            f"  top-1 agreement {self.top1_agreement:.4f}   KL {self.kl_divergence:.5f}",
+            f"  perplexity      {self.perplexity_reference:.3f} -> {self.perplexity_candidate:.3f} "
+            f"(x{self.perplexity_ratio:.4f}) on {self.tokens_evaluated} tokens",
+        ]
+        if worst is not None:
+            lines.append(f"  worst tensor    {worst.name} cosine {worst.cosine:.5f} rel.err {worst.relative_error:.4f}")
+        lines += [f"  FAIL: {failure}" for failure in self.failures]
+        return "\n".join(lines)
+
+
+class PrecisionValidator:
+    def __init__(
+        self,
+        reference: str,
+        candidate: str,
+        eval_text: str,
+        *,
+        seq_len: int = 256,
+        max_tokens: int = 4096,
+        thresholds: Thresholds | None = None,
+        storage_options: Mapping[str, str] | None = None,
+        progress: ProgressCallback = no_progress,
+    ) -> None:
+        self.reference_url, self.candidate_url = reference, candidate
+        self.eval_text_url = eval_text
+        self.seq_len, self.max_tokens = seq_len, max_tokens
+        self.thresholds = thresholds or Thresholds()
+        self.storage_options = storage_options
+        self.progress = progress
+
+    def run(self) -> ValidationResult:
+        started = time.monotonic()
+        with (
+            WeightLoader(self.reference_url, self.storage_options) as reference,
+            WeightLoader(self.candidate_url, self.storage_options) as candidate,
+        ):
+            _check_same_architecture(reference.config(), candidate.config())
+            tensors = self._tensor_metrics(reference, candidate)
+            ids, tokenizer = self._eval_tokens(reference)
+            model_metrics = self._model_metrics(reference, candidate, ids, tokenizer)
+        result = ValidationResult(
+            reference=self.reference_url,
+            candidate=self.candidate_url,
+            tensors=tensors,
+            worst_tensors=sorted(tensors, key=lambda t: t.cosine)[:5],
+            seconds=round(time.monotonic() - started, 2),
+            thresholds=self.thresholds,
+            passed=True,
+            **model_metrics,
+        )
+        if result.logits_cosine_mean < self.thresholds.min_cosine:
+            result.failures.append(
+                f"mean logits cosine {result.logits_cosine_mean:.5f} < --min-cosine {self.thresholds.min_cosine}"
+            )
+        if result.perplexity_ratio > self.thresholds.max_ppl_ratio:
+            result.failures.append(
+                f"perplexity ratio {result.perplexity_ratio:.4f} > --max-ppl-ratio {self.thresholds.max_ppl_ratio}"
+            )
+        result.passed = not result.failures
+        return result
+
+    # -- weights ----------------------------------------------------------------------------------
+    def _tensor_metrics(self, reference: WeightLoader, candidate: WeightLoader) -> list[TensorMetric]:
+        quantization = candidate.config().get("quantization_config") or {}
+        method = str(quantization.get("quant_method", ""))
+        group_size = int(quantization.get("group_size") or 128)
+        candidate_names = set(candidate.names())
+        modules = [
+            n.removesuffix(".weight")
+            for n in reference.names()
+            if n.endswith(".weight") and len(reference.spec(n).shape) == 2
+        ]
+        metrics = []
+        for index, module in enumerate(modules, 1):
+            needed = [n for n in candidate_names if n.startswith(module + ".")]
+            if not needed:
+                raise InvalidInputError(f"candidate {self.candidate_url} lacks tensor {module}.weight of the reference")
+            loaded = {n: candidate.load(n) for n in needed}
+            restored = dequantize_module(module, loaded, method, group_size)
+            original = reference.load(f"{module}.weight").float()
+            if restored is None or restored.shape != original.shape:
+                raise InvalidInputError(f"candidate tensor {module} has a different shape than the reference")
+            metrics.append(_compare(module + ".weight", original, restored))
+            self.progress(ProgressEvent("weights", module, index, len(modules)))
+        return metrics
+
+    # -- model ------------------------------------------------------------------------------------
+    def _eval_tokens(self, reference: WeightLoader) -> tuple[torch.Tensor, Any]:
+        location = resolve(self.eval_text_url, self.storage_options)
+        if not location.exists():
+            from .errors import InputNotFoundError
+
+            raise InputNotFoundError(f"evaluation text {self.eval_text_url} not found")
+        text = location.read_bytes().decode("utf-8", errors="replace")
+        if not text.strip():
+            raise InvalidInputError(f"evaluation text {self.eval_text_url} is empty")
+        tokenizer = reference.tokenizer()
+        ids = tokenizer(text, return_tensors="pt").input_ids[0][: self.max_tokens]
+        if len(ids) < self.seq_len + 1:
+            raise InvalidInputError(
+                f"evaluation text {self.eval_text_url} has {len(ids)} tokens, fewer than one sequence of "
+                f"--seq-len {self.seq_len}: give more text or a smaller --seq-len"
+            )
+        return ids, tokenizer
+
+    def _model_metrics(
+        self, reference: WeightLoader, candidate: WeightLoader, ids: torch.Tensor, tokenizer: Any
+    ) -> dict[str, Any]:
+        ref_model, cand_model = reference.build_model(), candidate.build_model()
+        windows = [ids[s : s + self.seq_len] for s in range(0, len(ids) - self.seq_len + 1, self.seq_len)]
+        cosines, agree, kl, nll_ref, nll_cand = [], 0, 0.0, 0.0, 0.0
+        positions = []
+        with torch.no_grad():
+            for index, window in enumerate(windows, 1):
+                ref_logits = ref_model(window.unsqueeze(0)).logits[0].float()
+                cand_logits = cand_model(window.unsqueeze(0)).logits[0].float()
+                if not bool(torch.isfinite(cand_logits).all()):
+                    raise InvalidInputError(f"candidate {self.candidate_url} produced non-finite logits: it is broken")
+                if not bool(torch.isfinite(ref_logits).all()):
+                    raise InvalidInputError(f"reference {self.reference_url} produced non-finite logits")
+                cosines.append(torch.nn.functional.cosine_similarity(ref_logits, cand_logits, dim=-1))
+                positions.append(torch.arange(len(window)) + (index - 1) * self.seq_len)
+                agree += int((ref_logits.argmax(-1) == cand_logits.argmax(-1)).sum())
+                ref_log, cand_log = ref_logits.log_softmax(-1), cand_logits.log_softmax(-1)
+                kl += float((ref_log.exp() * (ref_log - cand_log)).sum(-1).sum())
+                targets = window[1:]
+                nll_ref -= float(ref_log[:-1].gather(1, targets.unsqueeze(1)).sum())
+                nll_cand -= float(cand_log[:-1].gather(1, targets.unsqueeze(1)).sum())
+                self.progress(ProgressEvent("model", f"window {index}", index, len(windows)))
+        all_cosines, all_positions = torch.cat(cosines), torch.cat(positions)
+        tokens = len(all_cosines)
+        predicted = tokens - len(windows)
+        worst = torch.argsort(all_cosines)[:5]
+        ppl_ref, ppl_cand = math.exp(nll_ref / predicted), math.exp(nll_cand / predicted)
+        return {
+            "logits_cosine_mean": round(float(all_cosines.mean()), 6),
+            "logits_cosine_worst": round(float(all_cosines.min()), 6),
+            "worst_tokens": [
+                WorstToken(
+                    int(all_positions[i]),
+                    tokenizer.decode([int(ids[all_positions[i]])]),
+                    round(float(all_cosines[i]), 6),
+                )
+                for i in worst
+            ],
+            "top1_agreement": round(agree / tokens, 6),
+            "kl_divergence": round(kl / tokens, 6),
+            "perplexity_reference": round(ppl_ref, 4),
+            "perplexity_candidate": round(ppl_cand, 4),
+            "perplexity_ratio": round(ppl_cand / ppl_ref, 6),
+            "tokens_evaluated": tokens,
+        }
+
+
+def _compare(name: str, original: torch.Tensor, restored: torch.Tensor) -> TensorMetric:
+    original, restored = original.double().flatten(), restored.double().flatten()  # float32 sums drift ~1e-4
+    difference = restored - original
+    norms = original.norm() * restored.norm()
+    cosine = (original @ restored) / norms if float(norms) > 0 else torch.tensor(1.0)
+    relative = difference.norm() / original.norm().clamp(min=1e-12)
+    return TensorMetric(
+        name, round(float(cosine), 6), round(float(relative), 6), round(float(difference.abs().max()), 6)
+    )
+
+
+def _check_same_architecture(reference: dict[str, Any], candidate: dict[str, Any]) -> None:
+    for key in _SHAPE_KEYS:
+        if reference.get(key) != candidate.get(key):
+            raise InvalidInputError(
+                f"mismatched architectures: {key} is {reference.get(key)!r} in the reference and "
+                f"{candidate.get(key)!r} in the candidate; validate a model against its own original"
+            )
+
+
+def gate(result: ValidationResult) -> None:
+    """Raise exit 79 when the candidate missed a threshold."""
+    if not result.passed:
+        raise PrecisionGateError(f"precision gate failed: {'; '.join(result.failures)}")

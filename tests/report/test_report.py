@@ -1,0 +1,122 @@
+"""Reports: a table with failed rows, Markdown/JSON/HTML files, and plots a browser really shows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from parquant.report import render_report, rows_from_results
+
+from ..conftest import CliResult
+
+
+def _results() -> list[dict[str, object]]:
+    def row(label: str, size: int, cosine: float, ratio: float, speed: float) -> dict[str, object]:
+        return {
+            "kind": "comparison-row",
+            "label": label,
+            "method": label,
+            "backend": "ptq",
+            "model": f"m/{label}",
+            "quantize_seconds": 1.5,
+            "validation": {
+                "kind": "validation",
+                "logits_cosine_mean": cosine,
+                "logits_cosine_worst": cosine - 0.01,
+                "top1_agreement": 0.95,
+                "perplexity_candidate": 100 * ratio,
+                "perplexity_ratio": ratio,
+                "passed": True,
+            },
+            "benchmark": {
+                "kind": "benchmark",
+                "size_on_disk_bytes": size,
+                "model_memory_bytes": size,
+                "peak_host_rss_bytes": 5 * size,
+                "decode_tokens_per_second": {"1": {"median": speed}},
+                "prefill_seconds": {"1x128": {"median": 0.01}},
+            },
+        }
+
+    failed = {
+        "kind": "comparison-row",
+        "label": "int4-awq",
+        "method": "int4-awq",
+        "backend": "",
+        "model": "m/awq",
+        "error": "exit 69: the AngelSlim backend needs the angelslim package",
+    }
+    reference = row("reference", 8_000_000, 1.0, 1.0, 300.0)
+    reference["method"] = "reference"
+    return [
+        reference,
+        row("int8-weight", 4_000_000, 0.9999, 1.002, 250.0),
+        row("fp8", 4_100_000, 0.999, 1.01, 200.0),
+        failed,
+    ]
+
+
+def test_rows_and_files() -> None:
+    rows = rows_from_results(_results())
+    assert [r.label for r in rows] == ["reference", "int8-weight", "fp8", "int4-awq"]
+    assert rows[1].compression_ratio == 2.0 and rows[3].error.startswith("exit 69")
+    files = render_report(rows, "test report", ["SmolLM2 was 4-bit before dequantization"])
+    assert {
+        "report.md",
+        "report.json",
+        "report.html",
+        "precision_vs_size.png",
+        "decode_speed.png",
+        "logits_cosine.png",
+    } <= set(files)
+    markdown = files["report.md"].decode()
+    assert "| int8-weight | int8-weight | ptq | 4.0 | 2.0000 |" in markdown
+    assert "## Failed methods" in markdown and "int4-awq" in markdown and "4-bit before" in markdown
+    assert json.loads(files["report.json"])["rows"][3]["error"]
+    assert all(files[name].startswith(b"\x89PNG") for name in files if name.endswith(".png"))
+
+
+def test_report_cli_and_html_renders_in_chromium(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    for index, result in enumerate(_results()):
+        (tmp_path / f"r{index}.json").write_text(json.dumps(result))
+    out = cli("report", *sorted(tmp_path.glob("r*.json")), "-o", tmp_path / "report")
+    assert out.code == 0, out.err
+    assert cli("report", tmp_path / "r0.json", "-o", tmp_path / "report").code == 73
+    (tmp_path / "bad.json").write_text("{nope")
+    assert cli("report", tmp_path / "bad.json", "-o", tmp_path / "r2").code == 65
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Debian's chromium package is needed for this test (.ci/run installs it)")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,1800",
+            f"--screenshot={shot}",
+            (tmp_path / "report" / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    colours = image.getcolors(maxcolors=1_000_000) or []
+    assert len(colours) > 50, "screenshot is blank"
+    blue = sum(count for count, (r, g, b) in colours if b > 150 and r < 100 and g < 160)  # scatter points, tab:blue
+    green = sum(count for count, (r, g, b) in colours if g > 120 and r < 100 and b < 100)  # bars, tab:green
+    assert blue > 20 and green > 500, f"plots not visible (blue {blue}, green {green})"

@@ -1,0 +1,45 @@
+"""`quantize --compare`: one command, several methods, one report; a failing method is a row."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from parquant.stages.convert import import_checkpoint
+
+from ..conftest import EXAMPLE_MODEL, CliResult
+
+EVAL = EXAMPLE_MODEL.parent / "data" / "eval.txt"
+
+
+def test_compare_writes_models_results_and_report(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    import_checkpoint(str(EXAMPLE_MODEL), str(tmp_path / "tiny"))
+    result = cli(
+        "quantize",
+        tmp_path / "tiny",
+        "-o",
+        tmp_path / "cmp",
+        "--backend",
+        "ptq",
+        "--compare",
+        "fp8-dynamic,int4-awq",
+        "--eval-text",
+        EVAL,
+    )
+    assert result.code == 0, result.err
+    summary = json.loads(result.out)
+    assert summary["failed"] == ["int4-awq"] and summary["rows"] == 4
+    report = json.loads((tmp_path / "cmp" / "report" / "report.json").read_text())
+    rows = {row["label"]: row for row in report["rows"]}
+    assert set(rows) == {"reference", "int8-weight", "fp8-dynamic", "int4-awq"}
+    assert (
+        rows["int4-awq"]["error"].startswith("exit 64")
+        and "not offered by the built-in ptq" in rows["int4-awq"]["error"]
+    )
+    assert rows["int8-weight"]["perplexity_ratio"] <= 1.01 and rows["fp8-dynamic"]["logits_cosine"] >= 0.99
+    assert rows["int8-weight"]["compression_ratio"] > 1.4
+    assert (tmp_path / "cmp" / "fp8-dynamic" / "parquant.json").exists()
+    assert (tmp_path / "cmp" / "report" / "report.html").read_text().count("data:image/png;base64,") == 3
+    missing = cli("quantize", tmp_path / "tiny", "-o", tmp_path / "x", "--compare", "fp8-dynamic")
+    assert missing.code == 64 and "--eval-text" in missing.err
