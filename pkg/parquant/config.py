@@ -19,7 +19,7 @@ from .errors import ConfigError, InputNotFoundError, UsageError
 
 BACKENDS = ("auto", "angelslim", "ptq")
 ANGELSLIM_METHODS = ("fp8-static", "fp8-dynamic", "int8-dynamic", "int4-gptq", "int4-awq")
-PTQ_METHODS = ("int8-weight", "int8-dynamic", "fp8-dynamic")
+PTQ_METHODS = ("int8-weight", "int8-dynamic", "fp8-dynamic", "int4-rtn", "int4-rtn-asym")
 METHODS = tuple(dict.fromkeys(ANGELSLIM_METHODS + PTQ_METHODS))
 CALIBRATED_METHODS = ("fp8-static", "int4-gptq", "int4-awq")
 DEVICES = ("auto", "cuda", "cpu")
@@ -31,6 +31,8 @@ PTQ_FALLBACK = {
     "int4-gptq": "int8-weight",
     "int4-awq": "int8-weight",
     "int8-weight": "int8-weight",
+    "int4-rtn": "int4-rtn",
+    "int4-rtn-asym": "int4-rtn-asym",
 }
 # AngelSlim QuantizationConfig fields a user may pass through (`angelslim:` in YAML).
 ANGELSLIM_PASSTHROUGH = (

@@ -59,3 +59,24 @@ def test_quantization_configs_describe_the_methods() -> None:
     weight_only = PTQ_METHODS["int8-weight"].quantization_config([])
     assert weight_only["config_groups"]["group_0"]["input_activations"] is None
     assert PTQ_METHODS["fp8-dynamic"].quantization_config([])["format"] == "float-quantized"
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_rtn_round_trips_through_the_gptq_dequantizer(weight: torch.Tensor, symmetric: bool) -> None:
+    from parquant.quant.dequant import dequantize_gptq
+    from parquant.quant.rtn import RTNInt4, quantize_groups
+
+    method = RTNInt4("int4-rtn" if symmetric else "int4-rtn-asym", symmetric, group_size=64)
+    tensors = method.quantize_tensors(weight)
+    restored = dequantize_gptq(tensors["qweight"], tensors["qzeros"], tensors["scales"], tensors["g_idx"], 64)
+    values, scales, zeros = quantize_groups(weight, 64, symmetric)
+    expected = (values.float() - zeros.float().repeat_interleave(64, 1)) * scales.float().repeat_interleave(64, 1)
+    assert torch.equal(restored, expected)
+    step = scales.float().repeat_interleave(64, 1)
+    error = (restored - weight.float()).abs()
+    # symmetric: never clipped, at most half a step; asymmetric: GPTQ v1 cannot store a zero point of 0, so a
+    # group whose minimum is >= 0 (rare in trained weights) may lose up to one step at its top
+    bound = step / 2 if symmetric else step
+    assert bool((error <= bound * 1.01 + 1e-6).all())
+    assert float((error / step.clamp(min=1e-12))[step > 0].mean()) < 0.3
+    assert method.quantization_config(["lm_head"])["sym"] is symmetric

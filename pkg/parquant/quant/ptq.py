@@ -6,6 +6,7 @@ stores for it, so the result loads in transformers (with compressed-tensors), vL
 - int8-weight:  W8A16, int8 weight + per-output-channel scale (symmetric, absmax / 127).
 - int8-dynamic: W8A8, same weights; activations quantized per token at run time.
 - fp8-dynamic:  FP8 E4M3 weight + per-output-channel scale (absmax / 448); activations dynamic.
+- int4-rtn, int4-rtn-asym: round-to-nearest INT4 in groups (rtn.py), the reference GPTQ/AWQ beat.
 
 Scales are rounded to their storage dtype *before* the weights are divided by them, so
 dequantization (q x stored scale) reproduces exactly the values the rounding aimed at.
@@ -14,9 +15,11 @@ dequantization (q x stored scale) reproduces exactly the values the rounding aim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+from ..store.schema import TensorSpec
 
 INT8_MAX = 127.0
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
@@ -40,6 +43,21 @@ class PTQMethod:
         if self.weight_type == "int":
             return quantize_int8_per_channel(weight)
         return quantize_fp8_per_channel(weight)
+
+    def outputs(self, spec: TensorSpec, module: str) -> list[TensorSpec]:
+        out_features, in_features = spec.shape
+        stored = "I8" if self.weight_type == "int" else "F8_E4M3"
+        return [
+            TensorSpec(f"{module}.weight", stored, (out_features, in_features)),
+            TensorSpec(f"{module}.weight_scale", spec.dtype, (out_features, 1)),
+        ]
+
+    def supports(self, spec: TensorSpec) -> bool:
+        return True
+
+    def quantize_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        quantized = quantize_rows(self, weight)
+        return {"weight": quantized.weight, "weight_scale": quantized.weight_scale}
 
     def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
         """The `quantization_config` block of config.json (compressed-tensors)."""
@@ -88,6 +106,30 @@ PTQ_METHODS = {
     "int8-dynamic": PTQMethod("int8-dynamic", "int", activations_dynamic=True),
     "fp8-dynamic": PTQMethod("fp8-dynamic", "float", activations_dynamic=True),
 }
+
+
+class Method(Protocol):
+    """What the streaming stage needs from a built-in method."""
+
+    @property
+    def name(self) -> str: ...
+
+    def outputs(self, spec: TensorSpec, module: str) -> list[TensorSpec]: ...
+
+    def supports(self, spec: TensorSpec) -> bool: ...
+
+    def quantize_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def quantization_config(self, ignore: list[str]) -> dict[str, Any]: ...
+
+
+def make_method(name: str, group_size: int = 128) -> Method:
+    """The built-in method called `name` (int4 methods take the group size)."""
+    from .rtn import RTNInt4
+
+    if name in ("int4-rtn", "int4-rtn-asym"):
+        return RTNInt4(name, symmetric=name == "int4-rtn", group_size=group_size if group_size > 0 else 128)
+    return PTQ_METHODS[name]
 
 
 def _channel_scale(weight: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:

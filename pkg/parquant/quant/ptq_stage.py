@@ -23,37 +23,46 @@ from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
 from ..store.writer import ModelItem, rechunked
 from ..weights import torch_dtype
 from .layout import is_ignored, linear_modules
-from .ptq import PTQ_METHODS, QuantizedWeight, quantize_rows
+from .ptq import Method, make_method
 
 INDEX_NAME = "model.safetensors.index.json"
-_TORCH_TO_SAFETENSORS = {torch.int8: "I8", torch.float8_e4m3fn: "F8_E4M3"}
 
 
 @dataclass(frozen=True)
 class PTQPlan:
     items: list[ModelItem]
     quantized: list[str]  # module names
-    skipped: list[str]  # linear modules left in full precision (ignored)
+    skipped: list[str]  # linear modules left in full precision (ignored, or a shape the method cannot take)
 
 
-def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str]) -> PTQPlan:
-    method = PTQ_METHODS[method_name]
+def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_size: int = 128) -> PTQPlan:
+    method = make_method(method_name, group_size)
     config = reader.config()
     linear = linear_modules(config)
     names = set(reader.tensor_names())
-    targets = {m for m in linear if f"{m}.weight" in names and not is_ignored(m, ignore)}
+    targets = {
+        m
+        for m in linear
+        if f"{m}.weight" in names
+        and not is_ignored(m, ignore)
+        and _quantizable(reader.tensor_spec(f"{m}.weight"))
+        and method.supports(reader.tensor_spec(f"{m}.weight"))
+    }
     if not targets:
         raise UnavailableError(
             f"architecture {config.get('model_type')!r} has no nn.Linear layers to quantize outside --ignore "
             f"{' '.join(ignore)} (e.g. GPT-2 uses Conv1D): unsupported by the built-in PTQ backend"
         )
-    cache = _OneTensorCache(reader, method_name)
+    cache = _OneTensorCache(reader, method)
     items: list[ModelItem] = []
     for name in reader.tensor_names():
         spec = reader.tensor_spec(name)
         module = name.removesuffix(".weight")
-        if module in targets and spec.dtype in FLOAT_DTYPES and len(spec.shape) == 2:
-            items += _quantized_items(module, spec, cache, method.weight_type)
+        if module in targets:
+            items += [
+                ModelItem(KIND_TENSOR, out.name, out.nbytes, _output_chunks(cache, module, spec, out), out)
+                for out in method.outputs(spec, module)
+            ]
         else:
             items.append(ModelItem(KIND_TENSOR, name, spec.nbytes, _checked_copy(reader, spec), spec))
     skipped = sorted(linear - targets)
@@ -67,18 +76,22 @@ def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str]) -> PTQPla
     return PTQPlan(items, sorted(targets), skipped)
 
 
+def _quantizable(spec: TensorSpec) -> bool:
+    return spec.dtype in FLOAT_DTYPES and len(spec.shape) == 2
+
+
 class _OneTensorCache:
-    """`weight` and `weight_scale` items come from one quantization; they are written back to back."""
+    """A module's output tensors come from one quantization and are written back to back."""
 
-    def __init__(self, reader: ModelReader, method_name: str) -> None:
+    def __init__(self, reader: ModelReader, method: Method) -> None:
         self.reader = reader
-        self.method = PTQ_METHODS[method_name]
+        self.method = method
         self.module = ""
-        self.result: QuantizedWeight | None = None
+        self.result: dict[str, torch.Tensor] = {}
 
-    def get(self, module: str, spec: TensorSpec) -> QuantizedWeight:
-        if module != self.module or self.result is None:
-            self.result = None  # free the previous one before loading the next
+    def get(self, module: str, spec: TensorSpec) -> dict[str, torch.Tensor]:
+        if module != self.module or not self.result:
+            self.result = {}  # free the previous one before loading the next
             release_free_memory()
             data = bytearray(spec.nbytes)  # filled chunk by chunk: one copy of the tensor in memory, not two
             position = 0
@@ -88,26 +101,19 @@ class _OneTensorCache:
             weight = torch.frombuffer(data, dtype=torch_dtype(spec.dtype)).reshape(spec.shape)
             if not bool(torch.isfinite(weight).all()):
                 raise InvalidInputError(f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it")
-            self.result, self.module = quantize_rows(self.method, weight), module
+            self.result, self.module = self.method.quantize_tensors(weight), module
         return self.result
 
 
-def _quantized_items(module: str, spec: TensorSpec, cache: _OneTensorCache, weight_type: str) -> list[ModelItem]:
-    out_features, in_features = spec.shape
-    weight_dtype = "I8" if weight_type == "int" else "F8_E4M3"
-    weight_spec = TensorSpec(f"{module}.weight", weight_dtype, (out_features, in_features))
-    scale_spec = TensorSpec(f"{module}.weight_scale", spec.dtype, (out_features, 1))
+def _output_chunks(
+    cache: _OneTensorCache, module: str, spec: TensorSpec, output: TensorSpec
+) -> Callable[[int], Iterator[bytes | memoryview]]:
+    suffix = output.name.rsplit(".", 1)[1]
 
-    def weight_chunks(size: int) -> Iterator[bytes | memoryview]:
-        return _sliced(_raw(cache.get(module, spec).weight), size)
+    def chunks(size: int) -> Iterator[bytes | memoryview]:
+        return _sliced(_raw(cache.get(module, spec)[suffix]), size)
 
-    def scale_chunks(size: int) -> Iterator[bytes | memoryview]:
-        return _sliced(_raw(cache.get(module, spec).weight_scale), size)
-
-    return [
-        ModelItem(KIND_TENSOR, weight_spec.name, weight_spec.nbytes, weight_chunks, weight_spec),
-        ModelItem(KIND_TENSOR, scale_spec.name, scale_spec.nbytes, scale_chunks, scale_spec),
-    ]
+    return chunks
 
 
 def _raw(tensor: torch.Tensor) -> memoryview:

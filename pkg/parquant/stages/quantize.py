@@ -236,7 +236,7 @@ def _run_ptq(
     if plan.method not in PTQ_METHODS:
         raise UnavailableError(f"method {plan.method} is not offered by the built-in PTQ backend")
     started = time.monotonic()
-    ptq = plan_ptq(reader, plan.method, config.ignore)
+    ptq = plan_ptq(reader, plan.method, config.ignore, config.group_size)
     description = _description(config, plan, model, print_)
     with cleanup_on_bad_input(folder):
         _guard_memory(lambda: write_model(folder, ptq.items, write, description, print_, progress), plan)
