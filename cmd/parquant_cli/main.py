@@ -133,6 +133,7 @@ def run_quantize(options: QuantizeOptions) -> int:
 def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
     from parquant.config import load_config
     from parquant.stages.compare import CompareSettings, compare
+    from parquant.tasks import parse_tasks
 
     if not options.eval_text:
         raise UsageError("--compare needs --eval-text URL (held-out text for validation)")
@@ -142,7 +143,7 @@ def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
         options.output,
         methods,
         lambda method: load_config(options.config, {**flags, "method": method, "backend": options.backend}),
-        CompareSettings(eval_text=options.eval_text),
+        CompareSettings(eval_text=options.eval_text, tasks=parse_tasks(options.tasks)),
         force=options.force,
         storage_options=_storage(options),
         progress=progress_reporter(options.log_format, options.quiet),
@@ -160,6 +161,7 @@ def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
 
 def run_validate(options: ValidateOptions) -> int:
     from parquant.stages.evaluate import validate
+    from parquant.tasks import parse_tasks
     from parquant.validate import Thresholds, gate
 
     result = validate(
@@ -170,6 +172,8 @@ def run_validate(options: ValidateOptions) -> int:
         seq_len=options.seq_len,
         max_tokens=options.max_tokens,
         thresholds=Thresholds(options.min_cosine, options.max_ppl_ratio),
+        tasks=parse_tasks(options.tasks),
+        task_limit=options.task_limit,
         storage_options=_storage(options),
         progress=progress_reporter(options.log_format, options.quiet),
     )

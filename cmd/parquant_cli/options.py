@@ -149,6 +149,9 @@ class QuantizeOptions(CommonOptions, WriteFlags):
         },
     )
     eval_text: str | None = field(default=None, metadata={"type": str, "help": "held-out text for --compare"})
+    tasks: str | None = field(
+        default=None, metadata={"type": str, "help": "--compare: task accuracy too (mmlu, gsm8k, general_knowledge)"}
+    )
 
 
 @dataclass(kw_only=True)
@@ -160,6 +163,15 @@ class ValidateOptions(CommonOptions):
     max_tokens: int = field(default=4096, metadata={"help": "evaluate at most this many tokens (default 4096)"})
     min_cosine: float = field(default=0.99, metadata={"help": "gate: minimum mean logits cosine (default 0.99)"})
     max_ppl_ratio: float = field(default=1.05, metadata={"help": "gate: maximum perplexity ratio (default 1.05)"})
+    tasks: str | None = field(
+        default=None,
+        metadata={
+            "type": str,
+            "help": "task accuracy through lm-evaluation-harness on shipped offline subsets: "
+            "comma-separated from mmlu, gsm8k, general_knowledge",
+        },
+    )
+    task_limit: int | None = field(default=None, metadata={"type": int, "help": "at most N examples per task"})
     output: str | None = field(
         default=None, metadata={"args": ["-o", "--output"], "type": str, "help": "write the JSON result here"}
     )

@@ -71,6 +71,7 @@ class ValidationResult:
     thresholds: Thresholds
     passed: bool
     failures: list[str] = field(default_factory=list)
+    tasks: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> reference/candidate accuracy
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "validation", **asdict(self)}
@@ -86,6 +87,10 @@ class ValidationResult:
         ]
         if worst is not None:
             lines.append(f"  worst tensor    {worst.name} cosine {worst.cosine:.5f} rel.err {worst.relative_error:.4f}")
+        lines += [
+            f"  task {name:<18} {scores['candidate']:.3f} (reference {scores['reference']:.3f})"
+            for name, scores in self.tasks.items()
+        ]
         lines += [f"  FAIL: {failure}" for failure in self.failures]
         return "\n".join(lines)
 
@@ -102,6 +107,8 @@ class PrecisionValidator:
         thresholds: Thresholds | None = None,
         storage_options: Mapping[str, str] | None = None,
         progress: ProgressCallback = no_progress,
+        tasks: list[str] | None = None,
+        task_limit: int | None = None,
     ) -> None:
         self.reference_url, self.candidate_url = reference, candidate
         self.eval_text_url = eval_text
@@ -109,6 +116,7 @@ class PrecisionValidator:
         self.thresholds = thresholds or Thresholds()
         self.storage_options = storage_options
         self.progress = progress
+        self.tasks, self.task_limit = list(tasks or []), task_limit
 
     def run(self) -> ValidationResult:
         started = time.monotonic()
@@ -189,6 +197,7 @@ class PrecisionValidator:
         self, reference: WeightLoader, candidate: WeightLoader, ids: torch.Tensor, tokenizer: Any
     ) -> dict[str, Any]:
         ref_model, cand_model = reference.build_model(), candidate.build_model()
+        tasks = self._task_accuracy(ref_model, cand_model, tokenizer)
         windows = [ids[s : s + self.seq_len] for s in range(0, len(ids) - self.seq_len + 1, self.seq_len)]
         cosines, agree, kl, nll_ref, nll_cand = [], 0, 0.0, 0.0, 0.0
         positions = []
@@ -231,7 +240,20 @@ class PrecisionValidator:
             "perplexity_candidate": round(ppl_cand, 4),
             "perplexity_ratio": round(ppl_cand / ppl_ref, 6),
             "tokens_evaluated": tokens,
+            "tasks": tasks,
         }
+
+    def _task_accuracy(self, reference: Any, candidate: Any, tokenizer: Any) -> dict[str, dict[str, float]]:
+        if not self.tasks:
+            return {}
+        from .tasks import run_tasks
+
+        self.progress(ProgressEvent("tasks", ", ".join(self.tasks), 0, 2))
+        ref = run_tasks(reference, tokenizer, self.tasks, self.task_limit)
+        self.progress(ProgressEvent("tasks", "reference", 1, 2))
+        cand = run_tasks(candidate, tokenizer, self.tasks, self.task_limit)
+        self.progress(ProgressEvent("tasks", "candidate", 2, 2))
+        return {name: {"reference": ref[name], "candidate": cand[name]} for name in self.tasks}
 
 
 def _compare(name: str, original: torch.Tensor, restored: torch.Tensor) -> TensorMetric:

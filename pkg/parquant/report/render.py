@@ -25,6 +25,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("perplexity_ratio", "ppl ratio"),
     ("top1_agreement", "top-1"),
     ("decode_tokens_per_second", "decode tok/s"),
+    ("tasks", "task accuracy"),
     ("passed", "gate"),
 ]
 
@@ -37,6 +38,8 @@ def _cell(row: ComparisonRow, key: str) -> str:
         return "-"
     if key.endswith("_bytes"):
         return f"{value / 1e6:.1f}"
+    if key == "tasks":
+        return ", ".join(f"{name} {score:.3f}" for name, score in value.items())
     if key == "passed":
         return "pass" if value else "FAIL"
     if isinstance(value, float):

@@ -25,6 +25,7 @@ class ComparisonRow:
     decode_tokens_per_second: float | None = None
     prefill_ms: float | None = None
     passed: bool | None = None
+    tasks: dict[str, float] | None = None  # task -> candidate accuracy
     note: str = ""
     error: str = ""
 
@@ -75,6 +76,7 @@ def _apply(target: ComparisonRow, result: dict[str, Any]) -> None:
         target.perplexity = result["perplexity_candidate"]
         target.perplexity_ratio = result["perplexity_ratio"]
         target.passed = result["passed"]
+        target.tasks = {name: scores["candidate"] for name, scores in (result.get("tasks") or {}).items()} or None
     else:
         target.size_bytes = result["size_on_disk_bytes"]
         target.peak_memory_bytes = result.get("model_memory_bytes") or result["peak_host_rss_bytes"]

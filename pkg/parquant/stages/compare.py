@@ -35,6 +35,8 @@ class CompareSettings:
     new_tokens: int = 16
     repeats: int = 3
     notes: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    task_limit: int | None = None
 
 
 def compare(
@@ -71,15 +73,7 @@ def compare(
                 quantize_seconds=round(quantized.seconds, 2),
                 note="; ".join(quantized.details.get("fallbacks", [])),
             )
-            row["validation"] = validate(
-                model,
-                row["model"],
-                settings.eval_text,
-                seq_len=settings.seq_len,
-                max_tokens=settings.max_tokens,
-                thresholds=settings.thresholds,
-                storage_options=storage_options,
-            ).to_dict()
+            row["validation"] = _validate(model, row["model"], settings, storage_options)
             row["benchmark"] = _benchmark(row["model"], settings, storage_options)
         except ParquantError as exc:
             log.warning("compare: %s failed: %s", method, exc)
@@ -95,6 +89,22 @@ def compare(
         storage_options=storage_options,
     )
     return rows
+
+
+def _validate(
+    reference: str, candidate: str, settings: CompareSettings, storage_options: Mapping[str, str] | None
+) -> dict[str, Any]:
+    return validate(
+        reference,
+        candidate,
+        settings.eval_text,
+        seq_len=settings.seq_len,
+        max_tokens=settings.max_tokens,
+        thresholds=settings.thresholds,
+        tasks=settings.tasks,
+        task_limit=settings.task_limit,
+        storage_options=storage_options,
+    ).to_dict()
 
 
 def _benchmark(model: str, settings: CompareSettings, storage_options: Mapping[str, str] | None) -> dict[str, Any]:
@@ -118,14 +128,7 @@ def _reference_row(
         "backend": "-",
         "model": model,
     }
-    row["validation"] = validate(
-        model,
-        model,
-        settings.eval_text,
-        seq_len=settings.seq_len,
-        max_tokens=settings.max_tokens,
-        storage_options=storage_options,
-    ).to_dict()
+    row["validation"] = _validate(model, model, settings, storage_options)
     row["benchmark"] = _benchmark(model, settings, storage_options)
     write_json(f"{base}/results/reference.json", row, storage_options)
     return row

@@ -28,6 +28,8 @@ def validate(
     seq_len: int = 256,
     max_tokens: int = 4096,
     thresholds: Thresholds | None = None,
+    tasks: list[str] | None = None,
+    task_limit: int | None = None,
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> ValidationResult:
@@ -40,6 +42,8 @@ def validate(
         thresholds=thresholds,
         storage_options=storage_options,
         progress=progress,
+        tasks=tasks,
+        task_limit=task_limit,
     ).run()
     if output:
         write_json(output, result.to_dict(), storage_options)
