@@ -21,16 +21,12 @@ $(STAMP): pyproject.toml requirements-angelslim.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-angelslim.txt
 	touch $(STAMP)
 
-## demo: the main job on the embedded default model (examples/tiny-llama)
+## demo: the main job on the embedded default model: import -> quantize -> validate -> benchmark -> report
 demo: venv
-	$(BIN)/parquant import examples/tiny-llama --output $(DEMO)/tiny-llama.parquet --force
-	$(BIN)/parquant inspect $(DEMO)/tiny-llama.parquet
-	$(BIN)/parquant export $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-hf --force
-	$(BIN)/python examples/check_roundtrip.py examples/tiny-llama $(DEMO)/tiny-llama-hf
-	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-int8 --method int8-weight --force
-	$(BIN)/parquant quantize $(DEMO)/tiny-llama.parquet --output $(DEMO)/tiny-llama-fp8 --method fp8-static --force \
-		--calibration-data examples/data/calibration.jsonl --num-samples 32 --seq-len 256
-	$(BIN)/parquant inspect $(DEMO)/tiny-llama-fp8
+	$(BIN)/parquant pipeline examples/pipelines/demo.yaml --log-format text --force
+	$(BIN)/parquant export out/pipeline-demo/tiny-llama --output out/pipeline-demo/tiny-llama-hf --force
+	$(BIN)/python examples/check_roundtrip.py examples/tiny-llama out/pipeline-demo/tiny-llama-hf
+	cat out/pipeline-demo/report/report.md
 
 ## test: the whole suite with line coverage of pkg/ and cmd/ (fails below 90%)
 test: venv

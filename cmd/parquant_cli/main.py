@@ -23,6 +23,7 @@ from .options import (
     ExportOptions,
     ImportOptions,
     InspectOptions,
+    PipelineOptions,
     QuantizeOptions,
     ReportOptions,
     ValidateOptions,
@@ -210,6 +211,27 @@ def run_report(options: ReportOptions) -> int:
     return 0
 
 
+def run_pipeline(options: PipelineOptions) -> int:
+    from parquant.pipeline import LocalExecutor, PipelineSpec, first_failure, plan_lines
+
+    spec = PipelineSpec.load(options.spec)
+    if options.dry_run:
+        for line in plan_lines(spec):
+            print(line)
+        return 0
+    shared = ["--log-format", options.log_format, "--log-level", options.log_level] + (
+        ["--quiet"] if options.quiet else []
+    )
+    outcomes = LocalExecutor(lambda argv: main(argv + shared), options.state_dir).run(spec, force=options.force)
+    for outcome in outcomes:
+        log.info(
+            "pipeline: %-24s %-8s exit %d  %.1fs", outcome.name, outcome.status, outcome.exit_code, outcome.seconds
+        )
+    print(json.dumps({"pipeline": spec.name, "stages": [asdict(o) for o in outcomes]}))
+    failed = first_failure(outcomes)
+    return failed.exit_code if failed else 0
+
+
 def run_inspect(options: InspectOptions) -> int:
     from parquant.stages.inspect import format_summary, inspect_model
 
@@ -235,6 +257,7 @@ STAGES: dict[str, Stage] = {
     "benchmark": Stage(BenchmarkOptions, run_benchmark, "load time, prefill latency, decode tokens/s, peak memory"),
     "report": Stage(ReportOptions, run_report, "comparison report (Markdown, JSON, HTML with plots) from results"),
     "inspect": Stage(InspectOptions, run_inspect, "show tensors, dtypes, size, quantization, manifest"),
+    "pipeline": Stage(PipelineOptions, run_pipeline, "run a YAML list of stages in order (resumable)"),
 }
 
 

@@ -207,3 +207,14 @@ class ReportOptions(CommonOptions):
     output: str = field(metadata={"args": ["-o", "--output"], "help": "report folder URL to write"})
     title: str = field(default="parquant comparison")
     force: bool = field(default=False, metadata={"help": "overwrite an existing report"})
+
+
+@dataclass(kw_only=True)
+class PipelineOptions(CommonOptions):
+    spec: str = field(metadata={"args": ["spec"], "help": "pipeline YAML: name, stages (each: stage + its options)"})
+    executor: str = field(default="local", metadata={"choices": ["local"], "help": "where stages run"})
+    dry_run: bool = field(default=False, metadata={"help": "print each stage's command; run nothing"})
+    force: bool = field(default=False, metadata={"help": "rerun stages already recorded as done"})
+    state_dir: str | None = field(
+        default=None, metadata={"type": str, "help": "where the resume state lives (default: beside the spec)"}
+    )

@@ -60,9 +60,10 @@ def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
             for nested in (result.get("validation"), result.get("benchmark")):
                 if nested:
                     _apply(target, nested)
-        elif kind in ("validation", "benchmark"):
-            model = result["candidate"] if kind == "validation" else result["model"]
-            _apply(row(model), result)
+        elif kind == "validation":
+            _apply(row(result["candidate"]), result)
+        elif kind == "benchmark":
+            _apply(row(result["model"], method=result.get("method", ""), backend=result.get("backend", "")), result)
     table = [rows[m] for m in order]
     _fill_ratios(table)
     return table
@@ -88,7 +89,7 @@ def _apply(target: ComparisonRow, result: dict[str, Any]) -> None:
 
 def _fill_ratios(table: list[ComparisonRow]) -> None:
     """Compression ratio against the baseline row (the unquantized reference, when present)."""
-    baseline = next((r for r in table if r.method in ("none", "reference", "bf16")), None)
+    baseline = next((r for r in table if r.method in ("none", "reference")), None)
     if baseline is None or not baseline.size_bytes:
         return
     for entry in table:

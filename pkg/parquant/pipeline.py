@@ -1,0 +1,191 @@
+"""Pipelines: a YAML list of stages, run in order by an executor, resumable.
+
+A stage entry names the stage and its options with the CLI's own option names (`model`,
+`output`, `method`, `calibration_data` ...). `StageSpec.argv()` turns it into exactly the command
+line `parquant <stage> ...` would take, so the local executor (in-process) and a Kubernetes Job
+(the container's argv) run the same thing and make the same outputs.
+
+Resume: a state file (under `state_dir`, by default parquant's cache folder, named after the
+pipeline and the spec's path) records each finished stage with a hash of its entry; a rerun skips
+those, and stages that write a Parquet model also skip by themselves when their output is done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, InputNotFoundError, ParquantError
+
+log = logging.getLogger("parquant")
+
+# Positional parameters of each stage, in order; every other key becomes --key value.
+POSITIONAL: dict[str, tuple[str, ...]] = {
+    "import": ("source",),
+    "export": ("model",),
+    "inspect": ("model",),
+    "quantize": ("model",),
+    "validate": ("reference", "candidate"),
+    "benchmark": ("model",),
+    "report": ("results",),
+}
+GPU_STAGES = ("quantize",)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    stage: str
+    params: dict[str, Any]
+    gpu: bool = False
+
+    def argv(self) -> list[str]:
+        args = [self.stage]
+        for key in POSITIONAL[self.stage]:
+            value = self.params[key]
+            args += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+        for key, value in self.params.items():
+            if key in POSITIONAL[self.stage] or value is None or value is False:
+                continue
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                args.append(flag)
+            elif isinstance(value, list):
+                args += [flag, *(str(v) for v in value)]
+            else:
+                args += [flag, str(value)]
+        return args
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps([self.stage, self.params], sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PipelineSpec:
+    name: str
+    stages: list[StageSpec]
+    storage_options: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str) -> PipelineSpec:
+        if not os.path.exists(path):
+            raise InputNotFoundError(f"pipeline spec {path} not found")
+        try:
+            with open(path) as handle:
+                raw = yaml.safe_load(handle)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> PipelineSpec:
+        if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
+            raise ConfigError(f"{where} must have a non-empty 'stages:' list")
+        unknown = set(raw) - {"name", "stages", "storage_options"}
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: name, stages, storage_options)"
+            )
+        stages, names = [], set()
+        for index, entry in enumerate(raw["stages"], 1):
+            if not isinstance(entry, dict) or entry.get("stage") not in POSITIONAL:
+                raise ConfigError(f"{where}: stage #{index} needs 'stage:' one of {', '.join(POSITIONAL)}")
+            params = {k: v for k, v in entry.items() if k not in ("stage", "name", "gpu")}
+            missing = [k for k in POSITIONAL[entry["stage"]] if k not in params]
+            if missing:
+                raise ConfigError(f"{where}: stage #{index} ({entry['stage']}) lacks {', '.join(missing)}")
+            name = str(entry.get("name") or f"{index:02d}-{entry['stage']}")
+            if name in names:
+                raise ConfigError(f"{where}: two stages are named {name!r}")
+            names.add(name)
+            stages.append(StageSpec(name, entry["stage"], params, bool(entry.get("gpu", entry["stage"] in GPU_STAGES))))
+        return cls(str(raw.get("name") or Path(where).stem), stages, dict(raw.get("storage_options") or {}), where)
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # "done", "skipped", "failed"
+    exit_code: int
+    seconds: float
+    executor: str = "local"
+    note: str = ""
+
+
+class LocalExecutor:
+    """Runs stages in this process through `run_stage(argv) -> exit code` (the CLI's own dispatcher)."""
+
+    def __init__(self, run_stage: Callable[[list[str]], int], state_dir: str | None = None) -> None:
+        self.run_stage = run_stage
+        self.state_dir = state_dir
+
+    def run(self, spec: PipelineSpec, force: bool = False) -> list[StageOutcome]:
+        from .calib import cache_dir
+
+        where = hashlib.sha256(os.path.abspath(spec.source).encode()).hexdigest()[:12]
+        state_path = Path(self.state_dir or cache_dir() / "pipelines") / f"{spec.name}-{where}.json"
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        state = _read_state(state_path)
+        outcomes: list[StageOutcome] = []
+        for stage in spec.stages:
+            if not force and state.get(stage.name) == stage.digest():
+                log.info("pipeline: %s already done, skipped", stage.name)
+                outcomes.append(StageOutcome(stage.name, "skipped", 0, 0.0))
+                continue
+            argv = stage.argv() + _storage_argv(spec.storage_options)
+            log.info("pipeline: %s: parquant %s", stage.name, " ".join(argv))
+            started = time.monotonic()
+            code = self.run_stage(argv)
+            outcome = StageOutcome(
+                stage.name, "done" if code == 0 else "failed", code, round(time.monotonic() - started, 2)
+            )
+            outcomes.append(outcome)
+            if code != 0:
+                log.error("pipeline: %s failed with exit code %d; later stages not run", stage.name, code)
+                break
+            state[stage.name] = stage.digest()
+            _write_state(state_path, state)
+        return outcomes
+
+
+def _storage_argv(options: Mapping[str, str]) -> list[str]:
+    return ["--storage-option", *(f"{k}={v}" for k, v in options.items())] if options else []
+
+
+def _read_state(path: Path) -> dict[str, str]:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _write_state(path: Path, state: dict[str, str]) -> None:
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(state, indent=1))
+    partial.replace(path)
+
+
+def plan_lines(spec: PipelineSpec) -> list[str]:
+    """What `--dry-run` prints: each stage's command, and where it would run."""
+    return [
+        f"{i}. {s.name} [{'gpu' if s.gpu else 'cpu'}]: parquant {' '.join(s.argv())}"
+        for i, s in enumerate(spec.stages, 1)
+    ]
+
+
+def first_failure(outcomes: list[StageOutcome]) -> StageOutcome | None:
+    return next((o for o in outcomes if o.status == "failed"), None)
+
+
+__all__ = ["LocalExecutor", "ParquantError", "PipelineSpec", "StageOutcome", "StageSpec", "plan_lines"]

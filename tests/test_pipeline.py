@@ -1,0 +1,128 @@
+"""Pipelines: spec validation, argv rendering, local execution, resume, failure stops the run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from parquant.errors import ConfigError
+from parquant.pipeline import LocalExecutor, PipelineSpec, StageSpec
+
+from .conftest import EXAMPLE_MODEL, CliResult
+
+Cli = Callable[..., CliResult]
+
+
+def test_argv_rendering() -> None:
+    spec = StageSpec(
+        "q",
+        "quantize",
+        {
+            "model": "in",
+            "output": "out",
+            "method": "fp8-static",
+            "force": True,
+            "quiet": False,
+            "ignore": ["lm_head", "*.gate"],
+        },
+    )
+    assert spec.argv() == [
+        "quantize",
+        "in",
+        "--output",
+        "out",
+        "--method",
+        "fp8-static",
+        "--force",
+        "--ignore",
+        "lm_head",
+        "*.gate",
+    ]
+    assert StageSpec("r", "report", {"results": ["a.json", "b.json"], "output": "r"}).argv()[:3] == [
+        "report",
+        "a.json",
+        "b.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "non-empty 'stages:'"),
+        ({"stages": [{"stage": "frobnicate"}]}, "needs 'stage:'"),
+        ({"stages": [{"stage": "import", "output": "x"}]}, "lacks source"),
+        (
+            {
+                "stages": [
+                    {"stage": "inspect", "model": "m", "name": "a"},
+                    {"stage": "inspect", "model": "m", "name": "a"},
+                ]
+            },
+            "two stages are named",
+        ),
+        ({"stages": [{"stage": "inspect", "model": "m"}], "executor": "k8s"}, "unknown key"),
+    ],
+)
+def test_bad_specs(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        PipelineSpec.from_dict(raw, "spec.yaml")
+
+
+def test_local_pipeline_runs_resumes_and_stops_on_failure(tmp_path: Path, cli: Cli) -> None:
+    spec = tmp_path / "p.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "t",
+                "stages": [
+                    {"stage": "import", "source": str(EXAMPLE_MODEL), "output": str(tmp_path / "m")},
+                    {"stage": "quantize", "model": str(tmp_path / "m"), "output": str(tmp_path / "q")},
+                    {"stage": "inspect", "model": str(tmp_path / "q")},
+                ],
+            }
+        )
+    )
+    state = ["--state-dir", tmp_path / "state"]
+    dry = cli("pipeline", spec, "--dry-run", *state)
+    assert dry.code == 0 and "2. 02-quantize [gpu]: parquant quantize" in dry.out
+    first = cli("pipeline", spec, *state)
+    assert first.code == 0, first.err
+    statuses = [s["status"] for s in json.loads(first.out.strip().splitlines()[-1])["stages"]]
+    assert statuses == ["done", "done", "done"]
+    again = cli("pipeline", spec, *state)
+    assert [s["status"] for s in json.loads(again.out.strip().splitlines()[-1])["stages"]] == ["skipped"] * 3
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        json.dumps(
+            {
+                "name": "b",
+                "stages": [
+                    {"stage": "inspect", "model": str(tmp_path / "q")},
+                    {"stage": "quantize", "model": str(tmp_path / "q"), "output": str(tmp_path / "twice")},
+                    {"stage": "inspect", "model": str(tmp_path / "twice")},
+                ],
+            }
+        )
+    )
+    failed = cli("pipeline", broken, *state)
+    assert failed.code == 65  # the failing stage's own exit code: re-quantizing is refused
+    stages = json.loads(failed.out.strip().splitlines()[-1])["stages"]
+    assert [s["status"] for s in stages] == ["done", "failed"]
+
+
+def test_executor_uses_the_given_stage_runner(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+    spec = PipelineSpec.from_dict(
+        {
+            "name": "x",
+            "storage_options": {"endpoint_url": "http://127.0.0.1:1"},
+            "stages": [{"stage": "inspect", "model": "m"}],
+        },
+        str(tmp_path / "x.yaml"),
+    )
+    outcomes = LocalExecutor(lambda argv: calls.append(argv) or 0, str(tmp_path)).run(spec)
+    assert outcomes[0].status == "done"
+    assert calls == [["inspect", "m", "--storage-option", "endpoint_url=http://127.0.0.1:1"]]
