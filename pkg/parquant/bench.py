@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .memory import peak_rss
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .weights import WeightLoader
 
@@ -125,7 +126,7 @@ class BenchmarkRunner:
                 )
                 done += 1
                 self.progress(ProgressEvent("benchmark", f"decode batch {batch}", done, steps))
-        result.peak_host_rss_bytes = _peak_rss()
+        result.peak_host_rss_bytes = peak_rss()
         if self.device.startswith("cuda"):
             result.peak_gpu_allocated_bytes = int(torch.cuda.max_memory_allocated())
         return result
@@ -149,16 +150,3 @@ class BenchmarkRunner:
 
 def _size_on_disk(loader: WeightLoader) -> int:
     return sum(loader.reader.folder.child(shard).size() for shard in loader.reader.manifest.shards)
-
-
-def _peak_rss() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,4 +1,4 @@
-"""Give freed heap memory back to the OS between big tensors.
+"""Host memory: what is available, what this process peaked at, and giving freed heap back.
 
 glibc keeps freed blocks in its arenas (one per thread), so a streaming stage that frees each
 tensor after use still shows a resident set that creeps up to its worst mix of allocations.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 from typing import Any
 
 
@@ -30,3 +31,30 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def _proc_field(path: str, key: str) -> int | None:
+    """A `Key:   123 kB` line of a /proc file, in bytes (None off Linux)."""
+    try:
+        with open(path) as lines:
+            for line in lines:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def available_memory() -> int:
+    found = _proc_field("/proc/meminfo", "MemAvailable")
+    return found if found is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def peak_rss() -> int:
+    """This process's resident-set high-water mark (VmHWM, not inherited across exec)."""
+    found = _proc_field("/proc/self/status", "VmHWM")
+    if found is not None:
+        return found
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

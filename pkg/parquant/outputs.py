@@ -85,16 +85,8 @@ class OutputFolder:
         target = self.staging.child(relpath)
         with storage_errors(target.url):
             if self.location.is_local:
-                os.makedirs(os.path.dirname(target.path), exist_ok=True)
-                partial = target.path + ".part"
-                try:
-                    with pa.OSFile(partial, "wb") if native else open(partial, "wb") as handle:
-                        yield handle
-                    os.replace(partial, target.path)
-                except BaseException:
-                    with contextlib.suppress(OSError):
-                        os.unlink(partial)
-                    raise
+                with _local_atomic(target.path, native) as handle:
+                    yield handle
             else:
                 remote = self.location.fs.open(target.path, "wb", autocommit=False)
                 try:
@@ -197,15 +189,22 @@ def write_file_atomically(location: Location, data: bytes) -> None:
     """One file, whole or not at all: local temp file + rename; S3 PUTs are atomic already."""
     with storage_errors(location.url):
         if location.is_local:
-            os.makedirs(os.path.dirname(os.path.abspath(location.path)), exist_ok=True)
-            partial = location.path + ".part"
-            try:
-                with open(partial, "wb") as handle:
-                    handle.write(data)
-                os.replace(partial, location.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(partial)
-                raise
+            with _local_atomic(location.path) as handle:
+                handle.write(data)
         else:
             location.fs.pipe_file(location.path, data)
+
+
+@contextlib.contextmanager
+def _local_atomic(path: str, native: bool = False) -> Iterator[IO[bytes]]:
+    """Write `path.part`, then rename it over `path`; on any failure remove the partial file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    partial = path + ".part"
+    try:
+        with pa.OSFile(partial, "wb") if native else open(partial, "wb") as handle:
+            yield handle
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise

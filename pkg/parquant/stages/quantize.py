@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from pathlib import Path
 from ..config import ANGELSLIM_METHODS, PTQ_FALLBACK, PTQ_METHODS, QuantizationConfig
 from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError
 from ..fs import ensure_free_space, resolve
+from ..memory import available_memory
 from ..outputs import OutputFolder
 from ..progress import ProgressCallback, no_progress
 from ..quant.angelslim_compat import INSTALL_HINT, angelslim_available
@@ -135,7 +135,7 @@ def quantize(
         ensure_free_space(folder.staging, model_bytes + 4 * 2**20)
         for reason in plan.reasons + plan.fallbacks:
             log.info("plan: %s", reason)
-        details = _run(model, output, reader, config, plan, folder, write, print_, storage_options, progress)
+        details = _run(_Job(model, output, reader, config, plan, folder, write, print_, storage_options, progress))
     details.update(
         {
             "backend": plan.backend,
@@ -148,61 +148,66 @@ def quantize(
     return StageResult("quantize", output, False, time.monotonic() - started, list(plan.fallbacks), details)
 
 
-def _run(
-    model: str,
-    output: str,
-    reader: ModelReader,
-    config: QuantizationConfig,
-    plan: Plan,
-    folder: OutputFolder,
-    write: WriteOptions,
-    print_: str,
-    storage_options: Mapping[str, str] | None,
-    progress: ProgressCallback,
-) -> dict[str, object]:
-    if plan.backend == "angelslim":
+@dataclass
+class _Job:
+    """One quantize run, as the backends see it."""
+
+    model: str
+    output: str
+    reader: ModelReader
+    config: QuantizationConfig
+    plan: Plan
+    folder: OutputFolder
+    write: WriteOptions
+    fingerprint: str
+    storage_options: Mapping[str, str] | None
+    progress: ProgressCallback
+
+    def description(self) -> ModelDescription:
+        made = provenance("quantize", self.config.to_dict(), backend=self.plan.backend)
+        made.fallbacks = list(self.plan.fallbacks)
+        made.config["effective_method"] = self.plan.method
+        made.config["device"] = self.plan.device
+        source = {"url": self.model, "fingerprint": self.fingerprint, "kind": "parquant"}
+        return ModelDescription(source=source, created_by=made)
+
+
+def _run(job: _Job) -> dict[str, object]:
+    if job.plan.backend == "angelslim":
         try:
-            return _run_angelslim(model, output, reader, config, plan, folder, write, print_, storage_options, progress)
+            return _run_angelslim(job)
         except (ParquantError, MemoryError):
             raise
         except Exception as exc:  # AngelSlim's own failures: any exception type
-            if not config.fallback:
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            if not job.config.fallback:
                 raise UnavailableError(
-                    f"AngelSlim failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}) and fallback is "
-                    "disabled: fix the cause or pass --backend ptq"
+                    f"AngelSlim failed ({reason}) and fallback is disabled: fix the cause or pass --backend ptq"
                 ) from exc
-            fall_back(plan, f"AngelSlim failed ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})")
-    return _run_ptq(model, reader, config, plan, folder, write, print_, progress)
+            fall_back(job.plan, f"AngelSlim failed ({reason[:120]})")
+    return _run_ptq(job)
 
 
-def _run_angelslim(
-    model: str,
-    output: str,
-    reader: ModelReader,
-    config: QuantizationConfig,
-    plan: Plan,
-    folder: OutputFolder,
-    write: WriteOptions,
-    print_: str,
-    storage_options: Mapping[str, str] | None,
-    progress: ProgressCallback,
-) -> dict[str, object]:
+def _run_angelslim(job: _Job) -> dict[str, object]:
     from ..quant.angelslim import quantize_with_angelslim
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="parquant-angelslim-") as workdir:
         run = _guard_memory(
-            lambda: quantize_with_angelslim(model, reader, config, plan.device, Path(workdir), storage_options), plan
+            lambda: quantize_with_angelslim(
+                job.model, job.reader, job.config, job.plan.device, Path(workdir), job.storage_options
+            ),
+            job.plan,
         )
         quantized_seconds = time.monotonic() - started
         result = import_checkpoint(
             str(run.output),
-            output,
-            write=write,
+            job.output,
+            write=job.write,
             force=True,
-            storage_options=storage_options,
-            progress=progress,
-            description=_description(config, plan, model, print_),
+            storage_options=job.storage_options,
+            progress=job.progress,
+            description=job.description(),
         )
     return {
         "quantize_seconds": round(quantized_seconds, 3),
@@ -213,33 +218,19 @@ def _run_angelslim(
     }
 
 
-def _description(config: QuantizationConfig, plan: Plan, model: str, print_: str) -> ModelDescription:
-    made = provenance("quantize", config.to_dict(), backend=plan.backend)
-    made.fallbacks = list(plan.fallbacks)
-    made.config["effective_method"] = plan.method
-    made.config["device"] = plan.device
-    return ModelDescription(source={"url": model, "fingerprint": print_, "kind": "parquant"}, created_by=made)
-
-
-def _run_ptq(
-    model: str,
-    reader: ModelReader,
-    config: QuantizationConfig,
-    plan: Plan,
-    folder: OutputFolder,
-    write: WriteOptions,
-    print_: str,
-    progress: ProgressCallback,
-) -> dict[str, object]:
+def _run_ptq(job: _Job) -> dict[str, object]:
     from ..quant.ptq_stage import plan_ptq
 
-    if plan.method not in PTQ_METHODS:
-        raise UnavailableError(f"method {plan.method} is not offered by the built-in PTQ backend")
+    if job.plan.method not in PTQ_METHODS:
+        raise UnavailableError(f"method {job.plan.method} is not offered by the built-in PTQ backend")
     started = time.monotonic()
-    ptq = plan_ptq(reader, plan.method, config.ignore, config.group_size)
-    description = _description(config, plan, model, print_)
-    with cleanup_on_bad_input(folder):
-        _guard_memory(lambda: write_model(folder, ptq.items, write, description, print_, progress), plan)
+    ptq = plan_ptq(job.reader, job.plan.method, job.config.ignore, job.config.group_size)
+    description = job.description()
+    with cleanup_on_bad_input(job.folder):
+        _guard_memory(
+            lambda: write_model(job.folder, ptq.items, job.write, description, job.fingerprint, job.progress),
+            job.plan,
+        )
     return {
         "quantize_seconds": round(time.monotonic() - started, 3),
         "quantized_layers": len(ptq.quantized),
@@ -258,20 +249,9 @@ def _estimate(plan: Plan, model_bytes: int) -> dict[str, float]:
     }
 
 
-def _available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as info:
-            for line in info:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
 def _check_memory(plan: Plan, estimate: dict[str, float]) -> None:
     needed = estimate["peak_memory_gb"] * 1e9
-    available = _available_memory()
+    available = available_memory()
     if plan.device == "cpu" and needed > available:
         raise OutOfMemoryError(
             f"quantizing needs about {needed / 1e9:.1f} GB of memory with the {plan.backend} backend, "
@@ -285,7 +265,7 @@ def _guard_memory(action, plan: Plan):  # type: ignore[no-untyped-def]
         return action()
     except MemoryError:
         raise OutOfMemoryError(
-            f"out of host memory while quantizing ({_available_memory() / 1e9:.1f} GB available now): "
+            f"out of host memory while quantizing ({available_memory() / 1e9:.1f} GB available now): "
             "use a bigger node or --backend ptq"
         ) from None
     except RuntimeError as exc:
