@@ -173,29 +173,62 @@ class ModelReader:
             yield value
             return
         total, running, expected_chunk, count = 0, 0, 0, -1
-        for group in range(first, last + 1):
-            with _corrupt_is_invalid(url), storage_errors(url):
-                table = parquet.read_row_group(group, columns=_V2_READ_COLUMNS)
-            values = _binary_values(table.column("data"))
-            for row in range(table.num_rows):
-                chunk = table.column("chunk")[row].as_py()
-                count = table.column("num_chunks")[row].as_py() if count < 0 else count
-                data = values[row]
-                if chunk != expected_chunk or chunk >= count:
-                    raise InvalidInputError(f"{name}: chunk {expected_chunk} is missing in {url}; the model is damaged")
-                if crc32c.crc32c(data) != table.column("crc32c")[row].as_py():
-                    raise InvalidInputError(
-                        f"checksum mismatch in {name} (chunk {chunk}) in {url}: the file is corrupt; re-create it"
-                    )
-                expected_chunk += 1
-                total += len(data)
-                running = crc32c.crc32c(data, running)
-                yield data
+        for chunk, chunks, data, stored_crc, verified in self._rows(shard, first, last, url):
+            count = chunks if count < 0 else count
+            if chunk != expected_chunk or chunk >= count:
+                raise InvalidInputError(f"{name}: chunk {expected_chunk} is missing in {url}; the model is damaged")
+            if not verified and crc32c.crc32c(data) != stored_crc:
+                raise InvalidInputError(
+                    f"checksum mismatch in {name} (chunk {chunk}) in {url}: the file is corrupt; re-create it"
+                )
+            expected_chunk += 1
+            total += len(data)
+            running = crc32c.crc32c(data, running)
+            yield data
         if expected_chunk != count:
             raise InvalidInputError(f"{name}: {expected_chunk} of {count} chunks found in {url}; the model is damaged")
         _check_length(name, total, nbytes, url)
         if crc != _UNKNOWN_CRC and running != crc:
             raise InvalidInputError(f"checksum mismatch in {name} in {url}: the file is corrupt; re-create it")
+
+    def _rows(self, shard: int, first: int, last: int, url: str) -> Iterator[tuple[int, int, memoryview, int, bool]]:
+        """(chunk, num_chunks, data, stored crc, crc already verified) of each row in row groups first..last."""
+        parquet = self._parquet(shard)
+        handle = self._shards[shard][0]
+        raw = self.folder.is_local and isinstance(handle, pa.NativeFile)
+        if not raw:
+            for group in range(first, last + 1):
+                yield from self._decoded_rows(parquet, group, url)
+            return
+        with _corrupt_is_invalid(url), storage_errors(url):
+            small = parquet.read_row_groups(list(range(first, last + 1)), columns=["chunk", "num_chunks", "crc32c"])
+        if small.num_rows != last - first + 1:
+            for group in range(first, last + 1):
+                yield from self._decoded_rows(parquet, group, url)
+            return
+        chunks, counts, crcs = (small.column(c).to_pylist() for c in ("chunk", "num_chunks", "crc32c"))
+        for offset, group in enumerate(range(first, last + 1)):
+            data = _raw_value(parquet, handle, group, crcs[offset])
+            if data is None:  # an unexpected page layout: let pyarrow decode it (and judge it)
+                yield from self._decoded_rows(parquet, group, url)
+            else:
+                yield chunks[offset], counts[offset], data, crcs[offset], True
+
+    @staticmethod
+    def _decoded_rows(
+        parquet: pq.ParquetFile, group: int, url: str
+    ) -> Iterator[tuple[int, int, memoryview, int, bool]]:
+        with _corrupt_is_invalid(url), storage_errors(url):
+            table = parquet.read_row_group(group, columns=_V2_READ_COLUMNS)
+        values = _binary_values(table.column("data"))
+        for row in range(table.num_rows):
+            yield (
+                table.column("chunk")[row].as_py(),
+                table.column("num_chunks")[row].as_py(),
+                values[row],
+                table.column("crc32c")[row].as_py(),
+                False,
+            )
 
     def _v1_value(self, parquet: pq.ParquetFile, group: int, name: str, url: str) -> bytes:
         with _corrupt_is_invalid(url), storage_errors(url):
@@ -255,6 +288,34 @@ class ModelReader:
         if {"kind", "name", "chunk", "data", "crc32c"} <= names:
             return FORMAT_VERSIONS[V2]
         return "0"
+
+
+_MAX_PAGE_HEADER = 256
+
+
+def _raw_value(parquet: pq.ParquetFile, handle: pa.NativeFile, group: int, crc: int) -> memoryview | None:
+    """A chunk's bytes read straight from its uncompressed PLAIN data page, or None to fall back.
+
+    parquant writes one value per row group, so the `data` column chunk is a single page:
+    [page header][4-byte length][value]. Reading it into a fresh buffer skips pyarrow's decode
+    copy; the stored CRC32C must match, else the decoding path takes over (and judges the bytes).
+    """
+    metadata = parquet.metadata.row_group(group)
+    column = metadata.column(parquet.schema_arrow.get_field_index("data"))
+    if column.compression != "UNCOMPRESSED" or column.has_dictionary_page or column.num_values != 1:
+        return None
+    total = column.total_compressed_size
+    buffer = bytearray(total)
+    handle.seek(column.data_page_offset)
+    if handle.readinto(buffer) != total:
+        return None
+    view = memoryview(buffer)
+    for header in range(2, min(_MAX_PAGE_HEADER, total - 4)):
+        length = int.from_bytes(view[header : header + 4], "little")
+        if length == total - header - 4:
+            value = view[header + 4 :]
+            return value if crc32c.crc32c(value) == crc else None
+    return None
 
 
 def _binary_values(column: pa.ChunkedArray) -> list[memoryview]:
