@@ -22,7 +22,7 @@ from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
 from ..store.writer import ModelItem, rechunked
 from ..weights import torch_dtype
-from .layout import is_ignored, linear_modules
+from .layout import is_ignored, linear_modules_isolated
 from .ptq import Method, make_method
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -38,7 +38,7 @@ class PTQPlan:
 def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_size: int = 128) -> PTQPlan:
     method = make_method(method_name, group_size)
     config = reader.config()
-    linear = linear_modules(config)
+    linear = linear_modules_isolated(config)
     names = set(reader.tensor_names())
     targets = {
         m
