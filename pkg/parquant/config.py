@@ -107,14 +107,19 @@ def load_config(
     return _build(values, origin)
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def read_yaml_file(path: str, what: str) -> Any:
+    """A YAML file's content; missing file is exit 66, malformed YAML exit 78, both naming `what`."""
     if not os.path.exists(path):
-        raise InputNotFoundError(f"config file {path} not found")
+        raise InputNotFoundError(f"{what} {path} not found")
     try:
         with open(path) as handle:
-            loaded = yaml.safe_load(handle)
+            return yaml.safe_load(handle)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    loaded = read_yaml_file(path, "config file")
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .errors import ConfigError, InputNotFoundError, ParquantError
+from .config import read_yaml_file
+from .errors import ConfigError, ParquantError
 
 log = logging.getLogger("parquant")
 
@@ -78,14 +77,7 @@ class PipelineSpec:
 
     @classmethod
     def load(cls, path: str) -> PipelineSpec:
-        if not os.path.exists(path):
-            raise InputNotFoundError(f"pipeline spec {path} not found")
-        try:
-            with open(path) as handle:
-                raw = yaml.safe_load(handle)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
-        return cls.from_dict(raw, path)
+        return cls.from_dict(read_yaml_file(path, "pipeline spec"), path)
 
     @classmethod
     def from_dict(cls, raw: Any, where: str) -> PipelineSpec:
