@@ -398,3 +398,39 @@ def test_killed_ptq_quantize_resumes(tmp_path: Path) -> None:
     with WeightLoader(str(tmp_path / "q")) as loader:
         assert loader.spec("model.layers.7.mlp.down_proj.weight").dtype == "I8"
         assert len(loader.reader.manifest.shards) > 10
+
+
+def test_calibration_works_without_a_pad_token(tmp_path: Path, cli: Cli) -> None:
+    """Seen on a GPU host: a tokenizer without pad token made AngelSlim's calibration fail."""
+    import shutil
+
+    shutil.copytree(EXAMPLE_MODEL, tmp_path / "hf")
+    config_path = tmp_path / "hf" / "tokenizer_config.json"
+    settings = json.loads(config_path.read_text())
+    settings.pop("pad_token", None)
+    config_path.write_text(json.dumps(settings))
+    model_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    model_config.pop("pad_token_id", None)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(model_config))
+    import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "pq"))
+    result = cli(
+        "quantize",
+        tmp_path / "pq",
+        "-o",
+        tmp_path / "fp8",
+        "--method",
+        "fp8-static",
+        "--backend",
+        "angelslim",
+        "--no-fallback",
+        "--calibration-data",
+        CALIBRATION,
+        "--num-samples",
+        "4",
+        "--seq-len",
+        "64",
+        "--log-format",
+        "text",
+    )
+    assert result.code == 0, result.err
+    assert "no pad token" in result.err

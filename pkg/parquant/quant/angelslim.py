@@ -129,6 +129,7 @@ def run_engine(slim_config: dict[str, Any], device: str) -> None:
             use_cache=model.use_cache,
         )
         if compression.need_dataset:
+            _ensure_pad_token(engine.slim_model.tokenizer)
             engine.prepare_data(
                 data_path=dataset.data_path,
                 data_type=dataset.name,
@@ -147,6 +148,20 @@ def run_engine(slim_config: dict[str, Any], device: str) -> None:
             engine.run()
             engine.convert()
         engine.save(parsed.global_config.save_path, parsed)
+
+
+def _ensure_pad_token(tokenizer: Any) -> None:
+    """AngelSlim's calibration pads batches; many tokenizers (e.g. from GGUF) have no pad token.
+
+    Measured on an H200: SmolLM2's tokenizer made by transformers 5.17 from its GGUF has none, and
+    fp8-static, int4-gptq and int4-awq then fail in prepare_data. Padding with the end-of-sequence
+    token is the usual choice; the saved tokenizer records it.
+    """
+    if getattr(tokenizer, "pad_token", None) is None and getattr(tokenizer, "eos_token", None) is not None:
+        log.info(
+            "the tokenizer has no pad token: using its end-of-sequence token %r for calibration", tokenizer.eos_token
+        )
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 @contextlib.contextmanager
