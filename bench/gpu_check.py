@@ -4,6 +4,13 @@ Run on a machine with a GPU (see docs/quantize.md): it quantizes the embedded mo
 `--device cuda --backend angelslim --no-fallback`, checks that no CPU adapter or fallback was
 involved, and prints time and logits cosine against the original for each method. With
 `--larger`, it also times fp8-static on a ~134M-parameter random Llama, CPU vs GPU side by side.
+
+A GPU host without registry access needs the wheels carried (Python 3.12 there):
+  pip download --no-deps --python-version 3.12 --only-binary=:all: -d .gpu-wheels angelslim==0.5.0 \
+      transformers==5.23.0 compressed-tensors loguru pydantic pydantic-core typing-inspection \
+      annotated-types typing-extensions datasets dill multiprocess shortuuid crc32c argparse-dataclass gguf
+  then there: python3 -m pip install --no-index --no-deps .gpu-wheels/*.whl
+Results of the run on an H100 are in bench/results/gpu_check_h100.json.
 """
 
 from __future__ import annotations
