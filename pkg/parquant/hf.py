@@ -20,7 +20,7 @@ from .errors import InputNotFoundError, InvalidInputError, UnavailableError
 from .fs import Location
 from .names import safe_relative_path
 from .store.schema import DTYPE_SIZES, KIND_FILE, KIND_TENSOR, TensorSpec
-from .store.writer import ModelItem
+from .store.writer import ModelItem, sliced
 
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -184,9 +184,7 @@ def _check_unique_tensors(url: str, weights: list[SafetensorsFile]) -> None:
 
 def _file_chunks(location: Location) -> Callable[[int], Iterator[bytes | memoryview]]:
     def chunks(size: int) -> Iterator[bytes | memoryview]:
-        data = memoryview(location.read_bytes())
-        for start in range(0, len(data), size):
-            yield data[start : start + size]
+        return sliced(location.read_bytes(), size)
 
     return chunks
 

@@ -141,16 +141,16 @@ class WeightLoader:
 
     def _dequantized_model(self) -> PreTrainedModel:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
         from .quant.dequant import dequantized_state_dict
+        from .quant.layout import plain_config
 
         config = self.config()
-        settings = {k: v for k, v in config.items() if k not in ("quantization_config", "model_type")}
         dtype = next((self.spec(n).dtype for n in self.names() if n.endswith(".scales")), "BF16")
         target = torch.float16 if dtype == "F16" else torch.bfloat16
         model: PreTrainedModel = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-            AutoConfig.for_model(config["model_type"], **settings)
+            plain_config(config)
         )
         state = dequantized_state_dict({n: self.load(n) for n in self.names()}, config["quantization_config"], target)
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -21,10 +21,18 @@ from typing import Any
 from ..errors import InternalError, UnavailableError
 
 
+def plain_config(config: dict[str, Any]) -> Any:
+    """A transformers config of the architecture alone (no quantization_config): the float model."""
+    from transformers import AutoConfig
+
+    settings = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config")}
+    return AutoConfig.for_model(str(config.get("model_type")), **settings)
+
+
 def linear_modules(config: dict[str, Any]) -> set[str]:
     """Names of the model's nn.Linear modules (e.g. `model.layers.0.mlp.down_proj`, `lm_head`)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     model_type = str(config.get("model_type"))
@@ -33,8 +41,7 @@ def linear_modules(config: dict[str, Any]) -> set[str]:
             f"unsupported architecture {model_type!r}: transformers does not ship it and parquant does not run "
             "remote code"
         )
-    settings = {k: v for k, v in config.items() if k not in ("model_type", "quantization_config")}
-    hf_config = AutoConfig.for_model(model_type, **settings)
+    hf_config = plain_config(config)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(hf_config)  # type: ignore[no-untyped-call]

@@ -16,16 +16,15 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError, UnavailableError
+from ..hf import INDEX_NAME
 from ..memory import release_free_memory
 from ..numerics import count_nonfinite
 from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
-from ..store.writer import ModelItem, rechunked
+from ..store.writer import ModelItem, rechunked, sliced
 from ..weights import torch_dtype
 from .layout import is_ignored, linear_modules_isolated
 from .ptq import Method, make_method
-
-INDEX_NAME = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def _output_chunks(
     suffix = output.name.rsplit(".", 1)[1]
 
     def chunks(size: int) -> Iterator[bytes | memoryview]:
-        return _sliced(_raw(cache.get(module, spec)[suffix]), size)
+        return sliced(_raw(cache.get(module, spec)[suffix]), size)
 
     return chunks
 
@@ -119,11 +118,6 @@ def _output_chunks(
 def _raw(tensor: torch.Tensor) -> memoryview:
     array: Any = tensor.contiguous().view(torch.uint8).reshape(-1).numpy()  # zero-copy view of its bytes
     return memoryview(array)
-
-
-def _sliced(data: memoryview, size: int) -> Iterator[memoryview]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
 
 
 def _checked_copy(reader: ModelReader, spec: TensorSpec) -> Callable[[int], Iterator[bytes | memoryview]]:
@@ -138,7 +132,7 @@ def _checked_copy(reader: ModelReader, spec: TensorSpec) -> Callable[[int], Iter
 
 def _file_item(reader: ModelReader, name: str, replacement: bytes | None) -> ModelItem:
     def chunks(size: int) -> Iterator[bytes | memoryview]:
-        return _sliced(memoryview(replacement if replacement is not None else reader.read_file(name)), size)
+        return sliced(memoryview(replacement if replacement is not None else reader.read_file(name)), size)
 
     nbytes = len(replacement) if replacement is not None else reader.manifest.files[name].nbytes
     return ModelItem(KIND_FILE, name, nbytes, chunks)
