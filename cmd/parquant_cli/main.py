@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -114,6 +115,7 @@ def run_quantize(options: QuantizeOptions) -> int:
         dry_run=options.dry_run,
         storage_options=_storage(options),
         progress=progress_reporter(options.log_format, options.quiet),
+        placement_note=options.placement_note,
     )
     if options.dry_run:
         plan, estimate = result.details["plan"], result.details["estimate"]
@@ -222,7 +224,10 @@ def run_pipeline(options: PipelineOptions) -> int:
     shared = ["--log-format", options.log_format, "--log-level", options.log_level] + (
         ["--quiet"] if options.quiet else []
     )
-    outcomes = LocalExecutor(lambda argv: main(argv + shared), options.state_dir).run(spec, force=options.force)
+    if options.executor == "kubernetes":
+        outcomes = _run_on_kubernetes(options, spec, shared)
+    else:
+        outcomes = LocalExecutor(lambda argv: main(argv + shared), options.state_dir).run(spec, force=options.force)
     for outcome in outcomes:
         log.info(
             "pipeline: %-24s %-8s exit %d  %.1fs", outcome.name, outcome.status, outcome.exit_code, outcome.seconds
@@ -230,6 +235,39 @@ def run_pipeline(options: PipelineOptions) -> int:
     print(json.dumps({"pipeline": spec.name, "stages": [asdict(o) for o in outcomes]}))
     failed = first_failure(outcomes)
     return failed.exit_code if failed else 0
+
+
+def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -> list[Any]:
+    from parquant.k8s import connect, default_namespace
+    from parquant.k8s.executor import KubernetesExecutor, KubernetesSettings
+    from parquant.k8s.jobs import JobTemplates
+
+    gpu_template = None if options.no_gpu else options.gpu_job_template
+    settings = KubernetesSettings(
+        namespace=options.namespace or default_namespace(options.kubeconfig),
+        templates=JobTemplates.load(options.job_template, gpu_template),
+        cpu_image=options.cpu_image or None,
+        gpu_image=options.gpu_image or None,
+        gpu=not options.no_gpu,
+        gpu_schedule_timeout=options.gpu_schedule_timeout,
+        cpu_fallback_backend=options.cpu_fallback_backend,
+        poll_seconds=options.poll_seconds,
+        extra_args=shared,
+    )
+    executor = KubernetesExecutor(connect(options.kubeconfig), settings)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return executor.run(spec, force=options.force)
+    except KeyboardInterrupt:
+        executor.interrupt()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    """Kubernetes stops a driver pod with SIGTERM: unwind as for Ctrl-C, so the stage Job is deleted."""
+    raise KeyboardInterrupt
 
 
 def run_inspect(options: InspectOptions) -> int:

@@ -140,6 +140,14 @@ class QuantizeOptions(CommonOptions, WriteFlags):
         default=False, metadata={"help": "fail (exit 69) instead of falling back to built-in PTQ or to the CPU"}
     )
     dry_run: bool = field(default=False, metadata={"help": "print the plan and estimates; write nothing"})
+    placement_note: str | None = field(
+        default=None,
+        metadata={
+            "type": str,
+            "help": "why this run is where it is (the Kubernetes executor's GPU -> CPU fallback sets it); "
+            "recorded with the fallbacks in the manifest and shown in the report",
+        },
+    )
     compare: str | None = field(
         default=None,
         metadata={
@@ -212,9 +220,57 @@ class ReportOptions(CommonOptions):
 @dataclass(kw_only=True)
 class PipelineOptions(CommonOptions):
     spec: str = field(metadata={"args": ["spec"], "help": "pipeline YAML: name, stages (each: stage + its options)"})
-    executor: str = field(default="local", metadata={"choices": ["local"], "help": "where stages run"})
+    executor: str = field(
+        default="local",
+        metadata={
+            "choices": ["local", "kubernetes"],
+            "help": "local: every stage in this process; kubernetes: one Job per stage (see docs/deploy.md)",
+        },
+    )
     dry_run: bool = field(default=False, metadata={"help": "print each stage's command; run nothing"})
     force: bool = field(default=False, metadata={"help": "rerun stages already recorded as done"})
     state_dir: str | None = field(
-        default=None, metadata={"type": str, "help": "where the resume state lives (default: beside the spec)"}
+        default=None,
+        metadata={"type": str, "help": "local executor: where the resume state lives (default: parquant's cache)"},
     )
+    namespace: str | None = field(
+        default=None,
+        metadata={"type": str, "help": "kubernetes: namespace of the stage Jobs (default: the pod's own)"},
+    )
+    kubeconfig: str | None = field(
+        default=None,
+        metadata={"type": str, "help": "kubernetes: kubeconfig file (default: in-cluster ServiceAccount)"},
+    )
+    job_template: str = field(
+        default="/etc/parquant/templates/stage-job.yaml",
+        metadata={"help": "kubernetes: Job template for CPU stages (deploy/base/templates)"},
+    )
+    gpu_job_template: str | None = field(
+        default="/etc/parquant/templates/stage-job-gpu.yaml",
+        metadata={"type": str, "help": "kubernetes: Job template for GPU stages (quantize)"},
+    )
+    cpu_image: str | None = field(
+        default=None, metadata={"type": str, "help": "kubernetes: image of CPU stages (default: the template's)"}
+    )
+    gpu_image: str | None = field(
+        default=None, metadata={"type": str, "help": "kubernetes: image of GPU stages (default: the template's)"}
+    )
+    no_gpu: bool = field(
+        default=False, metadata={"help": "kubernetes: run every stage on the CPU template (no GPU nodes)"}
+    )
+    gpu_schedule_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "kubernetes: seconds a GPU pod may stay Unschedulable before the stage is replaced by a "
+            "CPU Job (default 600; leave the cluster autoscaler time to add a node)"
+        },
+    )
+    cpu_fallback_backend: str = field(
+        default="ptq",
+        metadata={
+            "choices": ["ptq", "angelslim"],
+            "help": "kubernetes: backend of a quantize stage moved to the CPU (default ptq; angelslim runs "
+            "AngelSlim on the CPU: slower, same method)",
+        },
+    )
+    poll_seconds: float = field(default=2.0, metadata={"help": "kubernetes: how often Job status is read"})

@@ -38,6 +38,7 @@ class BenchmarkResult:
     decode_tokens_per_second: dict[str, Timing] = field(default_factory=dict)  # "batch" -> tokens/s
     method: str = "none"  # how the model was quantized (manifest provenance), "none" for full precision
     backend: str = "-"
+    note: str = ""  # the fallbacks that made the model (manifest provenance), e.g. GPU -> CPU
     model_memory_bytes: int = 0  # parameters + buffers as loaded (CPU transformers decompresses FP8/INT8)
     peak_host_rss_bytes: int = 0  # the process's high-water mark (includes anything it ran before)
     peak_gpu_allocated_bytes: int = 0
@@ -86,6 +87,7 @@ class BenchmarkRunner:
             made = loader.reader.manifest.created_by
             method = str(made.config.get("effective_method", "none")) if made.stage == "quantize" else "none"
             backend = made.backend or "-"
+            note = "; ".join(made.fallbacks) if made.stage == "quantize" else ""
             started = time.perf_counter()
             model: Any = loader.build_model()
             torch.nn.Module.to(model, self.device)
@@ -93,7 +95,7 @@ class BenchmarkRunner:
         vocab = int(model.config.vocab_size)
         max_positions = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         result = BenchmarkResult(
-            self.model_url, self.device, size, round(load_seconds, 3), method=method, backend=backend
+            self.model_url, self.device, size, round(load_seconds, 3), method=method, backend=backend, note=note
         )
         result.model_memory_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         steps = len(self.batch_sizes) * (len(self.seq_lens) + 1)

@@ -134,7 +134,7 @@ class LocalExecutor:
                 log.info("pipeline: %s already done, skipped", stage.name)
                 outcomes.append(StageOutcome(stage.name, "skipped", 0, 0.0))
                 continue
-            argv = stage.argv() + _storage_argv(spec.storage_options)
+            argv = stage.argv() + storage_argv(spec.storage_options)
             log.info("pipeline: %s: parquant %s", stage.name, " ".join(argv))
             started = time.monotonic()
             code = self.run_stage(argv)
@@ -150,7 +150,7 @@ class LocalExecutor:
         return outcomes
 
 
-def _storage_argv(options: Mapping[str, str]) -> list[str]:
+def storage_argv(options: Mapping[str, str]) -> list[str]:
     return ["--storage-option", *(f"{k}={v}" for k, v in options.items())] if options else []
 
 

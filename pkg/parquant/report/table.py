@@ -63,7 +63,9 @@ def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
         elif kind == "validation":
             _apply(row(result["candidate"]), result)
         elif kind == "benchmark":
-            _apply(row(result["model"], method=result.get("method", ""), backend=result.get("backend", "")), result)
+            target = row(result["model"], method=result.get("method", ""), backend=result.get("backend", ""))
+            target.note = target.note or result.get("note", "")
+            _apply(target, result)
     table = [rows[m] for m in order]
     _fill_ratios(table)
     return table

@@ -103,8 +103,13 @@ def quantize(
     dry_run: bool = False,
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
+    placement_note: str | None = None,
 ) -> StageResult:
-    """Quantize the Parquet model at `model` into a Parquet model at `output`."""
+    """Quantize the Parquet model at `model` into a Parquet model at `output`.
+
+    `placement_note` is a decision taken before this process started (the Kubernetes executor's
+    GPU -> CPU fallback): it is recorded with the plan's own fallbacks, in the manifest and result.
+    """
     started = time.monotonic()
     write = write or WriteOptions()
     with ModelReader(resolve(model, storage_options)) as reader:
@@ -114,6 +119,8 @@ def quantize(
                 f"{model} is already quantized ({scheme.describe()}): quantize the original model instead"
             )
         plan = choose(config, str(reader.config().get("model_type")))
+        if placement_note:
+            plan.fallbacks.insert(0, placement_note)
         model_bytes = sum(e.nbytes for e in reader.manifest.tensors.values())
         estimate = _estimate(plan, model_bytes)
         if dry_run:

@@ -1,0 +1,381 @@
+"""The Kubernetes executor: one Job per stage, run in order, with the GPU -> CPU fallback.
+
+It needs only what the deploy/ Role grants: jobs (create, get, list, watch, delete), pods and
+pods/log (get, list, watch), events (get, list, watch), in its own namespace.
+
+Resume: each stage's Job name is derived from the pipeline, the stage and a hash of its entry, so
+a rerun (or a restarted driver pod) finds the Job it made before: a succeeded one is skipped, a
+running one is waited for, a failed one is deleted and made again. Once Jobs are gone (their TTL),
+the stages that write models still skip by themselves, from their outputs' fingerprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ParquantError, TemporaryFailure, UnavailableError
+from ..pipeline import PipelineSpec, StageOutcome, StageSpec, storage_argv
+from .jobs import (
+    CONTAINER,
+    JobTemplates,
+    cpu_replacement,
+    fail_job_exit_codes,
+    job_name,
+    render_job,
+    stage_labels,
+    strip_for_server,
+)
+
+log = logging.getLogger("parquant")
+
+# Waiting reasons that will not fix themselves, with the exit code and the fix to print.
+STUCK_WAITING = {
+    "ErrImagePull": (69, "the image cannot be pulled: check the image name and the pull secret"),
+    "ImagePullBackOff": (69, "the image cannot be pulled: check the image name and the pull secret"),
+    "InvalidImageName": (69, "the image name is invalid: fix --cpu-image / --gpu-image"),
+    "CreateContainerConfigError": (78, "the container cannot be configured (missing Secret or ConfigMap?)"),
+}
+# Terminated reasons without one of our exit codes.
+TERMINATED_REASONS = {"OOMKilled": 71, "DeadlineExceeded": 75}
+
+
+@dataclass
+class KubernetesSettings:
+    namespace: str
+    templates: JobTemplates
+    cpu_image: str | None = None
+    gpu_image: str | None = None
+    gpu: bool = True  # False: every stage runs on the CPU template (the cpu overlay)
+    gpu_schedule_timeout: float = 600.0
+    cpu_fallback_backend: str = "ptq"  # or "angelslim" (AngelSlim on CPU)
+    poll_seconds: float = 2.0
+    stuck_seconds: float = 300.0  # how long an image pull may fail before the stage fails
+    extra_args: list[str] = field(default_factory=list)  # logging flags, appended to every stage
+
+
+@dataclass
+class _Watch:
+    """What one wait on a Job found."""
+
+    status: str  # "succeeded", "failed", "unschedulable"
+    exit_code: int = 0
+    note: str = ""
+
+
+class KubernetesExecutor:
+    def __init__(self, api_client: Any, settings: KubernetesSettings, print_line: Callable[[str], None] = print):
+        from kubernetes import client
+
+        self.batch = client.BatchV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.version = _server_version(client.VersionApi(api_client))
+        self.settings = settings
+        self.print_line = print_line
+        self._active: str | None = None
+        # Exit codes a stripped podFailurePolicy would have failed the Job on, per Job name.
+        self._fail_job_codes: dict[str, set[int]] = {}
+
+    def run(self, spec: PipelineSpec, force: bool = False) -> list[StageOutcome]:
+        outcomes: list[StageOutcome] = []
+        for stage in spec.stages:
+            started = time.monotonic()
+            try:
+                outcome = self._run_stage(spec, stage, force)
+            except ParquantError as exc:
+                log.error("pipeline: %s: %s", stage.name, exc)
+                outcome = StageOutcome(stage.name, "failed", exc.exit_code, 0.0, "kubernetes", str(exc))
+            outcome.seconds = round(time.monotonic() - started, 2)
+            outcomes.append(outcome)
+            if outcome.status == "failed":
+                log.error("pipeline: %s failed with exit code %d; later stages not run", stage.name, outcome.exit_code)
+                break
+        return outcomes
+
+    def interrupt(self) -> None:
+        """Delete the running stage's Job (and its pods): a stopped driver leaves no GPU pod behind."""
+        if self._active:
+            log.warning("pipeline: interrupted; deleting Job %s", self._active)
+            self._delete(self._active)
+
+    # -- one stage ---------------------------------------------------------------------------
+
+    def _run_stage(self, spec: PipelineSpec, stage: StageSpec, force: bool) -> StageOutcome:
+        on_gpu = stage.gpu and self.settings.gpu and self.settings.templates.gpu is not None
+        name, cpu_name = job_name(spec.name, stage), job_name(spec.name, stage, "cpu")
+        for candidate in (name, cpu_name) if on_gpu else (name,):
+            found = self._existing(candidate, force)
+            if found == "succeeded":
+                log.info("pipeline: %s already done (Job %s succeeded), skipped", stage.name, candidate)
+                return StageOutcome(stage.name, "skipped", 0, 0.0, "kubernetes", f"job {candidate}")
+            if found == "running":
+                on_gpu = on_gpu and candidate == name
+                name = candidate
+                break
+        else:
+            self._create(spec, stage, name, on_gpu)
+        watch = self._wait(name, stage.name, self.settings.gpu_schedule_timeout if on_gpu else None)
+        if watch.status == "unschedulable":
+            why = (
+                f"GPU pod unschedulable for more than {self.settings.gpu_schedule_timeout:g}s: "
+                f"ran on the CPU image ({self.settings.cpu_fallback_backend} backend)"
+            )
+            log.warning("pipeline: %s: %s; deleting Job %s", stage.name, why, name)
+            self._delete(name)
+            replacement = cpu_replacement(stage, self.settings.cpu_fallback_backend, why)
+            self._create(spec, replacement, cpu_name, False)
+            watch = self._wait(cpu_name, stage.name, None)
+            watch.note = "; ".join(filter(None, [why, watch.note]))
+            name = cpu_name
+        placement = "gpu" if on_gpu and name != cpu_name else "cpu"
+        if watch.status == "succeeded":
+            return StageOutcome(stage.name, "done", 0, 0.0, f"kubernetes/{placement}", watch.note)
+        return StageOutcome(stage.name, "failed", watch.exit_code, 0.0, f"kubernetes/{placement}", watch.note)
+
+    def _existing(self, name: str, force: bool) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            job = self.batch.read_namespaced_job(name, self.settings.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _api_error(exc, f"read Job {name}") from None
+        state = _job_state(job)
+        if state == "succeeded" and not force:
+            return "succeeded"
+        if state is None and not force:
+            log.info("pipeline: Job %s is still running (driver restarted?): waiting for it", name)
+            return "running"
+        log.info("pipeline: deleting the earlier Job %s (%s) to run it again", name, state or "running")
+        self._delete(name)
+        return None
+
+    def _create(self, spec: PipelineSpec, stage: StageSpec, name: str, on_gpu: bool) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        templates = self.settings.templates
+        template = templates.gpu if on_gpu and templates.gpu is not None else templates.cpu
+        image = self.settings.gpu_image if on_gpu else self.settings.cpu_image
+        args = stage.argv() + storage_argv(spec.storage_options) + self.settings.extra_args
+        job = render_job(
+            template,
+            name=name,
+            labels=stage_labels(spec.name, stage, "gpu" if on_gpu else "cpu"),
+            args=args,
+            image=image or None,
+        )
+        fail_codes = fail_job_exit_codes(job)
+        removed = strip_for_server(job, self.version)
+        if removed:
+            log.warning(
+                "pipeline: Kubernetes %d.%d lacks %s: created without it%s",
+                *self.version,
+                ", ".join(removed),
+                "; the driver fails the Job on those exit codes itself" if "podFailurePolicy" in removed else "",
+            )
+            if "podFailurePolicy" in removed:
+                self._fail_job_codes[name] = fail_codes
+        log.info(
+            "pipeline: %s: Job %s on %s: parquant %s", stage.name, name, "GPU" if on_gpu else "CPU", " ".join(args)
+        )
+        try:
+            self.batch.create_namespaced_job(self.settings.namespace, job)
+        except ApiException as exc:
+            raise _api_error(exc, f"create Job {name}") from None
+        self._active = name
+
+    def _delete(self, name: str) -> None:
+        """Foreground deletion: returns once the Job and its pods are gone (or after a minute)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.batch.delete_namespaced_job(
+                name, self.settings.namespace, body=client.V1DeleteOptions(propagation_policy="Foreground")
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _api_error(exc, f"delete Job {name}") from None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self.batch.read_namespaced_job(name, self.settings.namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    break
+                raise _api_error(exc, f"read Job {name}") from None
+            time.sleep(self.settings.poll_seconds)
+        else:
+            log.warning("pipeline: Job %s is still being deleted after 60s; going on", name)
+        if self._active == name:
+            self._active = None
+
+    def _wait(self, name: str, stage_name: str, unschedulable_limit: float | None) -> _Watch:
+        """Poll the Job and its pods until it ends; stream each pod's log once it runs."""
+        from kubernetes.client.exceptions import ApiException
+
+        unschedulable_since: float | None = None
+        stuck_since: dict[str, float] = {}
+        streamed: set[str] = set()
+        told: set[str] = set()
+        while True:
+            try:
+                job = self.batch.read_namespaced_job(name, self.settings.namespace)
+                pods = self.core.list_namespaced_pod(self.settings.namespace, label_selector=f"job-name={name}").items
+            except ApiException as exc:
+                raise _api_error(exc, f"watch Job {name}") from None
+            for pod in pods:
+                if pod.metadata.name not in streamed and (pod.status.phase or "Pending") != "Pending":
+                    streamed.add(pod.metadata.name)
+                    self._stream_log(pod.metadata.name, stage_name)
+            state = _job_state(job)
+            if state == "succeeded":
+                self._active = None
+                return _Watch("succeeded")
+            if state == "failed":
+                self._active = None
+                code, note = _failure_code(job, pods)
+                return _Watch("failed", code, note)
+            final = self._final_failure(name, pods)
+            if final is not None:
+                self._delete(name)
+                return _Watch("failed", *final)
+            now = time.monotonic()
+            for pod in pods:
+                if pod.metadata.name not in told and _unschedulable(pod):
+                    told.add(pod.metadata.name)
+                    log.warning(
+                        "pipeline: %s: pod %s cannot be scheduled yet: %s",
+                        stage_name,
+                        pod.metadata.name,
+                        _scheduling_message(pod),
+                    )
+            if unschedulable_limit is not None:
+                if any(_unschedulable(pod) for pod in pods):
+                    unschedulable_since = unschedulable_since or now
+                    if now - unschedulable_since > unschedulable_limit:
+                        return _Watch("unschedulable")
+                else:
+                    unschedulable_since = None
+            for pod in pods:
+                reason = _waiting_reason(pod)
+                if reason in STUCK_WAITING:
+                    first = stuck_since.setdefault(pod.metadata.name, now)
+                    if now - first > self.settings.stuck_seconds:
+                        code, fix = STUCK_WAITING[reason]
+                        self._delete(name)
+                        return _Watch("failed", code, f"{reason}: {fix}")
+            time.sleep(self.settings.poll_seconds)
+
+    def _final_failure(self, name: str, pods: list[Any]) -> tuple[int, str] | None:
+        """podFailurePolicy's FailJob, done by the driver where the server predates the field."""
+        codes = self._fail_job_codes.get(name)
+        for pod in pods if codes else []:
+            code = _exit_code(pod)
+            if code is not None and code in (codes or ()):
+                return code, f"exit code {code} (pod {pod.metadata.name}); not retried: a retry cannot fix it"
+        return None
+
+    def _stream_log(self, pod: str, stage_name: str) -> None:
+        """Follow a pod's log on a thread; without a reachable kubelet it says so once and goes on."""
+
+        def follow() -> None:
+            try:
+                response = self.core.read_namespaced_pod_log(
+                    pod, self.settings.namespace, container=CONTAINER, follow=True, _preload_content=False
+                )
+                for raw in response.stream():
+                    for line in raw.decode("utf-8", "replace").splitlines():
+                        self.print_line(f"[{stage_name}] {line}")
+            except Exception as exc:  # logs are a convenience, never a failure
+                log.warning("pipeline: %s: cannot stream the log of pod %s (%s)", stage_name, pod, _short(exc))
+
+        threading.Thread(target=follow, name=f"log-{pod}", daemon=True).start()
+
+
+def _server_version(version_api: Any) -> tuple[int, int]:
+    info = version_api.get_code()
+    minor = "".join(ch for ch in str(info.minor) if ch.isdigit()) or "0"
+    return int(info.major), int(minor)
+
+
+def _job_state(job: Any) -> str | None:
+    for condition in job.status.conditions or []:
+        if condition.status == "True" and condition.type == "Complete":
+            return "succeeded"
+        if condition.status == "True" and condition.type == "Failed":
+            return "failed"
+    return None
+
+
+def _unschedulable(pod: Any) -> bool:
+    return any(
+        c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+        for c in pod.status.conditions or []
+    )
+
+
+def _exit_code(pod: Any) -> int | None:
+    for status in pod.status.container_statuses or []:
+        terminated = status.state.terminated if status.state else None
+        if status.name == CONTAINER and terminated is not None and terminated.exit_code:
+            return int(terminated.exit_code)
+    return None
+
+
+def _scheduling_message(pod: Any) -> str:
+    for c in pod.status.conditions or []:
+        if c.type == "PodScheduled":
+            return str(c.message or c.reason)
+    return "no reason given"
+
+
+def _waiting_reason(pod: Any) -> str | None:
+    for status in pod.status.container_statuses or []:
+        if status.state and status.state.waiting:
+            return str(status.state.waiting.reason)
+    return None
+
+
+def _failure_code(job: Any, pods: list[Any]) -> tuple[int, str]:
+    """The exit code of the Job's last failed container (our own codes), else one for the reason."""
+    condition = next((c for c in job.status.conditions or [] if c.type == "Failed" and c.status == "True"), None)
+    reason = condition.reason if condition else ""
+    failed = [p for p in pods if p.status.phase == "Failed"]
+    failed.sort(key=lambda p: p.metadata.creation_timestamp or 0)
+    for pod in reversed(failed):
+        for status in pod.status.container_statuses or []:
+            terminated = status.state.terminated if status.state else None
+            if status.name == CONTAINER and terminated is not None:
+                if terminated.reason in TERMINATED_REASONS and terminated.exit_code in (None, 137, 143):
+                    return TERMINATED_REASONS[terminated.reason], f"{terminated.reason} (pod {pod.metadata.name})"
+                return int(terminated.exit_code), f"exit code {terminated.exit_code} (pod {pod.metadata.name})"
+    if reason == "DeadlineExceeded":
+        return 75, "the Job ran past activeDeadlineSeconds: raise it in the stage template or give it a bigger node"
+    return 70, f"the Job failed ({reason or 'no reason given'}) and no container exit code is known"
+
+
+def _api_error(exc: Any, action: str) -> ParquantError:
+    if exc.status in (401, 403):
+        from ..errors import PermissionDeniedError
+
+        return PermissionDeniedError(
+            f"Kubernetes refused to {action} ({exc.status} {exc.reason}): check the driver's ServiceAccount and Role"
+        )
+    if exc.status == 404:
+        return UnavailableError(f"cannot {action}: {exc.reason} (does the namespace exist?)")
+    if exc.status == 422:
+        return UnavailableError(f"Kubernetes rejected the Job to {action}: {_short(exc.body)}; fix the stage template")
+    return TemporaryFailure(f"Kubernetes API error while trying to {action} ({exc.status} {exc.reason}): retry")
+
+
+def _short(value: Any) -> str:
+    return " ".join(str(value).split())[:300]
+
+
+__all__ = ["KubernetesExecutor", "KubernetesSettings"]

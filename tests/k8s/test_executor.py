@@ -1,0 +1,206 @@
+"""The Kubernetes executor against a real control plane (see conftest.py), driven as the driver's
+own ServiceAccount with the deploy/ Role, so the Role is proven sufficient as well as minimal."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from parquant.fs import resolve
+from parquant.k8s import connect
+from parquant.k8s.executor import KubernetesExecutor, KubernetesSettings
+from parquant.k8s.jobs import JobTemplates, job_name
+from parquant.pipeline import PipelineSpec
+from parquant.store.reader import ModelReader
+from parquant_cli.main import main
+
+from .conftest import ROOT, apply_driver_rbac, driver_kubeconfig
+from .kubelet import FakeKubelet
+
+pytestmark = pytest.mark.control_plane
+
+TEMPLATES = ROOT / "deploy" / "base" / "templates"
+TINY = ROOT / "examples" / "tiny-llama"
+DATA = ROOT / "examples" / "data"
+
+
+def _write_spec(path: Path, name: str, stages: list[dict[str, Any]]) -> Path:
+    path.write_text(yaml.safe_dump({"name": name, "stages": stages}))
+    return path
+
+
+def _pipeline_argv(spec: Path, kubeconfig: Path, namespace: str, *extra: str) -> list[str]:
+    return [
+        "pipeline",
+        str(spec),
+        "--executor",
+        "kubernetes",
+        "--kubeconfig",
+        str(kubeconfig),
+        "--namespace",
+        namespace,
+        "--job-template",
+        str(TEMPLATES / "stage-job.yaml"),
+        "--gpu-job-template",
+        str(TEMPLATES / "stage-job-gpu.yaml"),
+        "--poll-seconds",
+        "0.3",
+        "--log-format",
+        "text",
+        "--quiet",
+        *extra,
+    ]
+
+
+def _jobs(admin_api: Any, namespace: str) -> dict[str, Any]:
+    from kubernetes import client
+
+    return {j.metadata.name: j for j in client.BatchV1Api(admin_api).list_namespaced_job(namespace).items}
+
+
+def test_gpu_stage_unschedulable_falls_back_to_cpu_then_rerun_skips(
+    admin_api: Any, namespace: str, kubelet: FakeKubelet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apply_driver_rbac(admin_api, namespace)
+    kubeconfig = driver_kubeconfig(admin_api, namespace, tmp_path / "driver.kubeconfig")
+    out = tmp_path / "out"
+    spec = _write_spec(
+        tmp_path / "pipeline.yaml",
+        "fallback",
+        [
+            {"name": "import", "stage": "import", "source": str(TINY), "output": str(out / "model")},
+            {
+                "name": "quantize",
+                "stage": "quantize",
+                "gpu": True,
+                "model": str(out / "model"),
+                "output": str(out / "fp8"),
+                "method": "fp8-static",
+                "calibration_data": str(DATA / "calibration.jsonl"),
+                "num_samples": 8,
+                "seq_len": 64,
+            },
+            {
+                "name": "benchmark",
+                "stage": "benchmark",
+                "model": str(out / "fp8"),
+                "batch_sizes": [1],
+                "seq_lens": [32],
+                "new_tokens": 4,
+                "output": str(out / "bench.json"),
+            },
+            {"name": "report", "stage": "report", "results": [str(out / "bench.json")], "output": str(out / "report")},
+        ],
+    )
+    code = main(_pipeline_argv(spec, kubeconfig, namespace, "--gpu-schedule-timeout", "3"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    by_name = {s["name"]: s for s in summary["stages"]}
+    assert [s["status"] for s in summary["stages"]] == ["done"] * 4
+    assert by_name["quantize"]["executor"] == "kubernetes/cpu"
+    assert "GPU pod unschedulable for more than 3s" in by_name["quantize"]["note"]
+    assert by_name["import"]["executor"] == "kubernetes/cpu"
+
+    # The GPU Job is gone (deleted in the foreground); its CPU replacement ran the PTQ method.
+    stage = PipelineSpec.load(str(spec)).stages[1]
+    jobs = _jobs(admin_api, namespace)
+    assert job_name("fallback", stage) not in jobs
+    replacement = jobs[job_name("fallback", stage, "cpu")]
+    assert replacement.metadata.labels["parquant.io/placement"] == "cpu"
+    args = replacement.spec.template.spec.containers[0].args
+    assert args[args.index("--backend") + 1] == "ptq" and args[args.index("--method") + 1] == "fp8-dynamic"
+
+    # The decision is in the manifest and in the report.
+    with ModelReader(resolve(str(out / "fp8"))) as reader:
+        made = reader.manifest.created_by
+    assert made.backend == "ptq" and any("GPU pod unschedulable" in f for f in made.fallbacks)
+    assert "GPU pod unschedulable" in (out / "report" / "report.md").read_text()
+
+    # Pod logs came through the API server's log proxy from the (stand-in) kubelet.
+    assert "[import] " in captured.out and "[quantize] " in captured.out
+
+    # Rerun: every stage is found done and skipped; nothing runs on the node again.
+    runs = len(kubelet.runs)
+    code = main(_pipeline_argv(spec, kubeconfig, namespace, "--gpu-schedule-timeout", "3"))
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and [s["status"] for s in summary["stages"]] == ["skipped"] * 4
+    assert len(kubelet.runs) == runs
+
+
+def test_failing_stage_stops_the_pipeline_with_its_exit_code(
+    admin_api: Any, namespace: str, kubelet: FakeKubelet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apply_driver_rbac(admin_api, namespace)
+    kubeconfig = driver_kubeconfig(admin_api, namespace, tmp_path / "driver.kubeconfig")
+    spec = _write_spec(
+        tmp_path / "pipeline.yaml",
+        "failing",
+        [
+            {"name": "inspect", "stage": "inspect", "model": str(tmp_path / "no-such-model")},
+            {"name": "never", "stage": "inspect", "model": str(TINY)},
+        ],
+    )
+    code = main(_pipeline_argv(spec, kubeconfig, namespace, "--no-gpu"))
+    captured = capsys.readouterr()
+    assert code == 66, captured.err[-2000:]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert [(s["name"], s["status"], s["exit_code"]) for s in summary["stages"]] == [("inspect", "failed", 66)]
+    # v1.20 has no podFailurePolicy: the driver applies its FailJob rule itself and deletes the Job
+    # at the first exit 66 it sees. The Job controller may have started one retry by then; the
+    # template's backoffLimit (3) alone would have run it 4 times.
+    assert "lacks podFailurePolicy" in captured.err
+    codes = [code for _, _, code in kubelet.runs]
+    assert 1 <= len(codes) <= 2 and set(codes) == {66}
+    stages = PipelineSpec.load(str(spec)).stages
+    jobs = _jobs(admin_api, namespace)
+    assert job_name("failing", stages[0]) not in jobs and job_name("failing", stages[1]) not in jobs
+
+
+def test_interrupt_deletes_the_running_stage_job(admin_api: Any, namespace: str, tmp_path: Path) -> None:
+    """A stopped driver (SIGTERM from Kubernetes) leaves no GPU pod waiting behind it."""
+    apply_driver_rbac(admin_api, namespace)
+    kubeconfig = driver_kubeconfig(admin_api, namespace, tmp_path / "driver.kubeconfig")
+    spec = PipelineSpec.from_dict(
+        {"name": "stopped", "stages": [{"stage": "quantize", "model": "s3://b/m", "output": "s3://b/q"}]}, "x.yaml"
+    )
+    settings = KubernetesSettings(
+        namespace,
+        JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "stage-job-gpu.yaml")),
+        gpu_schedule_timeout=600,
+        poll_seconds=0.2,
+    )
+    executor = KubernetesExecutor(connect(str(kubeconfig)), settings)
+    thread = threading.Thread(target=executor.run, args=(spec,), daemon=True)
+    thread.start()
+    name = job_name("stopped", spec.stages[0])
+    deadline = time.monotonic() + 30
+    while name not in _jobs(admin_api, namespace) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert name in _jobs(admin_api, namespace)
+    executor.interrupt()
+    assert name not in _jobs(admin_api, namespace)
+
+
+def test_driver_role_is_limited_to_its_namespace(admin_api: Any, namespace: str, tmp_path: Path) -> None:
+    from kubernetes import client
+
+    apply_driver_rbac(admin_api, namespace)
+    api = connect(str(driver_kubeconfig(admin_api, namespace, tmp_path / "driver.kubeconfig")))
+    core = client.CoreV1Api(api)
+    core.list_namespaced_pod(namespace)  # allowed
+    for forbidden in (
+        lambda: core.list_namespaced_secret(namespace),
+        lambda: core.list_namespaced_pod("default"),
+        lambda: client.BatchV1Api(api).list_namespaced_job("kube-system"),
+        lambda: core.delete_collection_namespaced_pod(namespace),
+    ):
+        with pytest.raises(client.ApiException) as error:
+            forbidden()
+        assert error.value.status == 403
