@@ -129,12 +129,17 @@ class FakeKubelet:
         container = pod.spec.containers[0]
         log_path = self.workdir / f"{name}.log"
         self.logs[name] = log_path
-        self._status(name, "Running", {"running": {"startedAt": _now()}}, ready=True)
         env = {**os.environ, **self.env}
         for var in container.env or []:
             if var.value is not None:
                 env[var.name] = var.value
         args = list(container.args or [])
+        if "does-not-exist" in (container.image or ""):
+            # What a kubelet reports for an image it cannot pull: the container never starts.
+            waiting = {"waiting": {"reason": "ErrImagePull", "message": "not found"}}
+            self._status(name, "Pending", waiting, ready=False)
+            return
+        self._status(name, "Running", {"running": {"startedAt": _now()}}, ready=True)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "parquant_cli", *args],

@@ -1,0 +1,165 @@
+"""Stage Job rendering (pure: no cluster) and the executor's mapping of what Kubernetes reports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from parquant.errors import ConfigError
+from parquant.k8s import connect, default_namespace
+from parquant.k8s.executor import _api_error, _failure_code
+from parquant.k8s.jobs import (
+    JobTemplates,
+    cpu_replacement,
+    fail_job_exit_codes,
+    job_name,
+    render_job,
+    stage_labels,
+    strip_for_server,
+)
+from parquant.pipeline import StageSpec
+
+ROOT = Path(__file__).parent.parent.parent
+TEMPLATES = ROOT / "deploy" / "base" / "templates"
+
+
+def _templates() -> JobTemplates:
+    return JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "stage-job-gpu.yaml"))
+
+
+def test_job_names_are_dns_labels_stable_and_distinct() -> None:
+    stage = StageSpec("Quantize FP8 / Static " * 5, "quantize", {"model": "s3://b/m", "output": "s3://b/q"})
+    name = job_name("My_Pipeline", stage)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
+    assert job_name("My_Pipeline", stage) == name
+    assert job_name("My_Pipeline", stage, "cpu") != name and job_name("My_Pipeline", stage, "cpu").endswith("-cpu")
+    other = StageSpec(stage.name, "quantize", {"model": "s3://b/m", "output": "s3://b/other"})
+    assert job_name("My_Pipeline", other) != name
+
+
+def test_render_job_fills_name_labels_args_image_and_keeps_the_rest() -> None:
+    templates = _templates()
+    stage = StageSpec("import", "import", {"source": "s3://b/hf", "output": "s3://b/pq"})
+    labels = stage_labels("demo", stage, "cpu")
+    job = render_job(templates.cpu, name="pq-x", labels=labels, args=stage.argv(), image="reg/parquant:1")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["import", "s3://b/hf", "--output", "s3://b/pq"]
+    assert container["image"] == "reg/parquant:1"
+    assert (
+        job["metadata"]["name"] == "pq-x"
+        and job["spec"]["template"]["metadata"]["labels"]["parquant.io/stage"] == "import"
+    )
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert templates.cpu["spec"]["template"]["spec"]["containers"][0]["args"] == ["--help"]  # template untouched
+    indexed = render_job(templates.cpu, name="pq-y", labels=labels, args=["import"], indexed_completions=20)
+    assert (indexed["spec"]["completionMode"], indexed["spec"]["completions"], indexed["spec"]["parallelism"]) == (
+        "Indexed",
+        20,
+        8,
+    )
+
+
+def test_gpu_template_asks_for_a_gpu_and_tolerates_gpu_nodes() -> None:
+    gpu = _templates().gpu
+    assert gpu is not None
+    pod = gpu["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_strip_for_server_and_fail_job_codes() -> None:
+    job = render_job(_templates().cpu, name="x", labels={}, args=[], indexed_completions=2)
+    assert fail_job_exit_codes(job) == {64, 65, 66, 67, 68, 69, 70, 71, 73, 77, 78, 79}
+    assert strip_for_server(job, (1, 30)) == []
+    assert strip_for_server(job, (1, 20)) == ["podFailurePolicy", "completionMode"]
+    assert "podFailurePolicy" not in job["spec"] and fail_job_exit_codes(job) == set()
+
+
+@pytest.mark.parametrize(
+    ("method", "backend", "expected"),
+    [
+        ("fp8-static", "ptq", ("ptq", "fp8-dynamic")),
+        ("int4-gptq", "ptq", ("ptq", "int8-weight")),
+        ("int4-awq", "angelslim", ("angelslim", "int4-awq")),
+        ("int8-weight", "angelslim", ("ptq", "int8-weight")),
+    ],
+)
+def test_cpu_replacement_of_a_quantize_stage(method: str, backend: str, expected: tuple[str, str]) -> None:
+    stage = StageSpec("q", "quantize", {"model": "m", "output": "o", "method": method}, gpu=True)
+    moved = cpu_replacement(stage, backend, "no GPU")
+    assert (moved.params["backend"], moved.params["method"]) == expected
+    assert moved.params["device"] == "cpu" and moved.params["placement_note"] == "no GPU" and not moved.gpu
+    assert "--placement-note" in moved.argv() and stage.params["method"] == method
+
+
+def test_bad_templates_are_refused_with_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the stage Job template"):
+        JobTemplates.load(str(tmp_path / "missing.yaml"), None)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        JobTemplates.load(str(bad), None)
+    bad.write_text(yaml.safe_dump({"kind": "Deployment"}))
+    with pytest.raises(ConfigError, match="must be a batch/v1 Job"):
+        JobTemplates.load(str(bad), None)
+    job = yaml.safe_load((TEMPLATES / "stage-job.yaml").read_text())
+    job["spec"]["template"]["spec"]["containers"][0]["name"] = "main"
+    bad.write_text(yaml.safe_dump(job))
+    with pytest.raises(ConfigError, match="must be named 'parquant'"):
+        JobTemplates.load(str(bad), None)
+
+
+def _pod(name: str, phase: str, exit_code: int | None, reason: str = "Error") -> Any:
+    terminated = (
+        SimpleNamespace(exit_code=exit_code, reason=reason) if exit_code is not None or reason != "Error" else None
+    )
+    status = SimpleNamespace(name="parquant", state=SimpleNamespace(terminated=terminated, waiting=None))
+    return SimpleNamespace(
+        metadata=SimpleNamespace(name=name, creation_timestamp=0),
+        status=SimpleNamespace(phase=phase, container_statuses=[status]),
+    )
+
+
+def _failed_job(reason: str = "BackoffLimitExceeded") -> Any:
+    return SimpleNamespace(
+        status=SimpleNamespace(conditions=[SimpleNamespace(type="Failed", status="True", reason=reason)])
+    )
+
+
+def test_failure_codes_come_from_the_container_else_from_the_reason() -> None:
+    assert _failure_code(_failed_job(), [_pod("a", "Failed", 65)])[0] == 65
+    assert _failure_code(_failed_job(), [_pod("a", "Failed", 137, "OOMKilled")])[0] == 71
+    assert _failure_code(_failed_job("DeadlineExceeded"), [])[0] == 75
+    code, note = _failure_code(_failed_job("Weird"), [])
+    assert code == 70 and "Weird" in note
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, 77), (403, 77), (404, 69), (422, 69), (500, 75), (429, 75)])
+def test_api_errors_map_to_exit_codes(status: int, code: int) -> None:
+    assert _api_error(SimpleNamespace(status=status, reason="x", body="{}"), "create Job j").exit_code == code
+
+
+def test_connect_without_credentials_and_default_namespace(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no Kubernetes credentials"):
+        connect(str(tmp_path / "no-kubeconfig"))
+    assert default_namespace(str(tmp_path / "no-kubeconfig")) == "default"
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "models"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    assert default_namespace(str(kubeconfig)) == "models"
+    assert connect(str(kubeconfig)).configuration.host == "https://127.0.0.1:1"
