@@ -37,7 +37,7 @@ test: venv
 ## test-k8s: the Kubernetes executor and deploy/ manifests against a real control plane on 127.0.0.1
 ## (built once from Debian's kubernetes source, ~10 min, cached in /var/cache/parquant-k8s)
 test-k8s: venv control-plane
-	PARQUANT_K8S_REQUIRED=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m control_plane tests/k8s \
+	PARQUANT_K8S_REQUIRED=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/k8s \
 	  --cov=parquant.k8s --cov-config=tests/k8s/coveragerc --cov-report=term --cov-fail-under=90
 
 control-plane:

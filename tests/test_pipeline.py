@@ -64,11 +64,21 @@ def test_argv_rendering() -> None:
             "two stages are named",
         ),
         ({"stages": [{"stage": "inspect", "model": "m"}], "executor": "k8s"}, "unknown key"),
+        ({"stages": [{"stage": "inspect", "model": "m", "fan_out": 2}]}, "on import stages only"),
+        ({"stages": [{"stage": "import", "source": "s", "output": "o", "fan_out": 0}]}, "whole number >= 1"),
+        ({"stages": [{"stage": "import", "source": "s", "output": "o", "fan_out": 2, "force": True}]}, "with force"),
     ],
 )
 def test_bad_specs(raw: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         PipelineSpec.from_dict(raw, "spec.yaml")
+
+
+def test_fan_out_is_part_of_the_stage_identity_not_its_argv() -> None:
+    entry = {"stage": "import", "source": "s3://b/hf", "output": "s3://b/pq"}
+    plain = PipelineSpec.from_dict({"stages": [entry]}, "p.yaml").stages[0]
+    fanned = PipelineSpec.from_dict({"stages": [{**entry, "fan_out": 4}]}, "p.yaml").stages[0]
+    assert fanned.fan_out == 4 and fanned.argv() == plain.argv() and fanned.digest() != plain.digest()
 
 
 def test_local_pipeline_runs_resumes_and_stops_on_failure(tmp_path: Path, cli: Cli) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -67,8 +68,24 @@ def run_import(options: ImportOptions) -> int:
         force=options.force,
         storage_options=_storage(options),
         progress=progress_reporter(options.log_format, options.quiet),
+        part=_fan_out_part(options),
     )
     return _finish(result)
+
+
+def _fan_out_part(options: ImportOptions) -> tuple[int, int] | None:
+    """(index, count) of a fan-out worker; an Indexed Job gives the index as $JOB_COMPLETION_INDEX."""
+    if options.shard_count is None:
+        if options.shard_index is not None:
+            raise UsageError("--shard-index needs --shard-count")
+        return None
+    index = options.shard_index
+    if index is None:
+        raw = os.environ.get("JOB_COMPLETION_INDEX", "")
+        if not raw.isdigit():
+            raise UsageError("--shard-count needs --shard-index, or $JOB_COMPLETION_INDEX (set in an Indexed Job)")
+        index = int(raw)
+    return index, options.shard_count
 
 
 def run_export(options: ExportOptions) -> int:

@@ -64,6 +64,18 @@ class ImportOptions(CommonOptions, WriteFlags):
     source: str = field(metadata={"args": ["source"], "help": "HF checkpoint folder URL (local path or s3://)"})
     output: str = field(metadata={"args": ["-o", "--output"], "help": "Parquet model folder URL to write"})
     strict: bool = field(default=False, metadata={"help": "refuse checkpoints with NaN/Inf weights (default: warn)"})
+    shard_count: int | None = field(
+        default=None,
+        metadata={
+            "type": int,
+            "help": "fan-out: N workers import in parallel, each writing the shards whose number is its "
+            "index modulo N; a last run without this option writes the manifest (docs/deploy.md)",
+        },
+    )
+    shard_index: int | None = field(
+        default=None,
+        metadata={"type": int, "help": "fan-out: this worker's index, 0..N-1 (default: $JOB_COMPLETION_INDEX)"},
+    )
 
 
 @dataclass(kw_only=True)

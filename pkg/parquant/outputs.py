@@ -23,6 +23,9 @@ from .errors import OutputExistsError
 from .fs import Location, storage_errors
 
 PROGRESS_NAME = ".parquant-progress.json"
+# One record per file written by a fan-out worker (import --shard-index): workers run in parallel,
+# so each records its own files instead of sharing the progress record.
+WORKER_RECORD_PREFIX = ".parquant-part-"
 
 
 class OutputFolder:
@@ -50,9 +53,11 @@ class OutputFolder:
                     not os.path.isdir(self.location.path) or bool(os.listdir(self.location.path))
                 )
             else:
-                taken = any(name != PROGRESS_NAME for name in self._remote_names())
-                if taken and self.staging.child(PROGRESS_NAME).exists() and not self._marker_exists():
-                    taken = False  # our own unfinished run: resume it
+                names = self._remote_names()
+                taken = any(name != PROGRESS_NAME for name in names)
+                ours = PROGRESS_NAME in names or any(_is_worker_record(name) for name in names)
+                if taken and ours and not self._marker_exists():
+                    taken = False  # our own unfinished run (or fan-out workers' files): resume it
         if taken:
             raise OutputExistsError(
                 f"output {self.location.url} already exists: pass --force to overwrite it, or choose another --output"
@@ -64,8 +69,12 @@ class OutputFolder:
             if not self.location.is_local:
                 self._abort_dangling_uploads()
             previous = self._read_progress()
+            workers = self.worker_records(fingerprint)
             if previous.get("fingerprint") == fingerprint and not (self.force and self._marker_exists()):
                 self._progress = previous
+                self._progress["done"].update(workers)
+            elif workers and not self._marker_exists():
+                self._progress = {"fingerprint": fingerprint, "done": workers}
             else:
                 self._clear_staging()
                 self._progress = {"fingerprint": fingerprint, "done": {}}
@@ -73,6 +82,34 @@ class OutputFolder:
                     os.makedirs(self.staging.path, exist_ok=True)
         done: dict[str, Any] = self._progress["done"]
         return done
+
+    def begin_worker(self) -> None:
+        """A fan-out worker's start: make the staging area, never clear it (other workers write there)."""
+        with storage_errors(self.location.url):
+            if self.location.is_local:
+                os.makedirs(self.staging.path, exist_ok=True)
+
+    def record_worker_file(self, relpath: str, fingerprint: str, info: Any) -> None:
+        """A fan-out worker's record of one finished file, for the run that writes the marker."""
+        payload = json.dumps({"fingerprint": fingerprint, "file": relpath, "info": info}).encode()
+        self.write_bytes(WORKER_RECORD_PREFIX + relpath + ".json", payload)
+
+    def worker_records(self, fingerprint: str) -> dict[str, Any]:
+        """Files that fan-out workers finished for this exact work (records of other work are ignored)."""
+        found: dict[str, Any] = {}
+        with storage_errors(self.location.url):
+            if self.location.is_local:
+                names = os.listdir(self.staging.path) if os.path.isdir(self.staging.path) else []
+            else:
+                names = self._remote_names()
+            for name in filter(_is_worker_record, names):
+                try:
+                    record = json.loads(self.staging.child(name).read_bytes())
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("fingerprint") == fingerprint:
+                    found[str(record["file"])] = record["info"]
+        return found
 
     # -- writing ----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -117,6 +154,8 @@ class OutputFolder:
             progress = self.staging.child(PROGRESS_NAME)
             if progress.exists():
                 self.location.fs.rm(progress.path)
+            for name in self._staged_worker_records():
+                self.location.fs.rm(self.staging.child(name).path)
             if self.location.is_local:
                 self._swap_into_place()
 
@@ -163,6 +202,13 @@ class OutputFolder:
             self.location.fs.rm(self.location.path, recursive=True)
         self.location.fs.invalidate_cache(self.location.path)
 
+    def _staged_worker_records(self) -> list[str]:
+        if self.location.is_local:
+            names = os.listdir(self.staging.path) if os.path.isdir(self.staging.path) else []
+        else:
+            names = self._remote_names()
+        return [name for name in names if _is_worker_record(name)]
+
     def _remote_names(self) -> list[str]:
         if not self.location.fs.exists(self.location.path):
             return []
@@ -176,6 +222,10 @@ class OutputFolder:
             self.location.fs.call_s3(
                 "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
+
+
+def _is_worker_record(name: str) -> bool:
+    return name.startswith(WORKER_RECORD_PREFIX) and name.endswith(".json")
 
 
 def _remove(path: str) -> None:

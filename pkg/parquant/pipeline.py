@@ -46,6 +46,7 @@ class StageSpec:
     stage: str
     params: dict[str, Any]
     gpu: bool = False
+    fan_out: int = 1  # import only: workers that write the shards in parallel (Kubernetes executor)
 
     def argv(self) -> list[str]:
         args = [self.stage]
@@ -65,7 +66,8 @@ class StageSpec:
         return args
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps([self.stage, self.params], sort_keys=True).encode()).hexdigest()[:16]
+        entry = [self.stage, self.params] + ([self.fan_out] if self.fan_out > 1 else [])
+        return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -92,7 +94,14 @@ class PipelineSpec:
         for index, entry in enumerate(raw["stages"], 1):
             if not isinstance(entry, dict) or entry.get("stage") not in POSITIONAL:
                 raise ConfigError(f"{where}: stage #{index} needs 'stage:' one of {', '.join(POSITIONAL)}")
-            params = {k: v for k, v in entry.items() if k not in ("stage", "name", "gpu")}
+            params = {k: v for k, v in entry.items() if k not in ("stage", "name", "gpu", "fan_out")}
+            fan_out = entry.get("fan_out", 1)
+            if not isinstance(fan_out, int) or fan_out < 1 or (fan_out > 1 and entry["stage"] != "import"):
+                raise ConfigError(
+                    f"{where}: stage #{index}: fan_out must be a whole number >= 1, on import stages only"
+                )
+            if fan_out > 1 and params.get("force"):
+                raise ConfigError(f"{where}: stage #{index}: fan_out cannot be combined with force")
             missing = [k for k in POSITIONAL[entry["stage"]] if k not in params]
             if missing:
                 raise ConfigError(f"{where}: stage #{index} ({entry['stage']}) lacks {', '.join(missing)}")
@@ -100,7 +109,8 @@ class PipelineSpec:
             if name in names:
                 raise ConfigError(f"{where}: two stages are named {name!r}")
             names.add(name)
-            stages.append(StageSpec(name, entry["stage"], params, bool(entry.get("gpu", entry["stage"] in GPU_STAGES))))
+            gpu = bool(entry.get("gpu", entry["stage"] in GPU_STAGES))
+            stages.append(StageSpec(name, entry["stage"], params, gpu, fan_out))
         return cls(str(raw.get("name") or Path(where).stem), stages, dict(raw.get("storage_options") or {}), where)
 
 
@@ -171,7 +181,8 @@ def _write_state(path: Path, state: dict[str, str]) -> None:
 def plan_lines(spec: PipelineSpec) -> list[str]:
     """What `--dry-run` prints: each stage's command, and where it would run."""
     return [
-        f"{i}. {s.name} [{'gpu' if s.gpu else 'cpu'}]: parquant {' '.join(s.argv())}"
+        f"{i}. {s.name} [{'gpu' if s.gpu else 'cpu'}{f', fan-out {s.fan_out}' if s.fan_out > 1 else ''}]: "
+        f"parquant {' '.join(s.argv())}"
         for i, s in enumerate(spec.stages, 1)
     ]
 

@@ -120,3 +120,9 @@ def kubelet(admin_api: Any, namespace: str, tmp_path: Path) -> Iterator[FakeKube
     fake = FakeKubelet(admin_api, namespace, workdir, RUN / "pki", {"PYTHONHASHSEED": "0"}).start()
     yield fake
     fake.stop()
+
+
+def make_sharded_checkpoint(folder: Path) -> Path:
+    from ..conftest import make_checkpoint
+
+    return make_checkpoint(folder, "llama", shard_size="60KB")

@@ -254,3 +254,31 @@ def test_kubernetes_refusals_become_exit_codes(admin_api: Any, namespace: str, t
     [outcome] = executor.run(spec)
     assert (outcome.status, outcome.exit_code) == ("failed", 77)
     assert "driver's ServiceAccount and Role" in outcome.note
+
+
+def test_import_fans_out_one_job_per_index_then_commits(
+    admin_api: Any, namespace: str, kubelet: FakeKubelet, tmp_path: Path
+) -> None:
+    from .conftest import make_sharded_checkpoint
+
+    executor = _executor(admin_api, namespace, tmp_path, gpu=False)
+    source = make_sharded_checkpoint(tmp_path / "hf")
+    stage = {
+        "stage": "import",
+        "source": str(source),
+        "output": str(tmp_path / "model"),
+        "fan_out": 2,
+        "shard_size": "48KB",
+        "chunk_size": 8192,
+    }
+    spec = PipelineSpec.from_dict({"name": "fan", "stages": [stage]}, "x.yaml")
+    [outcome] = executor.run(spec)
+    assert outcome.status == "done", outcome.note
+    # v1.20 has no Indexed Jobs: one Job per index, then the stage's own Job writes the manifest.
+    shard_args = sorted(args[args.index("--shard-index") + 1] for _, args, _ in kubelet.runs if "--shard-index" in args)
+    assert shard_args == ["0", "1"] and len(kubelet.runs) == 3
+    assert all(code == 0 for _, _, code in kubelet.runs)
+    with ModelReader(resolve(str(tmp_path / "model"))) as reader:
+        assert len(reader.manifest.shards) >= 2
+    [again] = executor.run(spec)
+    assert again.status == "skipped" and len(kubelet.runs) == 3

@@ -117,6 +117,10 @@ class KubernetesExecutor:
                 name = candidate
                 break
         else:
+            if stage.fan_out > 1:
+                failed = self._fan_out(spec, stage)
+                if failed is not None:
+                    return StageOutcome(stage.name, "failed", failed.exit_code, 0.0, "kubernetes/cpu", failed.note)
             self._create(spec, stage, name, on_gpu)
         watch = self._wait(name, stage.name, self.settings.gpu_schedule_timeout if on_gpu else None)
         if watch.status == "unschedulable":
@@ -135,6 +139,30 @@ class KubernetesExecutor:
         if watch.status == "succeeded":
             return StageOutcome(stage.name, "done", 0, 0.0, f"kubernetes/{placement}", watch.note)
         return StageOutcome(stage.name, "failed", watch.exit_code, 0.0, f"kubernetes/{placement}", watch.note)
+
+    def _fan_out(self, spec: PipelineSpec, stage: StageSpec) -> _Watch | None:
+        """Import's workers: one Indexed Job (Kubernetes 1.22+) or one Job per index; None when all succeed.
+
+        The stage's own Job runs afterwards: it finds every shard written and adds the manifest.
+        """
+        count = ["--shard-count", str(stage.fan_out)]
+        if self.version >= (1, 22):
+            names = [job_name(spec.name, stage, "parts")]
+            if self._existing(names[0], False) != "succeeded":
+                self._create(spec, stage, names[0], False, count, indexed=stage.fan_out)
+        else:
+            log.warning("pipeline: Kubernetes %d.%d has no Indexed Jobs: one Job per index", *self.version)
+            names = [job_name(spec.name, stage, f"part{i}") for i in range(stage.fan_out)]
+            for i, name in enumerate(names):
+                if self._existing(name, False) != "succeeded":
+                    self._create(spec, stage, name, False, [*count, "--shard-index", str(i)])
+        for name in names:
+            watch = self._wait(name, stage.name, None)
+            if watch.status != "succeeded":
+                for other in names:
+                    self._delete(other)
+                return watch
+        return None
 
     def _existing(self, name: str, force: bool) -> str | None:
         from kubernetes.client.exceptions import ApiException
@@ -155,19 +183,28 @@ class KubernetesExecutor:
         self._delete(name)
         return None
 
-    def _create(self, spec: PipelineSpec, stage: StageSpec, name: str, on_gpu: bool) -> None:
+    def _create(
+        self,
+        spec: PipelineSpec,
+        stage: StageSpec,
+        name: str,
+        on_gpu: bool,
+        worker_args: list[str] | None = None,
+        indexed: int | None = None,
+    ) -> None:
         from kubernetes.client.exceptions import ApiException
 
         templates = self.settings.templates
         template = templates.gpu if on_gpu and templates.gpu is not None else templates.cpu
         image = self.settings.gpu_image if on_gpu else self.settings.cpu_image
-        args = stage.argv() + storage_argv(spec.storage_options) + self.settings.extra_args
+        args = stage.argv() + (worker_args or []) + storage_argv(spec.storage_options) + self.settings.extra_args
         job = render_job(
             template,
             name=name,
             labels=stage_labels(spec.name, stage, "gpu" if on_gpu else "cpu"),
             args=args,
             image=image or None,
+            indexed_completions=indexed,
         )
         fail_codes = fail_job_exit_codes(job)
         removed = strip_for_server(job, self.version)

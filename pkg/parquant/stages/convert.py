@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, UsageError
 from ..fs import ensure_free_space, resolve
 from ..hf import DEFAULT_EXPORT_SHARD_BYTES, INDEX_NAME, HFCheckpoint, index_json, plan_export_files, write_safetensors
 from ..numerics import count_nonfinite
@@ -52,12 +52,19 @@ def import_checkpoint(
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
     description: ModelDescription | None = None,
+    part: tuple[int, int] | None = None,
 ) -> StageResult:
     """Convert a Hugging Face checkpoint folder into a Parquet model, streaming tensor by tensor.
 
     `description` lets another stage (quantize) import its intermediate HF folder under its own
-    provenance and fingerprint.
+    provenance and fingerprint. `part=(i, n)` makes this run fan-out worker i of n (an Indexed
+    Job's pod): it writes its share of the shards, and a last run without `part` adds the manifest.
     """
+    if part is not None and (force or not 0 <= part[0] < part[1]):
+        raise UsageError(
+            "--shard-index must be in 0..--shard-count-1, and --force cannot be used with a fan-out "
+            "(workers never delete each other's files): remove the output first"
+        )
     started = time.monotonic()
     write = write or WriteOptions()
     checkpoint = HFCheckpoint.open(resolve(source, storage_options))
@@ -81,7 +88,9 @@ def import_checkpoint(
     )
     description.safetensors_layout = checkpoint.layout()
     with cleanup_on_bad_input(folder):
-        manifest = write_model(folder, items, write, description, print_, progress)
+        manifest = write_model(folder, items, write, description, print_, progress, part)
+    if manifest is None:
+        return StageResult("import", output, False, time.monotonic() - started, [], {"part": list(part or ())})
     warnings = [f"tensor {name} has {count} NaN/Inf values" for name, count in sorted(counter.found.items())]
     for warning in warnings:
         log.warning("%s (use --strict to refuse such checkpoints)", warning)

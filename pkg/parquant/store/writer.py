@@ -139,12 +139,22 @@ def write_model(
     description: ModelDescription,
     fingerprint: str,
     progress: ProgressCallback = no_progress,
-) -> Manifest:
-    """Write all shards (skipping those a previous run finished), then the manifest."""
+    part: tuple[int, int] | None = None,
+) -> Manifest | None:
+    """Write all shards (skipping those a previous run finished), then the manifest.
+
+    `part=(i, n)`: be fan-out worker i of n: write only the shards whose number is i modulo n,
+    record each for the final run, and write no manifest (returns None). The shard plan depends
+    only on the checkpoint and the options, so every worker and the final run agree on it.
+    """
     started = time.monotonic()
     plan = plan_shards(items, options.shard_bytes)
     names = [shard_name(i, len(plan)) for i in range(len(plan))]
-    done = output.begin(fingerprint + f"|shards={len(plan)}")
+    work = fingerprint + f"|shards={len(plan)}"
+    if part is not None:
+        _write_part(output, plan, names, options, work, part, _Tracker(progress, len(items), 0))
+        return None
+    done = output.begin(work)
     resumed = [name for name in names if name in done]
     if resumed:
         log.info("resuming: %d of %d shards already written by an earlier run", len(resumed), len(plan))
@@ -174,6 +184,29 @@ def write_model(
     )
     output.commit(manifest.to_json().encode())
     return manifest
+
+
+def _write_part(
+    output: OutputFolder,
+    plan: list[list[ModelItem]],
+    names: list[str],
+    options: WriteOptions,
+    work: str,
+    part: tuple[int, int],
+    tracker: _Tracker,
+) -> None:
+    index, count = part
+    output.begin_worker()
+    done = output.worker_records(work)
+    mine = [i for i in range(len(plan)) if i % count == index]
+    log.info("fan-out worker %d of %d: shards %s of %d", index, count, [i + 1 for i in mine], len(plan))
+    for i in mine:
+        if names[i] in done:
+            tracker.skip(plan[i], names[i])
+            continue
+        with output.open_file(names[i], native=True) as handle:
+            entries = _write_shard(handle, i, plan[i], options, tracker)
+        output.record_worker_file(names[i], work, entries)
 
 
 class _Tracker:
