@@ -13,27 +13,38 @@ ARG BASE=python:3.11-slim-bookworm
 # ---- builder: a virtual environment in /opt/parquant, nothing else survives from these stages ----
 FROM ${BASE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-# pip settings for builds behind a mirror or offline (unset unless given with --build-arg)
-ARG PIP_FIND_LINKS
-ARG PIP_EXTRA_INDEX_URL
-ARG PIP_CERT
 RUN python3 -m venv /opt/parquant
 WORKDIR /src
 
 # torch first, in its own layer: it is most of the image and changes least.
 FROM builder AS torch-cpu
+# pip settings for builds behind a mirror or offline (unset unless given with --build-arg; an ARG
+# holds only in the stage that declares it)
+ARG PIP_FIND_LINKS
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_CERT
 # The CPU build of torch lives on PyTorch's own index (PyPI's torch is the CUDA build). Offline
 # builds pass TORCH_INDEX_URL= and PIP_FIND_LINKS pointing at a folder that holds the wheel.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN /opt/parquant/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "torch==2.13.0+cpu"
 
 FROM builder AS torch-gpu
+# pip settings for builds behind a mirror or offline (unset unless given with --build-arg; an ARG
+# holds only in the stage that declares it)
+ARG PIP_FIND_LINKS
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_CERT
 # PyPI's torch 2.13.0 is the CUDA build (CUDA libraries as wheels); triton runs AngelSlim's GPU kernels.
 # CI, which cannot fetch the CUDA wheel, builds the rest of this target with GPU_TORCH=torch==2.13.0+cpu.
 ARG GPU_TORCH="torch==2.13.0 triton"
 RUN /opt/parquant/bin/pip install ${GPU_TORCH}
 
 FROM torch-cpu AS build-cpu
+# pip settings for builds behind a mirror or offline (unset unless given with --build-arg; an ARG
+# holds only in the stage that declares it)
+ARG PIP_FIND_LINKS
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_CERT
 COPY pyproject.toml README.md requirements-angelslim.txt ./
 COPY pkg ./pkg
 COPY cmd ./cmd
@@ -42,6 +53,11 @@ RUN /opt/parquant/bin/pip install ".[s3,k8s,angelslim]" \
  && /opt/parquant/bin/python -c "import kubernetes, s3fs; from parquant.quant.angelslim_compat import load_angelslim; load_angelslim()"
 
 FROM torch-gpu AS build-gpu
+# pip settings for builds behind a mirror or offline (unset unless given with --build-arg; an ARG
+# holds only in the stage that declares it)
+ARG PIP_FIND_LINKS
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_CERT
 COPY pyproject.toml README.md requirements-angelslim.txt ./
 COPY pkg ./pkg
 COPY cmd ./cmd

@@ -21,13 +21,8 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   exec docker build --target "$TARGET" -t "$TAG" "$@" "$ROOT"
 fi
 
-apt_install() {
-  local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=../apt.sh
+source "$ROOT/deploy/apt.sh"
 apt_install buildah runc mmdebstrap fuse-overlayfs
 
 if ! buildah inspect --type image "$BASE_TAG" >/dev/null 2>&1; then

@@ -17,13 +17,8 @@ ETCD_PORT=${PARQUANT_K8S_ETCD_PORT:-12379}
 BIN=$CACHE/bin
 GO=/usr/lib/go-1.19/bin
 
-apt_install() {
-  local missing=()
-  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# shellcheck source=../../deploy/apt.sh
+source "$(cd "$(dirname "$0")/../.." && pwd)/deploy/apt.sh"
 
 build() {
   if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] && [ -x "$BIN/kube-scheduler" ]; then
