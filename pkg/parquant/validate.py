@@ -72,6 +72,7 @@ class ValidationResult:
     passed: bool
     failures: list[str] = field(default_factory=list)
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> reference/candidate accuracy
+    note: str = ""  # how the candidate was made, when it took a fallback (manifest provenance)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "validation", **asdict(self)}
@@ -128,7 +129,10 @@ class PrecisionValidator:
             tensors = self._tensor_metrics(reference, candidate)
             ids, tokenizer = self._eval_tokens(reference)
             model_metrics = self._model_metrics(reference, candidate, ids, tokenizer)
+            made = candidate.reader.manifest.created_by
+            note = "; ".join(made.fallbacks) if made.stage == "quantize" else ""
         result = ValidationResult(
+            note=note,
             reference=self.reference_url,
             candidate=self.candidate_url,
             tensors=tensors,

@@ -81,6 +81,16 @@ def test_rows_and_files() -> None:
     assert all(files[name].startswith(b"\x89PNG") for name in files if name.endswith(".png"))
 
 
+def test_fallback_notes_reach_the_report_from_validate_and_benchmark_results() -> None:
+    """The Kubernetes GPU -> CPU fallback is recorded in the manifest; both stages carry it on."""
+    validation = {**_results()[1]["validation"], "candidate": "s3://b/q", "note": "GPU pod unschedulable: ran on CPU"}
+    benchmark = {**_results()[1]["benchmark"], "model": "s3://b/other", "note": "cuda requested -> cpu"}
+    rows = rows_from_results([validation, benchmark])
+    assert [r.note for r in rows] == ["GPU pod unschedulable: ran on CPU", "cuda requested -> cpu"]
+    markdown = render_report(rows, "t", [])["report.md"].decode()
+    assert "- q: GPU pod unschedulable: ran on CPU" in markdown
+
+
 def test_report_cli_and_html_renders_in_chromium(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
     for index, result in enumerate(_results()):
         (tmp_path / f"r{index}.json").write_text(json.dumps(result))

@@ -61,7 +61,9 @@ def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
                 if nested:
                     _apply(target, nested)
         elif kind == "validation":
-            _apply(row(result["candidate"]), result)
+            target = row(result["candidate"])
+            target.note = target.note or result.get("note", "")
+            _apply(target, result)
         elif kind == "benchmark":
             target = row(result["model"], method=result.get("method", ""), backend=result.get("backend", ""))
             target.note = target.note or result.get("note", "")
