@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
 import argparse_dataclass
+import yaml
 
 from parquant import __version__
 from parquant.errors import EXIT_CODES, OutOfMemoryError, ParquantError, UsageError
@@ -234,13 +235,17 @@ def run_pipeline(options: PipelineOptions) -> int:
     from parquant.pipeline import LocalExecutor, PipelineSpec, first_failure, plan_lines
 
     spec = PipelineSpec.load(options.spec)
-    if options.dry_run:
-        for line in plan_lines(spec):
-            print(line)
-        return 0
     shared = ["--log-format", options.log_format, "--log-level", options.log_level] + (
         ["--quiet"] if options.quiet else []
     )
+    if options.dry_run:
+        for line in plan_lines(spec):
+            print(line)
+        if options.executor == "kubernetes":
+            from parquant.k8s.executor import planned_jobs
+
+            print(yaml.safe_dump_all(planned_jobs(_kubernetes_settings(options, shared), spec), sort_keys=False))
+        return 0
     if options.executor == "kubernetes":
         outcomes = _run_on_kubernetes(options, spec, shared)
     else:
@@ -254,13 +259,13 @@ def run_pipeline(options: PipelineOptions) -> int:
     return failed.exit_code if failed else 0
 
 
-def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -> list[Any]:
-    from parquant.k8s import connect, default_namespace
-    from parquant.k8s.executor import KubernetesExecutor, KubernetesSettings
+def _kubernetes_settings(options: PipelineOptions, shared: list[str]) -> Any:
+    from parquant.k8s import default_namespace
+    from parquant.k8s.executor import KubernetesSettings
     from parquant.k8s.jobs import JobTemplates
 
     gpu_template = None if options.no_gpu else options.gpu_job_template
-    settings = KubernetesSettings(
+    return KubernetesSettings(
         namespace=options.namespace or default_namespace(options.kubeconfig),
         templates=JobTemplates.load(options.job_template, gpu_template),
         cpu_image=options.cpu_image or None,
@@ -271,7 +276,13 @@ def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -
         poll_seconds=options.poll_seconds,
         extra_args=shared,
     )
-    executor = KubernetesExecutor(connect(options.kubeconfig), settings)
+
+
+def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -> list[Any]:
+    from parquant.k8s import connect
+    from parquant.k8s.executor import KubernetesExecutor
+
+    executor = KubernetesExecutor(connect(options.kubeconfig), _kubernetes_settings(options, shared))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return executor.run(spec, force=options.force)

@@ -163,3 +163,37 @@ def test_connect_without_credentials_and_default_namespace(tmp_path: Path) -> No
     )
     assert default_namespace(str(kubeconfig)) == "models"
     assert connect(str(kubeconfig)).configuration.host == "https://127.0.0.1:1"
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_dry_run_prints_the_jobs_and_they_validate(cli: Any, gpu: bool) -> None:
+    import kubernetes_validate
+
+    spec = ROOT / "deploy" / "base" / "pipeline.yaml"
+    args = [
+        "pipeline",
+        spec,
+        "--executor",
+        "kubernetes",
+        "--dry-run",
+        "--job-template",
+        TEMPLATES / "stage-job.yaml",
+        "--gpu-job-template",
+        TEMPLATES / "stage-job-gpu.yaml",
+        "--cpu-image",
+        "reg/parquant:cpu",
+        "--gpu-image",
+        "reg/parquant:gpu",
+    ]
+    result = cli(*args) if gpu else cli(*args, "--no-gpu")
+    assert result.code == 0
+    text = result.out[result.out.index("apiVersion:") :]
+    jobs = list(yaml.safe_load_all(text))
+    assert len(jobs) == 6
+    for job in jobs:
+        kubernetes_validate.validate(job, "1.37.0", strict=True)
+    quantize = next(j for j in jobs if j["metadata"]["labels"]["parquant.io/stage"] == "quantize")
+    container = quantize["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == ("reg/parquant:gpu" if gpu else "reg/parquant:cpu")
+    assert ("nvidia.com/gpu" in container["resources"]["limits"]) == gpu
+    assert container["args"][:2] == ["quantize", "s3://parquant-models/tiny-llama/parquet"]

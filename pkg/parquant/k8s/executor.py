@@ -194,18 +194,8 @@ class KubernetesExecutor:
     ) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        templates = self.settings.templates
-        template = templates.gpu if on_gpu and templates.gpu is not None else templates.cpu
-        image = self.settings.gpu_image if on_gpu else self.settings.cpu_image
-        args = stage.argv() + (worker_args or []) + storage_argv(spec.storage_options) + self.settings.extra_args
-        job = render_job(
-            template,
-            name=name,
-            labels=stage_labels(spec.name, stage, "gpu" if on_gpu else "cpu"),
-            args=args,
-            image=image or None,
-            indexed_completions=indexed,
-        )
+        job = stage_job(self.settings, spec, stage, name, on_gpu, worker_args, indexed)
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
         fail_codes = fail_job_exit_codes(job)
         removed = strip_for_server(job, self.version)
         if removed:
@@ -335,6 +325,43 @@ class KubernetesExecutor:
         threading.Thread(target=follow, name=f"log-{pod}", daemon=True).start()
 
 
+def stage_job(
+    settings: KubernetesSettings,
+    spec: PipelineSpec,
+    stage: StageSpec,
+    name: str,
+    on_gpu: bool,
+    worker_args: list[str] | None = None,
+    indexed: int | None = None,
+) -> dict[str, Any]:
+    """The Job a stage runs as: its template (GPU or CPU), image, labels and the stage's argv."""
+    templates = settings.templates
+    template = templates.gpu if on_gpu and templates.gpu is not None else templates.cpu
+    image = settings.gpu_image if on_gpu else settings.cpu_image
+    args = stage.argv() + (worker_args or []) + storage_argv(spec.storage_options) + settings.extra_args
+    return render_job(
+        template,
+        name=name,
+        labels=stage_labels(spec.name, stage, "gpu" if on_gpu else "cpu"),
+        args=args,
+        image=image or None,
+        indexed_completions=indexed,
+    )
+
+
+def planned_jobs(settings: KubernetesSettings, spec: PipelineSpec) -> list[dict[str, Any]]:
+    """What `--dry-run` shows: each stage's first Job (fan-out workers before their import)."""
+    jobs = []
+    for stage in spec.stages:
+        on_gpu = stage.gpu and settings.gpu and settings.templates.gpu is not None
+        if stage.fan_out > 1:
+            workers = ["--shard-count", str(stage.fan_out)]
+            name = job_name(spec.name, stage, "parts")
+            jobs.append(stage_job(settings, spec, stage, name, False, workers, stage.fan_out))
+        jobs.append(stage_job(settings, spec, stage, job_name(spec.name, stage), on_gpu))
+    return jobs
+
+
 def _server_version(version_api: Any) -> tuple[int, int]:
     info = version_api.get_code()
     minor = "".join(ch for ch in str(info.minor) if ch.isdigit()) or "0"
@@ -415,4 +442,4 @@ def _short(value: Any) -> str:
     return " ".join(str(value).split())[:300]
 
 
-__all__ = ["KubernetesExecutor", "KubernetesSettings"]
+__all__ = ["KubernetesExecutor", "KubernetesSettings", "planned_jobs", "stage_job"]
