@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import pyarrow as pa
+
 from .errors import InputNotFoundError, InvalidInputError, UnavailableError
-from .fs import Location
+from .fs import Location, storage_errors
 from .names import safe_relative_path
 from .store.schema import DTYPE_SIZES, KIND_FILE, KIND_TENSOR, TensorSpec
 from .store.writer import ModelItem, sliced
@@ -196,10 +198,11 @@ def _range_chunks(
 ) -> Callable[[int], Iterator[bytes]]:
     def chunks(size: int) -> Iterator[bytes]:
         remaining = tensor.end - tensor.start
-        with location.open_read() as handle:
+        what = f"{location.url}: {tensor.spec.name}"
+        with _open_for_chunks(location) as handle:
             handle.seek(tensor.start)
             while remaining > 0:
-                piece = _read_exactly(handle, min(size, remaining), f"{location.url}: {tensor.spec.name}")
+                piece = _read_exactly(handle, min(size, remaining), what)
                 remaining -= len(piece)
                 if tensor_filter is not None:
                     tensor_filter(tensor.spec, piece)
@@ -208,8 +211,22 @@ def _range_chunks(
     return chunks
 
 
-def _read_exactly(handle: IO[bytes], count: int, what: str) -> bytes:
-    piece = handle.read(count)
+def _open_for_chunks(location: Location) -> Any:
+    """Local files through Arrow: its pool reuses freed chunk buffers, where a fresh bytes object
+    per chunk page-faults in all of its memory again (measured: half the import's page faults)."""
+    if location.is_local:
+        with storage_errors(location.url):
+            return pa.OSFile(location.path, "rb")
+    return location.open_read()
+
+
+def _read_exactly(handle: Any, count: int, what: str) -> bytes:
+    if isinstance(handle, pa.NativeFile):
+        buffer = handle.read_buffer(count)
+        if buffer.size < count:  # a local file never reads short but at its end
+            raise InvalidInputError(f"{what} is truncated")
+        return buffer  # type: ignore[no-any-return]  # a buffer-protocol object, used as bytes
+    piece: bytes = handle.read(count)
     while len(piece) < count:  # remote or unusual files may return short reads
         more = handle.read(count - len(piece))
         if not more:

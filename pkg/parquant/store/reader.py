@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
 from ..fs import Location, storage_errors
 from ..names import safe_relative_path
+from .crc import crc32c_combine
 from .manifest import FileEntry, Manifest, Provenance, TensorEntry
 from .schema import (
     DTYPE_SIZES,
@@ -183,7 +184,7 @@ class ModelReader:
                 )
             expected_chunk += 1
             total += len(data)
-            running = crc32c.crc32c(data, running)
+            running = crc32c_combine(running, stored_crc, len(data))  # stored_crc was checked above
             yield data
         if expected_chunk != count:
             raise InvalidInputError(f"{name}: {expected_chunk} of {count} chunks found in {url}; the model is damaged")
@@ -305,9 +306,11 @@ def _raw_value(parquet: pq.ParquetFile, handle: pa.NativeFile, group: int, crc: 
     if column.compression != "UNCOMPRESSED" or column.has_dictionary_page or column.num_values != 1:
         return None
     total = column.total_compressed_size
-    buffer = bytearray(total)
     handle.seek(column.data_page_offset)
-    if handle.readinto(buffer) != total:
+    # Arrow's pool hands back recently freed memory, uninitialised: no zero-fill and no fresh page
+    # faults per chunk (a new bytearray costs both, more than the read itself).
+    buffer = handle.read_buffer(total)
+    if buffer.size != total:
         return None
     view = memoryview(buffer)
     for header in range(2, min(_MAX_PAGE_HEADER, total - 4)):

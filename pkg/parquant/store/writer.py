@@ -23,6 +23,7 @@ from ..errors import InternalError, InvalidInputError, UsageError
 from ..outputs import OutputFolder
 from ..prefetch import prefetched
 from ..progress import ProgressCallback, ProgressEvent, no_progress
+from .crc import crc32c_combine
 from .manifest import FileEntry, Manifest, Provenance, TensorEntry, file_entry, tensor_entry
 from .schema import (
     DEFAULT_CHUNK_BYTES,
@@ -287,9 +288,10 @@ def _pieces(items: list[ModelItem], chunk_bytes: int) -> Iterator[_Piece]:
         count = max(1, -(-item.nbytes // chunk_bytes))
         running, written = 0, 0
         for index, data in enumerate(_chunks_of(item, chunk_bytes, count)):
-            running = crc32c.crc32c(data, running)
+            crc = crc32c.crc32c(data)
+            running = crc32c_combine(running, crc, len(data))
             written += len(data)
-            yield _Piece(item, index, count, data, crc32c.crc32c(data), running, written)
+            yield _Piece(item, index, count, data, crc, running, written)
 
 
 def _chunks_of(item: ModelItem, chunk_bytes: int, count: int) -> Iterator[bytes | memoryview | bytearray]:
