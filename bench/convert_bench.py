@@ -96,13 +96,14 @@ def make_checkpoint(folder: Path, layers: int) -> tuple[int, int]:
 
 
 def run(argv: list[str]) -> Step:
-    """Run one step in a fresh process after flushing dirty pages, so no step pays for another's writes.
+    """Run one step in a fresh process, from the same starting state as every other step.
 
-    The pause lets the filesystem finish the discards of files deleted before the step (this disk
-    is mounted with `discard`): measured, skipping it made whichever step came first up to 5x slower.
+    Before each step: dirty pages are flushed, and the disk is left to go idle (this disk is
+    mounted with `discard`, and the discards of files deleted before a step kept it busy for
+    seconds, slowing whichever step came next up to 5x: measured).
     """
     os.sync()
-    time.sleep(1.0)
+    wait_for_idle_disk()
     started = time.perf_counter()
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
@@ -110,6 +111,22 @@ def run(argv: list[str]) -> Step:
         raise SystemExit(f"step failed: {' '.join(argv)}\n{done.stderr}")
     peaks = [int(line.split("=")[1]) for line in done.stderr.splitlines() if line.startswith("peak_rss_bytes=")]
     return Step(seconds, peaks[-1] if peaks else 0)
+
+
+def wait_for_idle_disk(quiet_seconds: float = 0.5, limit: float = 15.0) -> None:
+    """Until no request is in flight on any disk for `quiet_seconds` (or `limit` passes); 1 s where
+    the kernel does not say."""
+    stats = [p for p in Path("/sys/block").glob("*/inflight") if not p.parent.name.startswith(("loop", "zram"))]
+    if not stats:
+        time.sleep(1.0)
+        return
+    deadline, quiet_since = time.monotonic() + limit, time.monotonic()
+    while time.monotonic() < deadline:
+        if any(p.read_text().split() != ["0", "0"] for p in stats):
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_seconds:
+            return
+        time.sleep(0.05)
 
 
 def same_bytes(left: Path, right: Path) -> bool:
@@ -123,24 +140,30 @@ def same_bytes(left: Path, right: Path) -> bool:
 
 
 def measure(workdir: Path, layers: int, rounds: int) -> dict[str, float]:
-    """Copy, import and export the same checkpoint, interleaved `rounds` times; medians."""
+    """Copy, stream-copy, import and export the same checkpoint, `rounds` times in rotating order; medians."""
     source = workdir / f"hf-{layers}"
     total, largest = make_checkpoint(source, layers)
     parquant = [sys.executable, str(REPO / "bench" / "peak_rss.py")]
     copy_code = "import shutil, sys; shutil.copytree(sys.argv[1], sys.argv[2])"
-    steps: dict[str, list[Step]] = {"copy": [], "stream": [], "import": [], "export": []}
-    for _ in range(rounds):
-        for name in ("copy", "pq", "back"):
-            shutil.rmtree(workdir / name, ignore_errors=True)
-        steps["copy"].append(run([sys.executable, "-c", copy_code, str(source), str(workdir / "copy")]))
-        shutil.rmtree(workdir / "copy")
-        steps["stream"].append(run([sys.executable, "-c", STREAM_COPY, str(source), str(workdir / "copy")]))
-        steps["import"].append(run([*parquant, "import", str(source), "-o", str(workdir / "pq"), "--quiet"]))
-        steps["export"].append(run([*parquant, "export", str(workdir / "pq"), "-o", str(workdir / "back"), "--quiet"]))
+    pq, back = workdir / "pq", workdir / "back"
+    commands = {
+        "copy": [sys.executable, "-c", copy_code, str(source), str(workdir / "copy")],
+        "stream": [sys.executable, "-c", STREAM_COPY, str(source), str(workdir / "stream")],
+        "import": [*parquant, "import", str(source), "-o", str(workdir / "pq-timed"), "--quiet"],
+        "export": [*parquant, "export", str(pq), "-o", str(back), "--quiet"],
+    }
+    outputs = {"copy": "copy", "stream": "stream", "import": "pq-timed", "export": "back"}
+    run([*parquant, "import", str(source), "-o", str(pq), "--quiet"])  # export's input
+    steps: dict[str, list[Step]] = {name: [] for name in commands}
+    for round_ in range(rounds):
+        order = list(commands)[round_ % 4 :] + list(commands)[: round_ % 4]  # no step always follows another
+        for name in order:
+            shutil.rmtree(workdir / outputs[name], ignore_errors=True)
+            steps[name].append(run(commands[name]))
     if not same_bytes(workdir / "back" / "model.safetensors", source / "model.safetensors"):
         raise SystemExit("round trip is not byte-identical")
-    for name in ("copy", "pq", "back", f"hf-{layers}"):
-        shutil.rmtree(workdir / name)
+    for name in (*outputs.values(), "pq", f"hf-{layers}"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
     seconds = {k: statistics.median(s.seconds for s in v) for k, v in steps.items()}
     return {
         "bytes": total,
@@ -158,7 +181,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--layers", type=int, nargs=2, default=[2, 6], help="small and large model")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--rounds", type=int, default=4, help="repetitions, each in another order; medians")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = f"{REPO / 'pkg'}:{REPO / 'cmd'}"
     results = {}
