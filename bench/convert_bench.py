@@ -1,12 +1,13 @@
 """Conversion benchmark: import/export throughput vs. a plain copy of the same bytes, and peak RSS.
 
-Everything is measured side by side in one run on the same disk: copy, import and export of the
-same bytes, interleaved over several rounds (medians), each step in a fresh process after `sync`
-(peak RSS is that process's own VmHWM). Two model sizes share the same largest tensor,
-which shows whether memory grows with the number of layers. Two baselines copy the same bytes:
-`cp` (shutil, in-kernel sendfile: never touches user memory) and `stream` (read 64 MiB into a
-buffer, write it: the least any converter must do). Prints ratios against both; exits 1 if a
-target from the spine issue is missed:
+Everything is measured side by side in one run on the same disk (`--workdir`): copy, import and
+export of the same bytes, several rounds in rotating order (medians), each step in a fresh
+process that starts from the same state (see `run`; peak RSS is the process's own VmHWM). Two
+model sizes share the same largest tensor, which shows whether memory grows with the number of
+layers. Two baselines copy the same bytes: `stream` (read 64 MiB into a buffer, write it out: a
+plain copy through user space, the least any converter that checks the bytes must do) and `cp`
+(shutil: in-kernel sendfile, the bytes never reach user space). Prints ratios against both;
+exits 1 if a target from the spine issue is missed:
   import and export throughput >= 0.5x the streaming copy (the ratio to `cp` is printed too);
   peak RSS <= 2 x largest tensor + 400 MB, and not growing with the number of layers.
 """
@@ -95,14 +96,24 @@ def make_checkpoint(folder: Path, layers: int) -> tuple[int, int]:
     return sum(s.nbytes for s in specs), max(s.nbytes for s in specs)
 
 
-def run(argv: list[str]) -> Step:
+def run(argv: list[str], warm: Path | None = None) -> Step:
     """Run one step in a fresh process, from the same starting state as every other step.
 
-    Before each step: dirty pages are flushed, and the disk is left to go idle (this disk is
-    mounted with `discard`, and the discards of files deleted before a step kept it busy for
-    seconds, slowing whichever step came next up to 5x: measured).
+    Before each step: dirty pages are flushed; as root, the page cache is dropped and the step's
+    input read back in, so every step starts with its input cached and the same free memory (when
+    earlier steps had filled memory, the kernel reclaimed pages during whichever step came next and
+    made it 2-5x slower: measured); and the disk is left to go idle (it is mounted with `discard`).
     """
     os.sync()
+    drop = Path("/proc/sys/vm/drop_caches")
+    if os.access(drop, os.W_OK):
+        drop.write_text("1")
+    if warm is not None:
+        for path in sorted(warm.rglob("*")):
+            if path.is_file():
+                with open(path, "rb", buffering=0) as handle:
+                    while handle.read(2**24):
+                        pass
     wait_for_idle_disk()
     started = time.perf_counter()
     done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -159,7 +170,7 @@ def measure(workdir: Path, layers: int, rounds: int) -> dict[str, float]:
         order = list(commands)[round_ % 4 :] + list(commands)[: round_ % 4]  # no step always follows another
         for name in order:
             shutil.rmtree(workdir / outputs[name], ignore_errors=True)
-            steps[name].append(run(commands[name]))
+            steps[name].append(run(commands[name], warm=pq if name == "export" else source))
     if not same_bytes(workdir / "back" / "model.safetensors", source / "model.safetensors"):
         raise SystemExit("round trip is not byte-identical")
     for name in (*outputs.values(), "pq", f"hf-{layers}"):
