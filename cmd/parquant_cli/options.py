@@ -239,7 +239,10 @@ class PipelineOptions(CommonOptions):
             "help": "local: every stage in this process; kubernetes: one Job per stage (see docs/deploy.md)",
         },
     )
-    dry_run: bool = field(default=False, metadata={"help": "print each stage's command; run nothing"})
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "print each stage's command (kubernetes: and the Jobs it would create); run nothing"},
+    )
     force: bool = field(default=False, metadata={"help": "rerun stages already recorded as done"})
     state_dir: str | None = field(
         default=None,
