@@ -40,7 +40,7 @@ if ! buildah inspect --type image "$BASE_TAG" >/dev/null 2>&1; then
   buildah rm "$ctr" >/dev/null
 fi
 
-args=(--layers --network host --target "$TARGET" -t "$TAG" --build-arg "BASE=$BASE_TAG")
+args=(--layers --network host --build-arg "BASE=$BASE_TAG")
 # This machine's pip configuration (find-links to local wheels, file:// indexes, CA bundle):
 # mount each folder it names at the same path and pass the settings through as build arguments.
 for dir in /opt/wheels /opt/pypi /opt/pypi-more; do
@@ -57,4 +57,8 @@ fi
 extra=""
 for dir in /opt/pypi/simple /opt/pypi-more/simple; do [ -d "$dir" ] && extra="$extra file://$dir"; done
 [ -n "$extra" ] && args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra# }")
-exec buildah bud "${args[@]}" "$@" "$ROOT"
+# The torch layer (most of the image, rarely changed) is kept as a tagged image, so pruning the
+# untagged leftovers of earlier builds (each ~1.5 GB: the venv layer) keeps it as build cache.
+buildah bud "${args[@]}" --target "torch-$TARGET" -t "localhost/parquant-cache:torch-$TARGET" "$@" "$ROOT"
+buildah bud "${args[@]}" --target "$TARGET" -t "$TAG" "$@" "$ROOT"
+buildah rmi --prune >/dev/null 2>&1 || true
