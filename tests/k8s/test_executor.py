@@ -121,6 +121,8 @@ def test_gpu_stage_unschedulable_falls_back_to_cpu_then_rerun_skips(
     with ModelReader(resolve(str(out / "fp8"))) as reader:
         made = reader.manifest.created_by
     assert made.backend == "ptq" and any("GPU pod unschedulable" in f for f in made.fallbacks)
+    # ... with the scheduler's own reason, from the pod's events.
+    assert any("FailedScheduling: 0/1 nodes are available" in f for f in made.fallbacks), made.fallbacks
     assert "GPU pod unschedulable" in (out / "report" / "report.md").read_text()
 
     # Pod logs came through the API server's log proxy from the (stand-in) kubelet.

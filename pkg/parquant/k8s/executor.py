@@ -125,8 +125,9 @@ class KubernetesExecutor:
         watch = self._wait(name, stage.name, self.settings.gpu_schedule_timeout if on_gpu else None)
         if watch.status == "unschedulable":
             why = (
-                f"GPU pod unschedulable for more than {self.settings.gpu_schedule_timeout:g}s: "
-                f"ran on the CPU image ({self.settings.cpu_fallback_backend} backend)"
+                f"GPU pod unschedulable for more than {self.settings.gpu_schedule_timeout:g}s"
+                + (f" ({watch.note})" if watch.note else "")
+                + f": ran on the CPU image ({self.settings.cpu_fallback_backend} backend)"
             )
             log.warning("pipeline: %s: %s; deleting Job %s", stage.name, why, name)
             self._delete(name)
@@ -267,11 +268,12 @@ class KubernetesExecutor:
             if state == "failed":
                 self._active = None
                 code, note = _failure_code(job, pods)
-                return _Watch("failed", code, note)
+                return self._explained(_Watch("failed", code, note), pods)
             final = self._final_failure(name, pods)
             if final is not None:
+                watch = self._explained(_Watch("failed", *final), pods)
                 self._delete(name)
-                return _Watch("failed", *final)
+                return watch
             now = time.monotonic()
             for pod in pods:
                 if pod.metadata.name not in told and _unschedulable(pod):
@@ -286,7 +288,7 @@ class KubernetesExecutor:
                 if any(_unschedulable(pod) for pod in pods):
                     unschedulable_since = unschedulable_since or now
                     if now - unschedulable_since > unschedulable_limit:
-                        return _Watch("unschedulable")
+                        return self._explained(_Watch("unschedulable"), pods)
                 else:
                     unschedulable_since = None
             for pod in pods:
@@ -295,9 +297,30 @@ class KubernetesExecutor:
                     first = stuck_since.setdefault(pod.metadata.name, now)
                     if now - first > self.settings.stuck_seconds:
                         code, fix = STUCK_WAITING[reason]
+                        watch = self._explained(_Watch("failed", code, f"{reason}: {fix}"), pods)
                         self._delete(name)
-                        return _Watch("failed", code, f"{reason}: {fix}")
+                        return watch
             time.sleep(self.settings.poll_seconds)
+
+    def _explained(self, watch: _Watch, pods: list[Any]) -> _Watch:
+        """Add the pods' latest warning events (FailedScheduling, BackOff, FailedMount...) to the note."""
+        from kubernetes.client.exceptions import ApiException
+
+        warnings = []
+        for pod in pods:
+            try:
+                events = self.core.list_namespaced_event(
+                    self.settings.namespace, field_selector=f"involvedObject.name={pod.metadata.name}"
+                ).items
+            except ApiException:
+                return watch  # events only explain; without them the outcome stands
+            warnings += [e for e in events if e.type == "Warning"]
+        warnings.sort(key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+        told = list(dict.fromkeys(f"{e.reason}: {_short(e.message)}" for e in reversed(warnings)))[:2][::-1]
+        if told:
+            log.warning("pipeline: events: %s", " | ".join(told))
+            watch.note = "; ".join(filter(None, [watch.note, "events: " + " | ".join(told)]))
+        return watch
 
     def _final_failure(self, name: str, pods: list[Any]) -> tuple[int, str] | None:
         """podFailurePolicy's FailJob, done by the driver where the server predates the field."""
