@@ -98,11 +98,7 @@ class OutputFolder:
         """Files that fan-out workers finished for this exact work (records of other work are ignored)."""
         found: dict[str, Any] = {}
         with storage_errors(self.location.url):
-            if self.location.is_local:
-                names = os.listdir(self.staging.path) if os.path.isdir(self.staging.path) else []
-            else:
-                names = self._remote_names()
-            for name in filter(_is_worker_record, names):
+            for name in self._staged_worker_records():
                 try:
                     record = json.loads(self.staging.child(name).read_bytes())
                 except ValueError:
@@ -203,6 +199,7 @@ class OutputFolder:
         self.location.fs.invalidate_cache(self.location.path)
 
     def _staged_worker_records(self) -> list[str]:
+        """Names of the fan-out workers' records in the staging area."""
         if self.location.is_local:
             names = os.listdir(self.staging.path) if os.path.isdir(self.staging.path) else []
         else:
