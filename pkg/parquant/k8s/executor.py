@@ -76,7 +76,7 @@ class KubernetesExecutor:
         self.version = _server_version(client.VersionApi(api_client))
         self.settings = settings
         self.print_line = print_line
-        self._active: str | None = None
+        self._active: set[str] = set()  # Jobs this driver made that have not ended
         # Exit codes a stripped podFailurePolicy would have failed the Job on, per Job name.
         self._fail_job_codes: dict[str, set[int]] = {}
 
@@ -97,10 +97,10 @@ class KubernetesExecutor:
         return outcomes
 
     def interrupt(self) -> None:
-        """Delete the running stage's Job (and its pods): a stopped driver leaves no GPU pod behind."""
-        if self._active:
-            log.warning("pipeline: interrupted; deleting Job %s", self._active)
-            self._delete(self._active)
+        """Delete the running stage's Jobs (and their pods): a stopped driver leaves no GPU pod behind."""
+        for name in sorted(self._active):
+            log.warning("pipeline: interrupted; deleting Job %s", name)
+            self._delete(name)
 
     # -- one stage ---------------------------------------------------------------------------
 
@@ -115,6 +115,7 @@ class KubernetesExecutor:
             if found == "running":
                 on_gpu = on_gpu and candidate == name
                 name = candidate
+                self._active.add(name)
                 break
         else:
             if stage.fan_out > 1:
@@ -215,7 +216,7 @@ class KubernetesExecutor:
             self.batch.create_namespaced_job(self.settings.namespace, job)
         except ApiException as exc:
             raise _api_error(exc, f"create Job {name}") from None
-        self._active = name
+        self._active.add(name)
 
     def _delete(self, name: str) -> None:
         """Foreground deletion: returns once the Job and its pods are gone (or after a minute)."""
@@ -240,8 +241,7 @@ class KubernetesExecutor:
             time.sleep(self.settings.poll_seconds)
         else:
             log.warning("pipeline: Job %s is still being deleted after 60s; going on", name)
-        if self._active == name:
-            self._active = None
+        self._active.discard(name)
 
     def _wait(self, name: str, stage_name: str, unschedulable_limit: float | None) -> _Watch:
         """Poll the Job and its pods until it ends; stream each pod's log once it runs."""
@@ -263,10 +263,10 @@ class KubernetesExecutor:
                     self._stream_log(pod.metadata.name, stage_name)
             state = _job_state(job)
             if state == "succeeded":
-                self._active = None
+                self._active.discard(name)
                 return _Watch("succeeded")
             if state == "failed":
-                self._active = None
+                self._active.discard(name)
                 code, note = _failure_code(job, pods)
                 return self._explained(_Watch("failed", code, note), pods)
             final = self._final_failure(name, pods)
