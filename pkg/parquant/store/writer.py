@@ -154,7 +154,7 @@ def write_model(
     names = [shard_name(i, len(plan)) for i in range(len(plan))]
     work = fingerprint + f"|shards={len(plan)}"
     if part is not None:
-        _write_part(output, plan, names, options, work, part, _Tracker(progress, len(items), 0))
+        _write_part(output, plan, names, options, work, part, progress)
         return None
     done = output.begin(work)
     resumed = [name for name in names if name in done]
@@ -195,12 +195,14 @@ def _write_part(
     options: WriteOptions,
     work: str,
     part: tuple[int, int],
-    tracker: _Tracker,
+    progress: ProgressCallback,
 ) -> None:
     index, count = part
     output.begin_worker()
     done = output.worker_records(work)
     mine = [i for i in range(len(plan)) if i % count == index]
+    items = [item for i in mine for item in plan[i]]
+    tracker = _Tracker(progress, len(items), sum(item.nbytes for item in items))
     log.info("fan-out worker %d of %d: shards %s of %d", index, count, [i + 1 for i in mine], len(plan))
     for i in mine:
         if names[i] in done:
