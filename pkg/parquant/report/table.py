@@ -61,19 +61,16 @@ def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
                 if nested:
                     _apply(target, nested)
         elif kind == "validation":
-            target = row(result["candidate"])
-            target.note = target.note or result.get("note", "")
-            _apply(target, result)
+            _apply(row(result["candidate"]), result)
         elif kind == "benchmark":
-            target = row(result["model"], method=result.get("method", ""), backend=result.get("backend", ""))
-            target.note = target.note or result.get("note", "")
-            _apply(target, result)
+            _apply(row(result["model"], method=result.get("method", ""), backend=result.get("backend", "")), result)
     table = [rows[m] for m in order]
     _fill_ratios(table)
     return table
 
 
 def _apply(target: ComparisonRow, result: dict[str, Any]) -> None:
+    target.note = target.note or result.get("note", "")  # e.g. a fallback recorded in the manifest
     if result.get("kind") == "validation":
         target.logits_cosine = result["logits_cosine_mean"]
         target.worst_token_cosine = result["logits_cosine_worst"]
