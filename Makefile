@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test lint lint-deploy format bench bench-precision train-example clean \
+.PHONY: venv demo test test-faults lint lint-deploy format bench bench-precision train-example clean \
         image-cpu image-gpu image-gpu-check test-image control-plane test-k8s
 
 venv: $(STAMP)
@@ -32,7 +32,12 @@ demo: venv
 ## test: the whole suite with line coverage of pkg/ and cmd/ (fails below 90%). The real-control-plane
 ## tier (tests/k8s) is `make test-k8s`; the executor it covers is measured there.
 test: venv
-	$(BIN)/python -m pytest -q --cov --cov-report=term --cov-fail-under=90 -m 'not control_plane' tests
+	$(BIN)/python -m pytest -q --cov --cov-report=term --cov-fail-under=90 -m 'not control_plane and not faults' tests
+
+## test-faults: the fault campaign (seeded kill -9, S3 server killed/frozen, two writers, disk full on a
+## tmpfs, hypothesis fuzzing of inputs); prints the campaign table. PARQUANT_FAULT_SEED=N reproduces a run.
+test-faults: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m faults tests/faults
 
 ## test-k8s: the Kubernetes executor and deploy/ manifests against a real control plane on 127.0.0.1
 ## (built once from Debian's kubernetes source, ~10 min, cached in /var/cache/parquant-k8s)

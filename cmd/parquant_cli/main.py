@@ -5,11 +5,13 @@ This is the only place that turns parquant errors into process exit codes (DESIG
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
@@ -283,19 +285,11 @@ def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -
     from parquant.k8s.executor import KubernetesExecutor
 
     executor = KubernetesExecutor(connect(options.kubeconfig), _kubernetes_settings(options, shared))
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return executor.run(spec, force=options.force)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM when Kubernetes stops the driver pod
         executor.interrupt()
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    """Kubernetes stops a driver pod with SIGTERM: unwind as for Ctrl-C, so the stage Job is deleted."""
-    raise KeyboardInterrupt
 
 
 def run_inspect(options: InspectOptions) -> int:
@@ -366,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"parquant {__version__}")
         return 0
     stage = STAGES.get(args[0])
+    previous = _on_sigterm(_raise_terminated)
     try:
         if stage is None:
             raise UsageError(f"unknown stage {args[0]!r}: choose one of {', '.join(STAGES)} (parquant --help)")
@@ -377,8 +372,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(exc.exit_code, exc.message)
     except MemoryError:
         return _fail(OutOfMemoryError.exit_code, "out of memory: run on a node with more memory")
+    except Terminated:
+        return _fail(TERMINATED_EXIT_CODE, "terminated (SIGTERM): unfinished uploads were aborted; rerun to resume")
     except KeyboardInterrupt:
         return _fail(130, "interrupted; rerun the same command to resume")
+    except BrokenPipeError:
+        # The reader of our output went away (`parquant inspect M | head`): nothing to report.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        log.debug("unexpected error", exc_info=True)
+        reason = " ".join(str(exc).split())[:200]
+        return _fail(
+            70,
+            f"internal error ({type(exc).__name__}: {reason}): please report it with the log "
+            "(--log-level debug shows the traceback)",
+        )
+    finally:
+        _on_sigterm(previous)
+
+
+TERMINATED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell and Kubernetes report for it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what Kubernetes sends to stop a pod), unwound like Ctrl-C: every open upload is
+    aborted and every partial local file removed on the way out."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install `handler` for SIGTERM where that is possible (the main thread); returns the old one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _fail(code: int, message: str) -> int:
@@ -391,4 +422,13 @@ def _fail(code: int, message: str) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    code = main()
+    if code != 0:
+        # A failed run may leave objects whose finalizers would talk to storage that is gone
+        # (an s3fs upload retried through a dead event loop hangs for ever): exit now, on purpose.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)

@@ -31,13 +31,16 @@ class JsonFormatter(logging.Formatter):
             "msg": redact(record.getMessage()),
         }
         entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["traceback"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = "parquant" if record.levelno < logging.WARNING else f"parquant: {record.levelname.lower()}"
-        return f"{prefix}: {redact(record.getMessage())}"
+        line = f"{prefix}: {redact(record.getMessage())}"
+        return f"{line}\n{redact(self.formatException(record.exc_info))}" if record.exc_info else line
 
 
 def use_json(log_format: str) -> bool:

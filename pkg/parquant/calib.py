@@ -36,6 +36,12 @@ class CalibrationSet:
     source_sha256: str
 
 
+# Bounds on calibration input: far above any real calibration set (128 x 2048 tokens is ~1 MB of
+# text), far below what would exhaust memory when tokenized.
+MAX_CALIBRATION_BYTES = 1024 * 2**20
+MAX_SAMPLE_CHARS = 4 * 2**20
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("PARQUANT_CACHE_DIR") or Path.home() / ".cache" / "parquant")
 
@@ -47,6 +53,12 @@ def load_texts(
     location = resolve(url, storage_options)
     if not location.exists():
         raise InputNotFoundError(f"calibration data {url} not found: check --calibration-data")
+    size = location.size()
+    if size > MAX_CALIBRATION_BYTES:
+        raise InvalidInputError(
+            f"calibration data {url} is {size / 1e6:.0f} MB, more than the {MAX_CALIBRATION_BYTES // 2**20} MiB "
+            "parquant reads: calibration needs a few hundred samples, pass a sample of the data set"
+        )
     raw = location.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
     name = location.path.lower()
@@ -56,6 +68,12 @@ def load_texts(
         texts = _jsonl_texts(raw, url, tokenizer)
     else:
         texts = _plain_texts(raw, url)
+    for number, text in enumerate(texts, 1):
+        if len(text) > MAX_SAMPLE_CHARS:
+            raise InvalidInputError(
+                f"calibration data {url}: sample {number} has {len(text)} characters, more than the "
+                f"{MAX_SAMPLE_CHARS} a sample may have (a calibration sample is a few thousand tokens): split it"
+            )
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise InvalidInputError(f"calibration data {url} has no samples: it is empty")
@@ -85,9 +103,14 @@ def _jsonl_texts(raw: bytes, url: str, tokenizer: Any | None) -> list[str]:
     for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
         if not line.strip():
             continue
+        if len(line) > MAX_SAMPLE_CHARS:
+            raise InvalidInputError(
+                f"calibration data {url} line {number} has {len(line)} characters, more than the "
+                f"{MAX_SAMPLE_CHARS} a sample may have: split it into several records"
+            )
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise InvalidInputError(f"calibration data {url} line {number} is not valid JSON") from None
         texts.append(_record_text(record, url, number, tokenizer))
     return texts

@@ -1,6 +1,6 @@
 """The error taxonomy: every failure a user can cause maps to one exception type and one exit code.
 
-Exit codes are sysexits-style (DESIGN.md §6) because Kubernetes `podFailurePolicy` keys on them to
+Exit codes are sysexits-style because Kubernetes `podFailurePolicy` keys on them to
 decide whether a retry can help. Only the CLI turns these into process exit codes; the library
 raises them with a one-line message that names the problem and the fix.
 """
@@ -103,12 +103,15 @@ EXIT_CODES: dict[int, str] = {
     65: "invalid input data (corrupt, truncated, checksum mismatch, NaN/Inf, shape mismatch)",
     66: "input not found",
     69: "unavailable (unsupported format/architecture/method, missing dependency)",
-    70: "internal error (a bug)",
+    70: "internal error: a bug or an unexpected failure, reported in one line (--log-level debug: traceback)",
     71: "out of memory",
     73: "output exists and --force not given",
     74: "I/O error, disk full (retryable)",
-    75: "temporary failure: network, throttling (retryable)",
+    75: "temporary failure: network, throttling, another run writing the same output (retryable)",
     77: "permission denied, missing or wrong credentials",
     78: "configuration file error",
     79: "precision gate failed",
+    130: "interrupted (Ctrl-C); rerun to resume",
+    141: "the reader of the output went away (broken pipe, e.g. `| head`)",
+    143: "terminated (SIGTERM, e.g. Kubernetes deleting the pod): uploads aborted; rerun to resume",
 }

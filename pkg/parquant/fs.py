@@ -31,6 +31,25 @@ from .errors import (
 # botocore reads AWS_* variables itself; these are the keys a user may pass as --storage-option.
 _S3_CLIENT_KEYS = {"endpoint_url", "region_name", "verify"}
 _S3_ALIASES = {"region": "region_name", "endpoint": "endpoint_url"}
+_S3_FLAGS = {"anon", "use_ssl", "requester_pays", "version_aware"}
+_S3_TIMEOUTS = {"connect_timeout", "read_timeout", "max_attempts"}
+_S3_PLAIN = {"profile", "max_concurrency"}
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+S3_OPTION_KEYS = sorted(_S3_CLIENT_KEYS | set(_S3_ALIASES) | _S3_FLAGS | _S3_TIMEOUTS | _S3_PLAIN)
+# Credentials come from the environment (AWS_* variables, profiles, workload identity), never from
+# flags: a flag ends up in shell history, process listings and Kubernetes Job specs.
+_CREDENTIAL_KEYS = {
+    "key",
+    "secret",
+    "token",
+    "username",
+    "password",
+    "session_token",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+}
+_CREDENTIAL_HINT = "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / workload identity) instead"
 
 
 @dataclass(frozen=True)
@@ -84,13 +103,27 @@ class Location:
 
 
 def parse_storage_options(pairs: list[str] | None) -> dict[str, str]:
-    """`["endpoint_url=http://127.0.0.1:9000", "region=eu-west-1"]` -> dict; rejects malformed pairs."""
+    """`["endpoint_url=http://127.0.0.1:9000", "region=eu-west-1"]` -> dict.
+
+    Malformed pairs and credential keys are refused; messages name the key, never the value
+    (which may be a secret typed in the wrong place).
+    """
     options: dict[str, str] = {}
-    for pair in pairs or []:
+    for position, pair in enumerate(pairs or [], start=1):
         key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--storage-option {pair!r} is not KEY=VALUE (e.g. endpoint_url=http://host:9000)")
-        options[key.strip()] = value
+        key = key.strip()
+        if not sep or not key or any(c in key for c in ":/ "):
+            raise UsageError(
+                f"--storage-option number {position} is not KEY=VALUE (its text is not shown, it may hold a secret): "
+                "write e.g. endpoint_url=http://host:9000"
+            )
+        if key.lower() in _CREDENTIAL_KEYS:
+            raise UsageError(
+                f"--storage-option {key}=... would put a credential on the command line: {_CREDENTIAL_HINT}"
+            )
+        if key not in S3_OPTION_KEYS:
+            raise UsageError(f"--storage-option {key} is unknown: use one of {', '.join(S3_OPTION_KEYS)}")
+        options[key] = value
     return options
 
 
@@ -102,32 +135,90 @@ def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> Locat
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):
         options = _s3_options(storage_options or {})
-    elif storage_options:
-        options = dict(storage_options)
+    # Other protocols take no options: a command's --storage-option is meant for its s3:// URLs.
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
-    except (ImportError, ValueError) as exc:
-        raise UsageError(f"cannot open {url!r}: {exc}; install parquant[s3] for s3:// URLs") from None
+    except (ImportError, ValueError, TypeError) as exc:
+        raise UsageError(
+            f"cannot open {_safe_url(url)!r} ({type(exc).__name__}): check the URL; install parquant[s3] for s3:// URLs"
+        ) from None
     return Location(fs, path.rstrip("/") or path, url)
+
+
+def _safe_url(url: str) -> str:
+    """A URL for messages: credentials written into it (`scheme://user:pass@host`) are cut out."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
 
 
 def _s3_options(user: Mapping[str, str]) -> dict[str, Any]:
     client: dict[str, Any] = {}
-    options: dict[str, Any] = {
-        # Fail in seconds, not minutes, when the endpoint is wrong; retryable errors exit 75.
-        "config_kwargs": {"connect_timeout": 10, "read_timeout": 120, "retries": {"max_attempts": 3}},
-    }
-    for key, value in user.items():
-        key = _S3_ALIASES.get(key, key)
-        if key in _S3_CLIENT_KEYS:
+    # Fail in seconds, not minutes, when the endpoint is wrong or hangs; retryable errors exit 75.
+    config: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3}}
+    options: dict[str, Any] = {"config_kwargs": config}
+    for raw_key, value in user.items():
+        key = _S3_ALIASES.get(raw_key, raw_key)
+        if raw_key not in S3_OPTION_KEYS and key not in S3_OPTION_KEYS:
+            raise UsageError(f"--storage-option {raw_key} is unknown: use one of {', '.join(S3_OPTION_KEYS)}")
+        if key == "endpoint_url":
+            _check_endpoint(value)
+        if key == "verify":
+            client[key] = _BOOLEANS.get(value.lower(), value)  # true/false, or a CA bundle's path
+        elif key in _S3_CLIENT_KEYS:
             client[key] = value
-        elif key in ("anon", "use_ssl"):
-            options[key] = value.lower() in ("1", "true", "yes")
+        elif key in _S3_FLAGS:
+            options[key] = _BOOLEANS.get(value.lower(), False)
+        elif key in _S3_TIMEOUTS:
+            number = _positive_number(raw_key, value)
+            if key == "max_attempts":
+                config["retries"] = {"max_attempts": int(number)}
+            else:
+                config[key] = number
+        elif key == "max_concurrency":
+            options[key] = int(_positive_number(raw_key, value))
         else:
             options[key] = value
     if client:
         options["client_kwargs"] = client
     return options
+
+
+def _positive_number(key: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not 0 < number < 1e6:
+        raise UsageError(f"--storage-option {key} must be a positive number of seconds or attempts")
+    return number
+
+
+def _check_endpoint(value: str) -> None:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https") or not rest:
+        raise UsageError("--storage-option endpoint_url must look like http(s)://host[:port]")
+    if "@" in rest.split("/", 1)[0]:
+        raise UsageError(
+            f"--storage-option endpoint_url must not hold credentials (user:password@): {_CREDENTIAL_HINT}"
+        )
+
+
+def check_separate(source: Location, output: Location, what: str) -> None:
+    """Refuse (64) an output equal to, inside, or around its input: writing it would destroy the
+    input (`--force`), or import the output into the next run."""
+    if type(source.fs) is not type(output.fs):
+        return
+    if source.is_local:
+        src, out = os.path.realpath(source.path), os.path.realpath(output.path)
+    else:
+        src, out = source.path.rstrip("/"), output.path.rstrip("/")
+    if src == out or out.startswith(src + "/") or src.startswith(out + "/"):
+        raise UsageError(
+            f"--output {_safe_url(output.url)} is the {what} {_safe_url(source.url)}, or inside it, or contains it: "
+            "choose an output outside the input (the input is never modified)"
+        )
 
 
 @contextlib.contextmanager
@@ -191,9 +282,14 @@ def _remote_error(url: str, exc: Exception) -> ParquantError | None:
     return None
 
 
-def ensure_free_space(location: Location, needed_bytes: int) -> None:
-    """Refuse early, before writing anything, when a local disk cannot hold the output."""
-    if not location.is_local:
+def ensure_free_space(location: Location, needed_bytes: int, reusable_bytes: int = 0) -> None:
+    """Refuse early, before writing anything, when a local disk cannot hold the output.
+
+    `reusable_bytes`: what an earlier run left in the staging area, which this run either reuses
+    or frees, so it counts as available.
+    """
+    needed_bytes -= reusable_bytes
+    if not location.is_local or needed_bytes <= 0:
         return
     probe = location.path
     while not os.path.exists(probe):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,11 +23,13 @@ from .errors import InputNotFoundError, InvalidInputError, UnavailableError
 from .fs import Location, storage_errors
 from .names import safe_relative_path
 from .store.schema import DTYPE_SIZES, KIND_FILE, KIND_TENSOR, TensorSpec
-from .store.writer import ModelItem, sliced
+from .store.writer import ModelItem
 
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# Non-tensor files up to this size are hashed whole for the fingerprint; bigger ones by version.
+_HASHED_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_EXPORT_SHARD_BYTES = 5 * 1024**3
 PICKLE_HINT = (
     "parquant never unpickles (it can run arbitrary code). Convert it once, in an environment you "
@@ -63,9 +66,14 @@ def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
         )
     header = location.read_range(8, 8 + header_len)
     try:
-        raw = json.loads(header)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"{location.url} has a malformed safetensors header ({exc})") from None
+        raw = json.loads(header, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise InvalidInputError(f"{location.url} has a malformed safetensors header ({reason})") from None
+    except RecursionError:
+        raise InvalidInputError(
+            f"{location.url} has a safetensors header nested too deeply (not safetensors)"
+        ) from None
     if not isinstance(raw, dict):
         raise InvalidInputError(f"{location.url} has a malformed safetensors header (not an object)")
     metadata = raw.pop("__metadata__", None)
@@ -77,11 +85,18 @@ def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
     return SafetensorsFile(name, location, tensors, metadata, header)
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
 def _stored_tensor(url: str, name: str, info: Any, data_start: int, size: int) -> StoredTensor:
     try:
-        dtype = str(info["dtype"])
-        shape = tuple(int(d) for d in info["shape"])
-        begin, end = (int(x) for x in info["data_offsets"])
+        dtype = info["dtype"]
+        shape = tuple(info["shape"])
+        begin, end = info["data_offsets"]
+        numbers = [*shape, begin, end]
+        if not isinstance(dtype, str) or not all(isinstance(x, int) and not isinstance(x, bool) for x in numbers):
+            raise TypeError
     except (KeyError, TypeError, ValueError):
         raise InvalidInputError(f"{url}: tensor {name} has a malformed header entry") from None
     if dtype not in DTYPE_SIZES:
@@ -119,6 +134,7 @@ class HFCheckpoint:
             raise InputNotFoundError(
                 f"{location.url} is empty or not a folder: point at a Hugging Face checkpoint folder"
             )
+        _check_contained(location, names)
         weight_names = [n for n in names if n.endswith(".safetensors")]
         pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
         if not weight_names:
@@ -143,12 +159,23 @@ class HFCheckpoint:
         return loaded if isinstance(loaded, dict) else {}
 
     def fingerprint(self) -> str:
-        """Cheap but content-aware: headers and sizes of weights, full hash of the small files."""
+        """Changes whenever any byte of the checkpoint does, without reading the weights.
+
+        Weights: their header plus the storage's own version of the file (`version_token`: the
+        object's ETag on S3; size, mtime, ctime and inode on local disk), so a retrained checkpoint
+        with the same shapes is never taken for the old one. Small files are hashed whole.
+        """
         digest = hashlib.sha256()
         for weight in self.weights:
-            digest.update(f"{weight.name}\0{weight.location.size()}\0".encode() + weight.header)
+            digest.update(f"{weight.name}\0{version_token(weight.location)}\0".encode() + weight.header)
         for name in self.files:
-            digest.update(f"{name}\0".encode() + hashlib.sha256(self.location.child(name).read_bytes()).digest())
+            child = self.location.child(name)
+            size = child.size()
+            if size <= _HASHED_FILE_BYTES:
+                token = hashlib.sha256(child.read_bytes()).hexdigest()
+            else:
+                token = version_token(child)
+            digest.update(f"{name}\0{token}\0".encode())
         return digest.hexdigest()
 
     def layout(self) -> dict[str, dict[str, Any]]:
@@ -185,10 +212,56 @@ def _check_unique_tensors(url: str, weights: list[SafetensorsFile]) -> None:
 
 
 def _file_chunks(location: Location) -> Callable[[int], Iterator[bytes | memoryview]]:
+    """A non-tensor file streamed like a tensor: a 1 GB file never sits in memory whole."""
+    whole = StoredTensor(TensorSpec(location.url, "U8", (location.size(),)), 0, location.size())
+    reader = _range_chunks(location, whole, None)
+
     def chunks(size: int) -> Iterator[bytes | memoryview]:
-        return sliced(location.read_bytes(), size)
+        yield from reader(size)
 
     return chunks
+
+
+def version_token(location: Location) -> str:
+    """What the storage says about a file's current content, without reading it.
+
+    Local: size, mtime, ctime and inode. The kernel sets ctime on every write and no tool can set
+    it back (unlike mtime, which `cp -p`, rsync and tar restore), and a file replaced by a new one
+    (how transformers saves) gets a new inode. S3 and other object stores: the ETag (or checksum,
+    or generation), which changes with the content.
+    """
+    with storage_errors(location.url):
+        if location.is_local:
+            st = os.stat(location.path)
+            return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
+        location.fs.invalidate_cache(location.path)
+        info = location.fs.info(location.path)
+    for key in ("ETag", "etag", "md5Hash", "crc32c", "generation", "LastModified", "mtime"):
+        if info.get(key):
+            return f"{info.get('size')}:{key}={info[key]}"
+    return f"{info.get('size')}:unversioned"
+
+
+def _check_contained(location: Location, names: list[str]) -> None:
+    """Refuse (65) files that are symlinks to places outside the checkpoint folder.
+
+    Allowed: targets inside the folder, and the layout of a Hugging Face cache snapshot, whose
+    files link to `../../blobs/<hash>` of the same repository.
+    """
+    if not location.is_local:
+        return
+    root = os.path.realpath(location.path)
+    allowed = [root]
+    parent = os.path.dirname(root)
+    if os.path.basename(parent) == "snapshots":
+        allowed.append(os.path.join(os.path.dirname(parent), "blobs"))
+    for name in names:
+        real = os.path.realpath(os.path.join(location.path, name))
+        if not any(real == base or real.startswith(base + os.sep) for base in allowed):
+            raise InvalidInputError(
+                f"{location.url}/{name} is a symbolic link to a file outside the checkpoint folder: refusing to "
+                "read it; copy the file into the folder if it belongs to the model"
+            )
 
 
 def _range_chunks(

@@ -19,10 +19,14 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from .errors import OutputExistsError
+from .errors import OutputExistsError, StorageIOError, TemporaryFailure
 from .fs import Location, storage_errors
+from .locks import check_lock_held, live_worker_locks, output_lock
 
 PROGRESS_NAME = ".parquant-progress.json"
+# Inside an exported HF folder: what was exported (a hidden name, so a later import ignores it).
+EXPORT_RECORD_NAME = ".parquant-export.json"
+_PARQUET_MAGIC = b"PAR1"
 # One record per file written by a fan-out worker (import --shard-index): workers run in parallel,
 # so each records its own files instead of sharing the progress record.
 WORKER_RECORD_PREFIX = ".parquant-part-"
@@ -41,6 +45,15 @@ class OutputFolder:
         else:
             self.staging = location
         self._progress: dict[str, Any] = {}
+
+    # -- one writer ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, part: tuple[int, int] | None = None) -> Iterator[OutputFolder]:
+        """Hold this output's writer lock (exit 75 if another run holds it); fan-out workers lock
+        only their own part, since the workers of one import write into the same output at once."""
+        suffix = "" if part is None else f"-part-{part[0]}-of-{part[1]}"
+        with output_lock(self.location, suffix):
+            yield self
 
     # -- before writing -------------------------------------------------------------------------
     def check_free(self) -> None:
@@ -65,6 +78,12 @@ class OutputFolder:
 
     def begin(self, fingerprint: str) -> dict[str, Any]:
         """Prepare the staging area; returns what a previous run of the same work already finished."""
+        busy = live_worker_locks(self.location)
+        if busy:
+            raise TemporaryFailure(
+                f"fan-out workers are still writing {self.location.url} ({', '.join(busy)}): "
+                "wait for them to finish, then rerun"
+            )
         with storage_errors(self.location.url):
             if not self.location.is_local:
                 self._abort_dangling_uploads()
@@ -121,15 +140,15 @@ class OutputFolder:
                 with _local_atomic(target.path, native) as handle:
                     yield handle
             else:
-                remote = self.location.fs.open(target.path, "wb", autocommit=False)
-                try:
-                    yield remote
-                    remote.close()
-                    remote.commit()
-                except BaseException:
-                    remote.discard()
-                    remote.closed = True  # discarded: closing again would try to upload
-                    raise
+                with _lost_upload_is_retryable(target.url):
+                    remote = self.location.fs.open(target.path, "wb", autocommit=False)
+                    try:
+                        yield remote
+                        remote.close()
+                        remote.commit()
+                    except BaseException:
+                        _abandon(remote)
+                        raise
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         with self.open_file(relpath) as handle:
@@ -141,9 +160,54 @@ class OutputFolder:
         payload = json.dumps(self._progress).encode()
         self.write_bytes(PROGRESS_NAME, payload)
 
+    def staged_size(self, relpath: str) -> int:
+        """Size of a file written into the staging area (recorded, so a resume can check it)."""
+        with storage_errors(self.location.url):
+            return int(self.location.fs.size(self.staging.child(relpath).path))
+
+    def intact(self, relpath: str, size: int | None, parquet: bool = False) -> bool:
+        """Whether a file a previous run recorded as finished is still whole (size, Parquet footer).
+
+        The cheapest check that catches a file truncated or lost after it was recorded: one
+        listing entry, plus the 4-byte magic at the end of a Parquet file.
+        """
+        target = self.staging.child(relpath)
+        with storage_errors(target.url):
+            self.location.fs.invalidate_cache(target.path)
+            if not self.location.fs.exists(target.path):
+                return False
+            actual = int(self.location.fs.size(target.path))
+            if size is not None and actual != size:
+                return False
+            return not parquet or (actual >= 8 and target.read_range(actual - 4, actual) == _PARQUET_MAGIC)
+
+    def verify(self, expected: dict[str, int | None], parquet: bool = False) -> None:
+        """Before the marker: every file it will name is present and whole, else exit 74 (retryable)."""
+        for relpath, size in expected.items():
+            if not self.intact(relpath, size, parquet):
+                self._progress.get("done", {}).pop(relpath, None)
+                with contextlib.suppress(Exception):
+                    self.write_bytes(PROGRESS_NAME, json.dumps(self._progress).encode())
+                raise StorageIOError(
+                    f"{self.staging.child(relpath).url} is missing or incomplete after it was written "
+                    "(the storage lost it): rerun the same command; the other finished files are kept"
+                )
+
+    def staged_bytes(self) -> int:
+        """Bytes already in the local staging area: a rerun either reuses them or frees them."""
+        if not self.location.is_local or not os.path.isdir(self.staging.path):
+            return 0
+        total = 0
+        for root, _, names in os.walk(self.staging.path):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_size
+        return total
+
     # -- finishing --------------------------------------------------------------------------------
     def commit(self, marker_bytes: bytes | None = None) -> None:
         """Write the marker last and make the folder visible at its final URL."""
+        check_lock_held(self.location)
         if self.marker is not None and marker_bytes is not None:
             self.write_bytes(self.marker, marker_bytes)
         with storage_errors(self.location.url):
@@ -162,6 +226,7 @@ class OutputFolder:
         if os.path.lexists(final):
             os.replace(final, old)  # --force: the old output stays whole until the new one is in place
         os.replace(self.staging.path, final)
+        _fsync_dir(os.path.dirname(final) or ".")
         _remove(old)
 
     def discard(self) -> None:
@@ -213,7 +278,9 @@ class OutputFolder:
 
     def _abort_dangling_uploads(self) -> None:
         """A SIGKILLed run cannot abort its multipart uploads; the next run does it for them."""
-        bucket, _, prefix = self.location.path.partition("/")
+        bucket, _, key = self.location.path.partition("/")
+        # The trailing slash matters: `models/m` must not match the uploads of `models/m-int8/...`.
+        prefix = key.rstrip("/") + "/" if key else ""
         listing = self.location.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
         for upload in listing.get("Uploads", []):
             self.location.fs.call_s3(
@@ -223,6 +290,47 @@ class OutputFolder:
 
 def _is_worker_record(name: str) -> bool:
     return name.startswith(WORKER_RECORD_PREFIX) and name.endswith(".json")
+
+
+def _abandon(remote: Any) -> None:
+    """Drop a failed upload without ever leaving it open: an open s3fs file retries its upload at
+    garbage collection, which hangs the process at exit when the event loop is already gone."""
+    try:
+        remote.discard()
+    except Exception:  # the server may be gone; the next run aborts what is left
+        pass
+    finally:
+        remote.closed = True
+        remote.buffer = None
+
+
+@contextlib.contextmanager
+def _lost_upload_is_retryable(url: str) -> Iterator[None]:
+    """An upload that vanished (aborted by a cleanup, lost by the server) is worth a retry (74),
+    not "input not found" (66, which would also make the stage discard the whole output)."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise StorageIOError(
+            f"the upload of {url} was lost ({' '.join(str(exc).split())[:160]}): rerun the same command"
+        ) from None
+
+
+def _fsync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(path: str) -> None:
@@ -250,7 +358,9 @@ def _local_atomic(path: str, native: bool = False) -> Iterator[IO[bytes]]:
     try:
         with pa.OSFile(partial, "wb") if native else open(partial, "wb") as handle:
             yield handle
+        _fsync_file(partial)  # the bytes are on disk before the name says they are there
         os.replace(partial, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(partial)

@@ -174,6 +174,12 @@ class PrecisionValidator:
             original = reference.load(f"{module}.weight").float()
             if restored is None or restored.shape != original.shape:
                 raise InvalidInputError(f"candidate tensor {module} has a different shape than the reference")
+            # The candidate runs with its weights restored in the dtype of its scales (as transformers
+            # decompresses them, and as build_model dequantizes GPTQ/AWQ): compare those, not an
+            # unrounded float32 value that no model ever computes with.
+            scales = [t for n, t in loaded.items() if n.endswith(("scale", "scales")) and t.is_floating_point()]
+            if scales:
+                restored = restored.to(scales[0].dtype).float()
             metrics.append(_compare(module + ".weight", original, restored))
             self.progress(ProgressEvent("weights", module, index, len(modules)))
         return metrics
@@ -213,7 +219,8 @@ class PrecisionValidator:
                     raise InvalidInputError(f"candidate {self.candidate_url} produced non-finite logits: it is broken")
                 if not bool(torch.isfinite(ref_logits).all()):
                     raise InvalidInputError(f"reference {self.reference_url} produced non-finite logits")
-                cosines.append(torch.nn.functional.cosine_similarity(ref_logits, cand_logits, dim=-1))
+                # float64: a float32 cosine of two identical rows can come out as 1.0000001
+                cosines.append(torch.nn.functional.cosine_similarity(ref_logits.double(), cand_logits.double(), dim=-1))
                 positions.append(torch.arange(len(window)) + (index - 1) * self.seq_len)
                 agree += int((ref_logits.argmax(-1) == cand_logits.argmax(-1)).sum())
                 ref_log, cand_log = ref_logits.log_softmax(-1), cand_logits.log_softmax(-1)

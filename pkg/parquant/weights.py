@@ -7,7 +7,6 @@ transformers/vLLM loader would see, including compressed-tensors quantized model
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from .quant.detect import QuantizationScheme, detect_quantization
 from .stages.convert import export_checkpoint
 from .store.reader import ModelReader
 from .store.schema import TensorSpec
+from .workdirs import work_folder
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +47,15 @@ def torch_dtype(name: str) -> torch.dtype:
     if name not in table:
         raise UnavailableError(f"dtype {name} has no torch equivalent in this torch build")
     return table[name]
+
+
+def cast_parameters(model: Any, dtype: torch.dtype) -> None:
+    """Cast the weights only. `Module.to(dtype)` would also cast float buffers such as RoPE's
+    `inv_freq`, which a reference model keeps in float32: validate would then measure an error
+    that quantization did not cause."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(dtype)
 
 
 class LazyStateDict(Mapping[str, "torch.Tensor"]):
@@ -117,7 +126,7 @@ class WeightLoader:
             )
         if self.quantization().method in ("gptq", "awq"):
             return self._dequantized_model()
-        with tempfile.TemporaryDirectory(prefix="parquant-model-") as folder:
+        with work_folder("model") as folder:
             export_checkpoint(self.url, f"{folder}/hf", storage_options=self.storage_options)
             model = AutoModelForCausalLM.from_pretrained(
                 f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code
@@ -129,7 +138,7 @@ class WeightLoader:
         """The model's tokenizer, from the files stored with it (all of them are small)."""
         from transformers import AutoTokenizer
 
-        with tempfile.TemporaryDirectory(prefix="parquant-tokenizer-") as folder:
+        with work_folder("tokenizer") as folder:
             for name in self.reader.file_names():
                 target = Path(folder) / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +170,7 @@ class WeightLoader:
                 f"unexpected {sorted(unexpected)[:3]})"
             )
         model.tie_weights()
-        torch.nn.Module.to(model, target)  # in place for modules
+        cast_parameters(model, target)
         model.train(False)
         return model
 

@@ -143,7 +143,7 @@ def test_output_exists_then_skip_then_force(tmp_path: Path, cli: Cli) -> None:
     forced = cli("import", source, "-o", tmp_path / "pq", "--format-version", "1", "--force")
     assert forced.code == 0 and json.loads(forced.out)["skipped"] is False
     assert json.loads((tmp_path / "pq" / "parquant.json").read_text())["format_version"] == "1.0"
-    assert cli("export", tmp_path / "pq", "-o", tmp_path / "pq").code == 73
+    assert cli("export", tmp_path / "pq", "-o", tmp_path / "pq").code == 64  # the output would be the input
 
 
 def test_pickle_checkpoint_is_refused_with_a_conversion_hint(tmp_path: Path, cli: Cli) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -188,6 +189,37 @@ def cached_hf_folder(model_url: str, reader: ModelReader, storage_options: Mappi
     return folder
 
 
+def scrub_host_paths(folder: Path, replacements: dict[str, str]) -> list[str]:
+    """Replace this host's paths in the JSON files AngelSlim saved (its `angelslim_config.json`
+    records `absolute_model_path`, our cache folder): an output must not tell where it was made;
+    the manifest's provenance keeps the source URL and fingerprints. Returns the files changed."""
+    ordered = sorted(replacements.items(), key=lambda item: -len(item[0]))
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, str):
+            for path, replacement in ordered:
+                if value == path or value.startswith(path.rstrip("/") + "/"):
+                    return replacement + value[len(path) :]
+            return value
+        if isinstance(value, list):
+            return [scrub(item) for item in value]
+        if isinstance(value, dict):
+            return {key: scrub(item) for key, item in value.items()}
+        return value
+
+    changed = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        cleaned = scrub(loaded)
+        if cleaned != loaded:
+            path.write_text(json.dumps(cleaned, indent=4))
+            changed.append(path.name)
+    return changed
+
+
 def quantize_with_angelslim(
     model_url: str,
     reader: ModelReader,
@@ -217,4 +249,8 @@ def quantize_with_angelslim(
     )
     log.info("running AngelSlim %s on %s (%s)", METHOD_NAMES[config.method], device, model_type)
     run_engine(slim_config, device)
+    replacements = {str(model_dir): model_url, str(workdir): ".", str(cache_dir()): "parquant cache"}
+    if calibration is not None:
+        replacements[str(calibration.path)] = config.calibration.data or "calibration data"
+    scrub_host_paths(save_dir, replacements)
     return AngelSlimRun(save_dir, calibration, device, exported - started, time.monotonic() - exported)

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
 
 from ..errors import InvalidInputError, UsageError
-from ..fs import ensure_free_space, resolve
-from ..hf import DEFAULT_EXPORT_SHARD_BYTES, INDEX_NAME, HFCheckpoint, index_json, plan_export_files, write_safetensors
+from ..fs import check_separate, ensure_free_space, resolve
+from ..hf import (
+    DEFAULT_EXPORT_SHARD_BYTES,
+    INDEX_NAME,
+    HFCheckpoint,
+    index_json,
+    plan_export_files,
+    safetensors_header,
+    write_safetensors,
+)
 from ..numerics import count_nonfinite
-from ..outputs import OutputFolder
+from ..outputs import EXPORT_RECORD_NAME, OutputFolder
 from ..prefetch import prefetched
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from ..store.reader import ModelReader
@@ -67,28 +76,34 @@ def import_checkpoint(
         )
     started = time.monotonic()
     write = write or WriteOptions()
-    checkpoint = HFCheckpoint.open(resolve(source, storage_options))
+    source_location = resolve(source, storage_options)
     folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
+    check_separate(source_location, folder.location, "checkpoint")
+    checkpoint = HFCheckpoint.open(source_location)
     config = {**asdict(write), "strict": strict}
-    print_ = (
-        description.source["fingerprint"] if description else fingerprint("import", checkpoint.fingerprint(), config)
-    )
-    done = finished_model(folder, print_)
-    if done is not None:
-        log.info("%s already holds this import; skipping (use --force to redo it)", output)
-        return StageResult("import", output, True, time.monotonic() - started)
-    for name in checkpoint.skipped:
-        log.warning("skipping pickle file %s: parquant never unpickles", name)
-    counter = _NonFiniteCounter(strict)
-    items = checkpoint.items(counter)
-    ensure_free_space(folder.staging, int(sum(i.nbytes for i in items) * _OVERHEAD) + _SLACK_BYTES)
-    description = description or ModelDescription(
-        source={"url": source, "fingerprint": print_, "kind": "huggingface"},
-        created_by=provenance("import", config),
-    )
-    description.safetensors_layout = checkpoint.layout()
-    with cleanup_on_bad_input(folder):
-        manifest = write_model(folder, items, write, description, print_, progress, part)
+    with folder.locked(part):
+        print_ = (
+            description.source["fingerprint"]
+            if description
+            else fingerprint("import", checkpoint.fingerprint(), config)
+        )
+        done = finished_model(folder, print_)
+        if done is not None:
+            log.info("%s already holds this import; skipping (use --force to redo it)", output)
+            return StageResult("import", output, True, time.monotonic() - started)
+        for name in checkpoint.skipped:
+            log.warning("skipping pickle file %s: parquant never unpickles", name)
+        counter = _NonFiniteCounter(strict)
+        items = checkpoint.items(counter)
+        needed = int(sum(i.nbytes for i in items) * _OVERHEAD) + _SLACK_BYTES
+        ensure_free_space(folder.staging, needed, folder.staged_bytes())
+        description = description or ModelDescription(
+            source={"url": source, "fingerprint": print_, "kind": "huggingface"},
+            created_by=provenance("import", config),
+        )
+        description.safetensors_layout = checkpoint.layout()
+        with cleanup_on_bad_input(folder):
+            manifest = write_model(folder, items, write, description, print_, progress, part)
     if manifest is None:
         return StageResult("import", output, False, time.monotonic() - started, [], {"part": list(part or ())})
     warnings = [f"tensor {name} has {count} NaN/Inf values" for name, count in sorted(counter.found.items())]
@@ -127,33 +142,21 @@ def export_checkpoint(
         files = [n for n in reader.file_names() if kept_layout or n != INDEX_NAME]
         marker = "config.json" if "config.json" in files else None
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=marker)
-        folder.check_free()
+        check_separate(model_location, folder.location, "model")
         manifest_digest = hashlib.sha256(reader.manifest.to_json().encode()).hexdigest()
-        done = folder.begin(fingerprint("export", manifest_digest, shard_bytes))
+        print_ = fingerprint("export", manifest_digest, shard_bytes)
         total = sum(s.nbytes for s in specs) + sum(reader.manifest.files[n].nbytes for n in files)
-        ensure_free_space(folder.staging, total + _SLACK_BYTES)
-        steps = len(files) + len(plan) + (0 if kept_layout or len(plan) == 1 else 1)
-        count = 0
-        with cleanup_on_bad_input(folder):
-            for name in files:
-                count += 1
-                if name != marker and name not in done:
-                    folder.write_bytes(name, reader.read_file(name))
-                    folder.record(name, True)
-                progress(ProgressEvent("export", name, count, steps))
-            if not kept_layout and len(plan) > 1:
-                count += 1
-                folder.write_bytes(INDEX_NAME, index_json(plan))
-                progress(ProgressEvent("export", INDEX_NAME, count, steps))
-            for file_name, (file_specs, metadata) in plan.items():
-                count += 1
-                if file_name not in done:
-                    with folder.open_file(file_name) as handle:
-                        chunks = itertools.chain.from_iterable(reader.iter_tensor_chunks(s.name) for s in file_specs)
-                        write_safetensors(handle, file_specs, metadata, prefetched(chunks))
-                    folder.record(file_name, True)
-                progress(ProgressEvent("export", file_name, count, steps))
-            folder.commit(reader.read_file(marker) if marker else None)
+        with folder.locked():
+            if not force and _exported(folder, print_):
+                log.info("%s already holds this export; skipping (use --force to redo it)", output)
+                return StageResult("export", output, True, time.monotonic() - started)
+            folder.check_free()
+            done = folder.begin(print_)
+            ensure_free_space(folder.staging, total + _SLACK_BYTES, folder.staged_bytes())
+            with cleanup_on_bad_input(folder):
+                _write_export(folder, reader, plan, kept_layout, files, marker, done, progress)
+                folder.write_bytes(EXPORT_RECORD_NAME, json.dumps({"fingerprint": print_, "source": model}).encode())
+                folder.commit(reader.read_file(marker) if marker else None)
     return StageResult(
         "export",
         output,
@@ -162,3 +165,57 @@ def export_checkpoint(
         [],
         {"safetensors_files": len(plan), "files": len(files), "bytes": total},
     )
+
+
+def _exported(folder: OutputFolder, expected: str) -> bool:
+    """Whether the output already holds this exact export (its record and its marker are there)."""
+    record = folder.location.child(EXPORT_RECORD_NAME)
+    marker = folder.location.child(folder.marker) if folder.marker else record
+    if not (record.exists() and marker.exists()):
+        return False
+    try:
+        loaded = json.loads(record.read_bytes())
+    except ValueError:
+        return False
+    return isinstance(loaded, dict) and loaded.get("fingerprint") == expected
+
+
+def _write_export(
+    folder: OutputFolder,
+    reader: ModelReader,
+    plan: dict[str, tuple[list[TensorSpec], dict[str, str] | None]],
+    kept_layout: bool,
+    files: list[str],
+    marker: str | None,
+    done: dict[str, object],
+    progress: ProgressCallback,
+) -> None:
+    """Every file but the marker, each recorded when finished so that a rerun resumes."""
+    steps = len(files) + len(plan) + (0 if kept_layout or len(plan) == 1 else 1)
+    count = 0
+    written: dict[str, int | None] = {}
+    for name in files:
+        count += 1
+        if name != marker:
+            if name not in done or not folder.intact(name, reader.manifest.files[name].nbytes):
+                with folder.open_file(name) as handle:
+                    for chunk in reader.iter_file_chunks(name):
+                        handle.write(chunk)
+                folder.record(name, True)
+            written[name] = reader.manifest.files[name].nbytes
+        progress(ProgressEvent("export", name, count, steps))
+    if not kept_layout and len(plan) > 1:
+        count += 1
+        folder.write_bytes(INDEX_NAME, index_json(plan))
+        progress(ProgressEvent("export", INDEX_NAME, count, steps))
+    for file_name, (file_specs, metadata) in plan.items():
+        count += 1
+        size = len(safetensors_header(file_specs, metadata)) + sum(s.nbytes for s in file_specs)
+        if file_name not in done or not folder.intact(file_name, size):
+            with folder.open_file(file_name) as handle:
+                chunks = itertools.chain.from_iterable(reader.iter_tensor_chunks(s.name) for s in file_specs)
+                write_safetensors(handle, file_specs, metadata, prefetched(chunks))
+            folder.record(file_name, True)
+        written[file_name] = size
+        progress(ProgressEvent("export", file_name, count, steps))
+    folder.verify(written)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import ANGELSLIM_METHODS, PTQ_FALLBACK, PTQ_METHODS, QuantizationConfig
 from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError
-from ..fs import ensure_free_space, resolve
+from ..fs import check_separate, ensure_free_space, resolve
 from ..memory import available_memory
 from ..outputs import OutputFolder
 from ..progress import ProgressCallback, no_progress
@@ -26,6 +26,7 @@ from ..quant.detect import detect_quantization
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME
 from ..store.writer import ModelDescription, WriteOptions, write_model
+from ..workdirs import work_folder
 from .common import StageResult, cleanup_on_bad_input, fingerprint, finished_model, provenance
 from .convert import import_checkpoint
 
@@ -34,6 +35,9 @@ log = logging.getLogger("parquant")
 # AngelSlim's recipes): AngelSlim loads the model plus calibration activations; PTQ streams.
 _MEMORY_FACTOR = {"angelslim": 3.0, "ptq": 0.0}
 _SECONDS_PER_GB = {"angelslim": 60.0, "ptq": 4.0}
+# AngelSlim failures that the built-in PTQ may not share: missing or broken AngelSlim (69), its
+# own bugs (70), its memory use (71, PTQ streams). Bad input, storage and credentials fail PTQ too.
+_ANGELSLIM_FAILURES = (69, 70, 71)
 
 
 @dataclass
@@ -112,7 +116,10 @@ def quantize(
     """
     started = time.monotonic()
     write = write or WriteOptions()
-    with ModelReader(resolve(model, storage_options)) as reader:
+    model_location = resolve(model, storage_options)
+    if not dry_run:
+        check_separate(model_location, resolve(output, storage_options), "model")
+    with ModelReader(model_location) as reader:
         scheme = detect_quantization(reader.config(), reader.tensor_names())
         if scheme.quantized:
             raise InvalidInputError(
@@ -135,14 +142,16 @@ def quantize(
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
         digest = hashlib.sha256(reader.manifest.to_json().encode()).hexdigest()
         print_ = fingerprint("quantize", digest, config.to_dict(), write.__dict__)
-        if finished_model(folder, print_) is not None:
-            log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
-            return StageResult("quantize", output, True, time.monotonic() - started)
-        _check_memory(plan, estimate)
-        ensure_free_space(folder.staging, model_bytes + 4 * 2**20)
-        for reason in plan.reasons + plan.fallbacks:
-            log.info("plan: %s", reason)
-        details = _run(_Job(model, output, reader, config, plan, folder, write, print_, storage_options, progress))
+        with folder.locked():
+            if finished_model(folder, print_) is not None:
+                log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
+                return StageResult("quantize", output, True, time.monotonic() - started)
+            _check_memory(plan, estimate)
+            ensure_free_space(folder.staging, model_bytes + 4 * 2**20, folder.staged_bytes())
+            for reason in plan.reasons + plan.fallbacks:
+                log.info("plan: %s", reason)
+            job = _Job(model, output, reader, config, plan, folder, write, print_, storage_options, progress)
+            details = _run(job)
     details.update(
         {
             "backend": plan.backend,
@@ -181,41 +190,59 @@ class _Job:
 
 def _run(job: _Job) -> dict[str, object]:
     if job.plan.backend == "angelslim":
-        try:
-            return _run_angelslim(job)
-        except (ParquantError, MemoryError):
-            raise
-        except Exception as exc:  # AngelSlim's own failures: any exception type
-            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            if not job.config.fallback:
-                raise UnavailableError(
-                    f"AngelSlim failed ({reason}) and fallback is disabled: fix the cause or pass --backend ptq"
-                ) from exc
-            fall_back(job.plan, f"AngelSlim failed ({reason[:120]})")
+        with work_folder("angelslim") as workdir:
+            try:
+                run = _quantize_with_angelslim(job, workdir)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # AngelSlim's own failures, of any type
+                if isinstance(exc, ParquantError) and exc.exit_code not in _ANGELSLIM_FAILURES:
+                    raise  # the user's input or storage is at fault: PTQ would not fix it
+                _fall_back_or_refuse(job, exc)
+            else:
+                # Nothing was written to the output before this point: that is why any failure
+                # above can still fall back; from here on a failure is the stage's failure.
+                return _import_angelslim_result(job, run)
     return _run_ptq(job)
 
 
-def _run_angelslim(job: _Job) -> dict[str, object]:
+def _fall_back_or_refuse(job: _Job, exc: Exception) -> None:
+    """Record the fallback to PTQ, or (--no-fallback) fail: 69, or the failure's own code (e.g. 71)."""
+    reason = exc.message if isinstance(exc, ParquantError) else f"{type(exc).__name__}: {exc}"
+    reason = " ".join(reason.split())[:200]
+    if not job.config.fallback:
+        if isinstance(exc, ParquantError) and exc.exit_code != UnavailableError.exit_code:
+            raise exc
+        raise UnavailableError(
+            f"AngelSlim failed ({reason}) and fallback is disabled: fix the cause or pass --backend ptq"
+        ) from None
+    fall_back(job.plan, f"AngelSlim failed ({reason[:160]})")
+
+
+def _quantize_with_angelslim(job: _Job, workdir: Path) -> Any:
     from ..quant.angelslim import quantize_with_angelslim
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="parquant-angelslim-") as workdir:
-        run = _guard_memory(
-            lambda: quantize_with_angelslim(
-                job.model, job.reader, job.config, job.plan.device, Path(workdir), job.storage_options
-            ),
-            job.plan,
-        )
-        quantized_seconds = time.monotonic() - started
-        result = import_checkpoint(
-            str(run.output),
-            job.output,
-            write=job.write,
-            force=True,
-            storage_options=job.storage_options,
-            progress=job.progress,
-            description=job.description(),
-        )
+    run = _guard_memory(
+        lambda: quantize_with_angelslim(
+            job.model, job.reader, job.config, job.plan.device, workdir, job.storage_options
+        ),
+        job.plan,
+    )
+    return run, time.monotonic() - started
+
+
+def _import_angelslim_result(job: _Job, outcome: Any) -> dict[str, object]:
+    run, quantized_seconds = outcome
+    result = import_checkpoint(
+        str(run.output),
+        job.output,
+        write=job.write,
+        force=True,
+        storage_options=job.storage_options,
+        progress=job.progress,
+        description=job.description(),
+    )
     return {
         "quantize_seconds": round(quantized_seconds, 3),
         "export_seconds": round(run.export_seconds, 3),

@@ -7,12 +7,17 @@ stage, config, backend, fallbacks, timings) so a stage can tell whether its outp
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import InvalidInputError, UnavailableError
+from ..names import safe_relative_path
 from .schema import FORMAT_NAME, FORMAT_VERSIONS, SUPPORTED_MAJOR_VERSIONS, TensorSpec, major_version
+
+# A 700B-parameter model's manifest is tens of MB; anything far bigger is not one.
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -71,13 +76,17 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> Manifest:
-        """Parse and check a manifest; refuse unknown formats and major versions clearly."""
-        try:
-            raw = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        """Parse and check a manifest against MANIFEST_SCHEMA; refuse unknown formats and versions clearly.
+
+        Nothing in a manifest is trusted: types, ranges and sizes are checked before any value is
+        used, and every name in it (files, shards, layout files) must stay inside the model folder.
+        """
+        if len(text) > MAX_MANIFEST_BYTES:
             raise InvalidInputError(
-                f"{where} is not valid JSON ({exc}); the model is damaged: re-run the stage that wrote it"
-            ) from None
+                f"{where} is {len(text)} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have: "
+                "the model is damaged or not a parquant model"
+            )
+        raw = strict_json(text, where)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise InvalidInputError(f"{where} is not a parquant manifest (no 'format: {FORMAT_NAME}')")
         version = str(raw.get("format_version", ""))
@@ -86,21 +95,124 @@ class Manifest:
             raise UnavailableError(
                 f"{where} has format version {version!r}, this parquant reads {known}: upgrade parquant to read it"
             )
-        try:
-            return cls(
-                format_version=version,
-                shards=list(raw["shards"]),
-                tensors={k: tensor_entry(v) for k, v in raw["tensors"].items()},
-                files={k: file_entry(v) for k, v in raw["files"].items()},
-                source=dict(raw.get("source", {})),
-                created_by=Provenance(**raw["created_by"]),
-                safetensors_layout=dict(raw.get("safetensors_layout", {})),
-                timings=dict(raw.get("timings", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidInputError(
-                f"{where} is missing or has a malformed field ({exc!r}); re-run the stage that wrote it"
-            ) from None
+        problem = _schema_problem(raw)
+        if problem is not None:
+            raise InvalidInputError(f"{where}: {problem}; the model is damaged: re-run the stage that wrote it")
+        for name in [*raw["shards"], *raw["files"], *raw.get("safetensors_layout", {})]:
+            safe_relative_path(name, where)
+        known_provenance = {f.name for f in fields(Provenance)}
+        return cls(
+            format_version=version,
+            shards=list(raw["shards"]),
+            tensors={k: tensor_entry(v) for k, v in raw["tensors"].items()},
+            files={k: file_entry(v) for k, v in raw["files"].items()},
+            source=dict(raw.get("source", {})),
+            created_by=Provenance(**{k: v for k, v in raw["created_by"].items() if k in known_provenance}),
+            safetensors_layout=dict(raw.get("safetensors_layout", {})),
+            timings=dict(raw.get("timings", {})),
+        )
+
+
+def strict_json(text: str | bytes, where: str) -> Any:
+    """JSON as parquant writes it: no NaN/Infinity, no nesting deep enough to exhaust the stack."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise InvalidInputError(
+            f"{where} is not valid JSON ({reason}); the model is damaged: re-run the stage that wrote it"
+        ) from None
+    except RecursionError:
+        raise InvalidInputError(
+            f"{where} is nested too deeply to be a parquant manifest; the model is damaged"
+        ) from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+_UINT = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+_RANGE = {"type": "array", "items": _UINT, "minItems": 2, "maxItems": 2}
+_TENSOR_SCHEMA = {
+    "type": "object",
+    "required": ["shard", "row_groups", "dtype", "shape", "nbytes", "crc32c"],
+    "properties": {
+        "shard": _UINT,
+        "row_groups": _RANGE,
+        "dtype": {"type": "string", "maxLength": 16},
+        "shape": {"type": "array", "items": _UINT, "maxItems": 16},
+        "nbytes": _UINT,
+        "crc32c": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+    },
+}
+_FILE_SCHEMA = {
+    "type": "object",
+    "required": ["shard", "nbytes", "crc32c"],
+    "properties": {
+        "shard": _UINT,
+        "row_groups": {"oneOf": [_RANGE, {"type": "null"}]},
+        "nbytes": _UINT,
+        "crc32c": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+    },
+}
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "parquant.json",
+    "type": "object",
+    "required": ["format", "format_version", "shards", "tensors", "files", "created_by"],
+    "properties": {
+        "format": {"const": FORMAT_NAME},
+        "format_version": {"type": "string", "maxLength": 16},
+        "shards": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 4096}},
+        "tensors": {"type": "object", "additionalProperties": _TENSOR_SCHEMA},
+        "files": {"type": "object", "additionalProperties": _FILE_SCHEMA},
+        "source": {"type": "object"},
+        "created_by": {
+            "type": "object",
+            "required": ["stage", "parquant_version"],
+            "properties": {
+                "stage": {"type": "string"},
+                "parquant_version": {"type": "string"},
+                "config": {"type": "object"},
+                "backend": {"type": ["string", "null"]},
+                "fallbacks": _STRINGS,
+                "library_versions": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+        "safetensors_layout": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["tensors"],
+                "properties": {
+                    "tensors": _STRINGS,
+                    "metadata": {"type": ["object", "null"], "additionalProperties": {"type": "string"}},
+                },
+            },
+        },
+        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+    },
+}
+
+
+def _schema_problem(raw: dict[str, Any]) -> str | None:
+    """The first place where `raw` breaks MANIFEST_SCHEMA, in words; None when it conforms."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(raw))
+    if error is None:
+        return None
+    path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+    return f"field {path} is invalid ({' '.join(error.message.split())[:120]})"
+
+
+@functools.cache
+def _validator() -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(MANIFEST_SCHEMA)
 
 
 def tensor_entry(raw: dict[str, Any]) -> TensorEntry:

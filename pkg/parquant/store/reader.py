@@ -23,12 +23,13 @@ from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
 from ..fs import Location, storage_errors
 from ..names import safe_relative_path
 from .crc import crc32c_combine
-from .manifest import FileEntry, Manifest, Provenance, TensorEntry
+from .manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, Provenance, TensorEntry
 from .schema import (
     DTYPE_SIZES,
     FORMAT_VERSIONS,
     KIND_FILE,
     MANIFEST_NAME,
+    MAX_CHUNK_BYTES,
     META_V1_FILES,
     META_VERSION,
     SUPPORTED_MAJOR_VERSIONS,
@@ -90,14 +91,19 @@ class ModelReader:
         return b"".join(self.iter_tensor_chunks(name))
 
     def read_file(self, name: str) -> bytes:
+        return b"".join(self.iter_file_chunks(name))
+
+    def iter_file_chunks(self, name: str) -> Iterator[bytes | memoryview]:
+        """A stored file's bytes chunk by chunk (a big non-tensor file never sits in memory whole)."""
         entry = self.manifest.files.get(name)
         if entry is None:
             raise InvalidInputError(f"{self.location.url} has no file {name!r}")
         if entry.row_groups is None:
             data = self._v1_file_blob(entry.shard, name)
             _check_crc(name, data, entry.crc32c, self._shard_url(entry.shard))
-            return data
-        return b"".join(self._verified_chunks(name, entry.shard, entry.row_groups, entry.nbytes, entry.crc32c))
+            yield data
+            return
+        yield from self._verified_chunks(name, entry.shard, entry.row_groups, entry.nbytes, entry.crc32c)
 
     def close(self) -> None:
         for handle, _ in self._shards.values():
@@ -120,6 +126,11 @@ class ModelReader:
                     "the stage that wrote it did not finish; re-run it"
                 )
             raise InputNotFoundError(f"model {self.location.url} not found: check the URL")
+        if manifest_location.size() > MAX_MANIFEST_BYTES:
+            raise InvalidInputError(
+                f"{manifest_location.url} is larger than the {MAX_MANIFEST_BYTES} bytes a manifest may have: "
+                "the model is damaged or not a parquant model"
+            )
         return Manifest.from_json(manifest_location.read_bytes(), manifest_location.url)
 
     def _check_entries(self) -> None:
@@ -132,6 +143,14 @@ class ModelReader:
                 raise InvalidInputError(f"tensor {name}: shape {list(entry.shape)} and {entry.nbytes} bytes disagree")
             if not 0 <= entry.shard < len(self.manifest.shards):
                 raise InvalidInputError(f"tensor {name} points at shard {entry.shard}, which the manifest lacks")
+            first, last = entry.row_groups
+            # A v2 chunk holds at most 64 MiB: more bytes than the row groups can hold is a lie
+            # (e.g. a 2^40 x 2^40 tensor in one row group), and invalid input, not a space problem.
+            if first > last or (self.version == V2 and entry.nbytes > (last - first + 1) * MAX_CHUNK_BYTES):
+                raise InvalidInputError(
+                    f"tensor {name}: {entry.nbytes} bytes cannot be stored in row groups {first}-{last}; "
+                    "the manifest is damaged: re-create the model"
+                )
 
     def _tensor_entry(self, name: str) -> TensorEntry:
         entry = self.manifest.tensors.get(name)

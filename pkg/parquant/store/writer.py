@@ -164,14 +164,17 @@ def write_model(
     tracker = _Tracker(progress, len(items), total_bytes)
     tensors: dict[str, TensorEntry] = {}
     files: dict[str, FileEntry] = {}
+    sizes: dict[str, int | None] = {}
     for index, (name, shard_items) in enumerate(zip(names, plan, strict=True)):
-        if name in done:
-            entries = done[name]
+        entries = _reusable(output, name, done.get(name))
+        if entries is not None:
             tracker.skip(shard_items, name)
         else:
             with output.open_file(name, native=True) as handle:
                 entries = _write_shard(handle, index, shard_items, options, tracker)
+            entries["size"] = output.staged_size(name)
             output.record(name, entries)
+        sizes[name] = entries.get("size")
         tensors.update({k: tensor_entry(v) for k, v in entries["tensors"].items()})
         files.update({k: file_entry(v) for k, v in entries["files"].items()})
     manifest = Manifest(
@@ -184,8 +187,19 @@ def write_model(
         safetensors_layout=description.safetensors_layout,
         timings={**description.timings, "write_seconds": round(time.monotonic() - started, 3)},
     )
+    output.verify(sizes, parquet=True)
     output.commit(manifest.to_json().encode())
     return manifest
+
+
+def _reusable(output: OutputFolder, name: str, entries: Any) -> dict[str, Any] | None:
+    """A shard an earlier run recorded as finished, if it is still whole; else None (write it again)."""
+    if not isinstance(entries, dict):
+        return None
+    if not output.intact(name, entries.get("size"), parquet=True):
+        log.warning("%s was recorded as finished but is missing or truncated: writing it again", name)
+        return None
+    return entries
 
 
 def _write_part(
@@ -205,11 +219,12 @@ def _write_part(
     tracker = _Tracker(progress, len(items), sum(item.nbytes for item in items))
     log.info("fan-out worker %d of %d: shards %s of %d", index, count, [i + 1 for i in mine], len(plan))
     for i in mine:
-        if names[i] in done:
+        if _reusable(output, names[i], done.get(names[i])) is not None:
             tracker.skip(plan[i], names[i])
             continue
         with output.open_file(names[i], native=True) as handle:
             entries = _write_shard(handle, i, plan[i], options, tracker)
+        entries["size"] = output.staged_size(names[i])
         output.record_worker_file(names[i], work, entries)
 
 
@@ -235,7 +250,7 @@ class _Tracker:
 
 def _write_shard(
     handle: IO[bytes], index: int, items: list[ModelItem], options: WriteOptions, tracker: _Tracker
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Any]:
     if options.version == V1:
         return _write_v1_shard(handle, index, items, options, tracker)
     metadata = {META_FORMAT: FORMAT_NAME.encode(), META_VERSION: FORMAT_VERSIONS[V2].encode()}
@@ -371,7 +386,7 @@ def _check_length(item: ModelItem, written: int) -> None:
 
 def _write_v1_shard(
     handle: IO[bytes], index: int, items: list[ModelItem], options: WriteOptions, tracker: _Tracker
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, Any]:
     """v1: one row per tensor; the checkpoint's files travel in the footer metadata."""
     file_items = [item for item in items if item.kind == KIND_FILE]
     stored = {item.name: _joined(item, options.chunk_bytes) for item in file_items}
