@@ -12,10 +12,10 @@ retryable error (exit 75) that names the holder.
   heartbeat thread renews (`If-Match` on the lock's ETag). A lock whose lease ran out, by the
   server's own clock (its `Last-Modified` against the `Date` of the reply), belongs to a dead or
   stalled writer and is taken over with the same compare-and-swap; so is, at once, a lock whose
-  holder was a process of this very machine that no longer exists (a rerun after `kill -9`). A writer whose renewal fails
-  learns it lost the lock and stops before committing (exit 75). On endpoints without conditional
-  writes the lock is best effort: the writer reads its lock back after writing it, which catches a
-  race except for two writers starting within the same round trip.
+  holder was a process of this very machine that no longer exists (a rerun after `kill -9`).
+  A writer whose renewal fails learns it lost the lock and stops before committing (exit 75).
+  On endpoints without conditional writes the lock is best effort: the writer reads its lock back
+  after writing it, which catches a race except for two writers starting within one round trip.
 
 Locks are re-entrant within a process (quantize imports AngelSlim's result into its own output).
 """
