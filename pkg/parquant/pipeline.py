@@ -85,15 +85,21 @@ class PipelineSpec:
     def from_dict(cls, raw: Any, where: str) -> PipelineSpec:
         if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
             raise ConfigError(f"{where} must have a non-empty 'stages:' list")
-        unknown = set(raw) - {"name", "stages", "storage_options"}
+        unknown = {str(key) for key in raw} - {"name", "stages", "storage_options"}
         if unknown:
             raise ConfigError(
                 f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: name, stages, storage_options)"
             )
+        options = raw.get("storage_options") or {}
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise ConfigError(f"{where}: storage_options must be a mapping of KEY: VALUE (e.g. endpoint_url: ...)")
         stages, names = [], set()
         for index, entry in enumerate(raw["stages"], 1):
-            if not isinstance(entry, dict) or entry.get("stage") not in POSITIONAL:
+            stage = entry.get("stage") if isinstance(entry, dict) else None
+            if not isinstance(stage, str) or stage not in POSITIONAL:
                 raise ConfigError(f"{where}: stage #{index} needs 'stage:' one of {', '.join(POSITIONAL)}")
+            if not all(isinstance(key, str) for key in entry):
+                raise ConfigError(f"{where}: stage #{index} has a key that is not a name")
             params = {k: v for k, v in entry.items() if k not in ("stage", "name", "gpu", "fan_out")}
             fan_out = entry.get("fan_out", 1)
             if not isinstance(fan_out, int) or fan_out < 1 or (fan_out > 1 and entry["stage"] != "import"):
@@ -111,7 +117,7 @@ class PipelineSpec:
             names.add(name)
             gpu = bool(entry.get("gpu", entry["stage"] in GPU_STAGES))
             stages.append(StageSpec(name, entry["stage"], params, gpu, fan_out))
-        return cls(str(raw.get("name") or Path(where).stem), stages, dict(raw.get("storage_options") or {}), where)
+        return cls(str(raw.get("name") or Path(where).stem), stages, dict(options), where)
 
 
 @dataclass

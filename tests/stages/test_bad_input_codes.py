@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -50,7 +51,7 @@ MANIFEST_DAMAGE: dict[str, Callable[[dict[str, Any]], Any]] = {
     "negative-dimension": lambda m: _first_tensor(m).update(shape=[-64, -128]),
     "layout-of-wrong-type": lambda m: m.update(safetensors_layout={"model.safetensors": {"tensors": 5}}),
     "files-entry-a-string": lambda m: m.update(files={"config.json": "here"}),
-    "shard-escapes": lambda m: m.update(shards=["../../other/model.parquet"]),
+    "shard-escapes": lambda m: m.update(shards=["../other/model.parquet"]),
     "shard-absolute": lambda m: m.update(shards=["/etc/passwd"]),
     "layout-file-escapes": lambda m: m.update(
         safetensors_layout={"../../escaped.safetensors": {"tensors": list(m["tensors"]), "metadata": None}}
@@ -64,6 +65,8 @@ MANIFEST_DAMAGE: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 @pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGE))
 def test_damaged_manifest_is_invalid_input(damage: str, model: Path, tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "other").mkdir()
+    shutil.copy(model / "model.parquet", tmp_path / "other" / "model.parquet")  # a readable file outside
     _edit_manifest(model, MANIFEST_DAMAGE[damage])
     for args in (
         ["export", model, "-o", tmp_path / "out"],

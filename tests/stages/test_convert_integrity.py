@@ -126,6 +126,8 @@ def test_cleanup_touches_only_its_own_output(tmp_path: Path, s3: S3Env) -> None:
     source = _weights(tmp_path / "hf", seed=1)
     other = s3.client.create_multipart_upload(Bucket=s3.bucket, Key="tiny-llama-int8/model.parquet")
     s3.client.put_object(Bucket=s3.bucket, Key="tiny-llama-int8/keep.txt", Body=b"x")
+    import_checkpoint(str(source), s3.url("tiny-llama"), storage_options=s3.options)
+    # --force clears the old output (and its leftover uploads) first: its own prefix only
     import_checkpoint(str(source), s3.url("tiny-llama"), storage_options=s3.options, force=True)
     assert [u["UploadId"] for u in s3.multipart_uploads()] == [other["UploadId"]]
     assert "tiny-llama-int8/keep.txt" in s3.keys("tiny-llama-int8/")
@@ -253,3 +255,27 @@ def test_local_commit_is_fsynced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert staging in synced  # the folder holding the renamed files
     assert str(tmp_path) in synced  # the parent, after the folder is renamed into place
     assert time.time() > 0
+
+
+def test_big_non_tensor_file_is_streamed(tmp_path: Path) -> None:
+    """A 300 MB file beside the weights never sits in memory whole (it did: 1.2 GB import RSS)."""
+    import subprocess
+    import sys
+
+    from ..conftest import REPO
+
+    source = _weights(tmp_path / "hf", seed=1)
+    with open(source / "dataset.dat", "wb") as handle:
+        handle.truncate(300 * 2**20)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'pkg'}:{REPO / 'cmd'}"}
+    measure = (
+        "import resource, sys\nfrom parquant_cli.main import main\ncode = main(sys.argv[1:])\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)"
+    )
+    for args in (["import", source, "-o", tmp_path / "pq"], ["export", tmp_path / "pq", "-o", tmp_path / "back"]):
+        run = subprocess.run([sys.executable, "-c", measure, *map(str, args)], env=env, capture_output=True, check=True)
+        peak_mb = int(run.stderr.decode().split()[-1]) / 1024
+        assert peak_mb < 300, f"{args[0]} peaked at {peak_mb:.0f} MB"
+    assert (tmp_path / "back" / "dataset.dat").stat().st_size == 300 * 2**20
+    with pytest.raises(ParquantError, match="use --format-version 2"):
+        import_checkpoint(str(source), str(tmp_path / "v1"), write=WriteOptions(version=1))

@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from ..conftest import S3Env
-from .test_convert_s3 import _big_checkpoint, _start_import
+from .test_convert_s3 import _start_import
 
 
 @pytest.fixture
@@ -51,14 +51,29 @@ def _keys(endpoint: str) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
+def _multipart_checkpoint(folder: Path) -> Path:
+    """64 MiB in one shard: s3fs uploads it in 50 MiB parts (a multipart upload)."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    tensors = {f"w{i}": rng.standard_normal((2048, 2048), dtype=np.float32) for i in range(4)}
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    return folder
+
+
 def test_server_dying_mid_upload_ends_the_run_in_seconds(
     tmp_path: Path, own_server: tuple[subprocess.Popen[bytes], str]
 ) -> None:
+    """The upload of a part fails; the process must exit, not retry through a dead event loop."""
+    import boto3
+
     server, endpoint = own_server
-    source = _big_checkpoint(tmp_path / "hf", 48, (512, 512))
-    proc = _start_import(str(source), "s3://faults/out", ["--storage-option", f"endpoint_url={endpoint}"])
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    source = _multipart_checkpoint(tmp_path / "hf")
+    options = ["--storage-option", f"endpoint_url={endpoint}", "--shard-size", "1GiB"]
+    proc = _start_import(str(source), "s3://faults/out", options)
     deadline = time.monotonic() + 120
-    while len(_keys(endpoint)) < 4:
+    while not client.list_multipart_uploads(Bucket="faults").get("Uploads"):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     server.kill()
@@ -71,15 +86,7 @@ def test_server_dying_mid_upload_ends_the_run_in_seconds(
 
 
 def test_sigterm_aborts_uploads_and_exits_143(tmp_path: Path, s3: S3Env) -> None:
-    folder = tmp_path / "hf"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    # One 80 MiB shard: s3fs uploads it in 50 MiB parts (a multipart upload).
-    save_file(
-        {f"w{i}": rng.standard_normal((5120, 2048), dtype=np.float32) for i in range(2)},
-        str(folder / "model.safetensors"),
-    )
-    (folder / "config.json").write_text('{"model_type": "llama"}')
+    folder = _multipart_checkpoint(tmp_path / "hf")
     proc = _start_import(
         str(folder), s3.url("term"), ["--storage-option", f"endpoint_url={s3.endpoint}", "--shard-size", "1GiB"]
     )

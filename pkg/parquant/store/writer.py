@@ -46,6 +46,7 @@ from .schema import (
 )
 
 log = logging.getLogger("parquant")
+MAX_V1_FILE_BYTES = 64 * 2**20
 COMPRESSIONS = ("none", "zstd", "snappy", "lz4", "gzip", "brotli")
 ChunkSource = Callable[[int], Iterator[bytes | memoryview | bytearray]]
 
@@ -389,6 +390,12 @@ def _write_v1_shard(
 ) -> dict[str, Any]:
     """v1: one row per tensor; the checkpoint's files travel in the footer metadata."""
     file_items = [item for item in items if item.kind == KIND_FILE]
+    for item in file_items:
+        if item.nbytes > MAX_V1_FILE_BYTES:
+            raise UsageError(
+                f"format version 1 keeps non-tensor files in the Parquet footer, in memory: {item.name} has "
+                f"{item.nbytes / 1e6:.0f} MB (at most {MAX_V1_FILE_BYTES // 2**20} MiB); use --format-version 2"
+            )
     stored = {item.name: _joined(item, options.chunk_bytes) for item in file_items}
     metadata = {
         META_FORMAT: FORMAT_NAME.encode(),
