@@ -139,3 +139,28 @@ def test_s3_stale_lock_is_taken_over_and_the_loser_learns_it(s3: S3Env, monkeypa
     assert ".m.parquant-lock" in s3.keys("")
     second.release()
     assert ".m.parquant-lock" not in s3.keys("")
+
+
+def test_s3_endpoint_without_conditional_writes_gets_a_best_effort_lock(
+    s3: S3Env, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from botocore.exceptions import ClientError
+
+    real_put = locks._S3Lock._put
+
+    def put(self: locks._S3Lock, **condition: str) -> str:
+        if condition:  # an endpoint that implements no conditional writes
+            error = {"Error": {"Code": "NotImplemented"}, "ResponseMetadata": {"HTTPStatusCode": 501}}
+            raise ClientError(error, "PutObject")
+        return real_put(self)
+
+    monkeypatch.setattr(locks._S3Lock, "_put", put)
+    output = resolve(s3.url("plain"), s3.options)
+    first = locks._S3Lock(lock_location(output))
+    first.acquire(output.url)
+    assert "best effort" in caplog.text and first.conditional is False
+    with pytest.raises(TemporaryFailure, match="is writing"):
+        locks._S3Lock(lock_location(output)).acquire(output.url)  # its lock is read back: refused
+    assert first.renew() is True
+    first.release()
+    assert ".plain.parquant-lock" not in s3.keys("")

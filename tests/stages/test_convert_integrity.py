@@ -268,9 +268,11 @@ def test_big_non_tensor_file_is_streamed(tmp_path: Path) -> None:
     with open(source / "dataset.dat", "wb") as handle:
         handle.truncate(300 * 2**20)
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'pkg'}:{REPO / 'cmd'}"}
+    # VmHWM of the child's own address space (ru_maxrss would carry the parent's RSS across fork+exec)
     measure = (
-        "import resource, sys\nfrom parquant_cli.main import main\ncode = main(sys.argv[1:])\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\nsys.exit(code)"
+        "import sys\nfrom parquant_cli.main import main\ncode = main(sys.argv[1:])\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(hwm, file=sys.stderr)\nsys.exit(code)"
     )
     for args in (["import", source, "-o", tmp_path / "pq"], ["export", tmp_path / "pq", "-o", tmp_path / "back"]):
         run = subprocess.run([sys.executable, "-c", measure, *map(str, args)], env=env, capture_output=True, check=True)
