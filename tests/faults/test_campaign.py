@@ -132,20 +132,38 @@ def test_kill9_during_forced_reimport_keeps_the_previous_output(
     assert set(outcomes) == {"recovered"}, campaign.notes
 
 
-def test_kill9_during_export(checkpoint: Path, tmp_path: Path, campaign: Campaign, rng: random.Random) -> None:
-    scenario = "kill -9 export (local)"
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_kill9_during_export(
+    where: str, checkpoint: Path, tmp_path: Path, campaign: Campaign, rng: random.Random, s3_server: S3Server
+) -> None:
+    scenario = f"kill -9 export ({where})"
+    options = _s3(s3_server) if where == "s3" else ()
     model = tmp_path / "pq"
     assert parquant("import", checkpoint, "-o", model, *IMPORT_FLAGS).code == 0
     clean = _clean_seconds("export", model, "-o", tmp_path / "clean")
     outcomes = []
-    for attempt in range(4):
-        output = tmp_path / f"hf{attempt}"
-        proc = start("export", model, "-o", output)
+    for attempt in range(4 if where == "local" else 2):
+        output = str(tmp_path / f"hf{attempt}") if where == "local" else f"s3://faults/hf{attempt}-{rng.random()}"
+        proc = start("export", model, "-o", output, *options)
         _kill_at(proc, rng.uniform(0.2, clean * 1.2))
-        assert not output.exists() or (output / "config.json").exists()  # never a half folder at the name
-        rerun = parquant("export", model, "-o", output)
-        correct = all(
-            (output / n).exists() and (output / n).read_bytes() == (checkpoint / n).read_bytes()
+        if where == "local":  # never a half folder at the output's name
+            assert not Path(output).exists() or (Path(output) / "config.json").exists()
+        else:  # the marker (config.json) only once every other file is there
+            key = output.removeprefix("s3://faults/")
+            present = s3_server.keys(key + "/")
+            assert f"{key}/config.json" not in present or f"{key}/model.safetensors" in present
+        rerun = parquant("export", model, "-o", output, *options)
+        if where == "s3":
+            back = tmp_path / "download"
+            shutil.rmtree(back, ignore_errors=True)
+            back.mkdir()
+            for name in ("model.safetensors", "config.json", "README.md"):
+                key = f"{output.removeprefix('s3://faults/')}/{name}"
+                s3_server.client().download_file("faults", key, str(back / name))
+        else:
+            back = Path(output)
+        correct = rerun.code == 0 and all(
+            (back / n).exists() and (back / n).read_bytes() == (checkpoint / n).read_bytes()
             for n in ("model.safetensors", "config.json", "README.md")
         )
         outcomes.append(_judge_rerun(campaign, scenario, rerun, correct))

@@ -176,3 +176,30 @@ def test_unexpected_exception_is_one_line_exit_70(tmp_path: Path, cli: Cli, monk
     assert "internal error (KeyError" in line and "--log-level debug" in line
     debug = cli("inspect", tmp_path, "--log-level", "debug")
     assert debug.code == 70 and "Traceback" in debug.err  # the traceback, at debug level only
+
+
+def test_oversized_calibration_sample_is_refused_before_tokenizing(tmp_path: Path) -> None:
+    import time
+
+    from parquant.calib import MAX_SAMPLE_CHARS, load_texts
+    from parquant.errors import InvalidInputError
+
+    data = tmp_path / "calibration.jsonl"
+    data.write_text('{"text": "fine"}\n' + json.dumps({"text": "x" * (MAX_SAMPLE_CHARS + 1)}) + "\n")
+    started = time.monotonic()
+    with pytest.raises(InvalidInputError, match="line 2 has") as caught:
+        load_texts(str(data), None)
+    assert caught.value.exit_code == 65 and time.monotonic() - started < 5
+    (tmp_path / "calibration.txt").write_text("a paragraph\n\n" + "y" * (MAX_SAMPLE_CHARS + 1))
+    with pytest.raises(InvalidInputError, match="sample 2 has"):
+        load_texts(str(tmp_path / "calibration.txt"), None)
+
+
+def test_oversized_manifest_is_refused_without_reading_it(
+    model: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from parquant.store import reader
+
+    monkeypatch.setattr(reader, "MAX_MANIFEST_BYTES", 1000)
+    line = _assert_one_line(cli("export", model, "-o", tmp_path / "out"), 65)
+    assert "larger than the 1000 bytes a manifest may have" in line
