@@ -1,6 +1,6 @@
 """`parquant <stage> ...`: argv -> typed options -> one library call -> exit code.
 
-This is the only place that turns parquant errors into process exit codes (DESIGN.md §6).
+This is the only place that turns parquant errors into process exit codes (errors.EXIT_CODES).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class StorageIOError(ParquantError):
     retryable = True
 
 
-class TemporaryFailure(ParquantError):  # noqa: N818 - DESIGN.md names it so
+class TemporaryFailure(ParquantError):  # noqa: N818 - the name of the sysexits class (EX_TEMPFAIL)
     """Network trouble or throttling; a retry may succeed."""
 
     exit_code = 75

@@ -1,1 +1,1 @@
-"""Stages: stateless commands reading and writing through fsspec URLs (DESIGN.md §4)."""
+"""Stages: stateless commands reading and writing through fsspec URLs."""

@@ -1,6 +1,6 @@
 """Stage `quantize`: choose a backend (with the fallback chain), run it, write a Parquet model.
 
-Fallback chain (DESIGN.md §5), each step logged and recorded in the manifest:
+Fallback chain (docs/quantize.md), each step logged and recorded in the manifest:
 AngelSlim not installed, not supporting the architecture, or failing -> built-in PTQ with the
 closest method (unless fallback is off: exit 69); CUDA asked for but absent -> CPU.
 """
