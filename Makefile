@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-faults lint lint-deploy format bench bench-precision train-example clean \
+.PHONY: venv demo test test-faults browser lint lint-deploy format bench bench-precision train-example clean \
         image-cpu image-gpu image-gpu-check test-image control-plane test-k8s
 
 venv: $(STAMP)
@@ -31,8 +31,15 @@ demo: venv
 
 ## test: the whole suite with line coverage of pkg/ and cmd/ (fails below 90%). The real-control-plane
 ## tier (tests/k8s) is `make test-k8s`; the executor it covers is measured there.
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -q --cov --cov-report=term --cov-fail-under=90 -m 'not control_plane and not faults' tests
+
+## browser: Debian's chromium for the report test (installed as root with apt; otherwise that test is
+## skipped and says why)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium is not installed and cannot be installed here: the report's browser test will be skipped"
 
 ## test-faults: the fault campaign (seeded kill -9, S3 server killed/frozen, two writers, disk full on a
 ## tmpfs, hypothesis fuzzing of inputs); prints the campaign table. PARQUANT_FAULT_SEED=N reproduces a run.

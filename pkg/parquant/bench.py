@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .errors import UnavailableError, UsageError
 from .memory import peak_rss
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .weights import WeightLoader
@@ -82,6 +83,7 @@ class BenchmarkRunner:
         self.storage_options, self.progress = storage_options, progress
 
     def run(self) -> BenchmarkResult:
+        _check_device(self.device)
         with WeightLoader(self.model_url, self.storage_options) as loader:
             size = _size_on_disk(loader)
             made = loader.reader.manifest.created_by
@@ -152,3 +154,14 @@ class BenchmarkRunner:
 
 def _size_on_disk(loader: WeightLoader) -> int:
     return sum(loader.reader.folder.child(shard).size() for shard in loader.reader.manifest.shards)
+
+
+def _check_device(device: str) -> None:
+    """A device this host does not have is unavailable (69), not a crash deep inside torch."""
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise UsageError(f"--device {device!r} is unknown: use cpu or cuda (cuda:N)")
+    index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise UnavailableError(f"--device {device} was asked for but this host has no such CUDA GPU: use --device cpu")

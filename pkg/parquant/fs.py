@@ -303,3 +303,25 @@ def ensure_free_space(location: Location, needed_bytes: int, reusable_bytes: int
             f"not enough disk space for {location.url}: need {needed_bytes / 1e6:.1f} MB, "
             f"{free / 1e6:.1f} MB free; free space or choose another --output"
         )
+
+
+def check_writable(location: Location, what: str) -> None:
+    """Before long work: refuse an output file that cannot be written, instead of failing after it.
+
+    Local only (writing to S3 is proven by writing); root passes any permission check, so a folder
+    in the way or a read-only mount are what this catches there.
+    """
+    if not location.is_local:
+        return
+    path = location.path
+    if os.path.isdir(path):
+        raise UsageError(f"{what} {location.url} is a folder: give a file name, e.g. {location.url}/result.json")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{what} {location.url} cannot be written: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PermissionDeniedError(
+            f"{what} {location.url} cannot be written ({parent} is not writable): choose another"
+        )

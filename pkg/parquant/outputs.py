@@ -27,6 +27,9 @@ PROGRESS_NAME = ".parquant-progress.json"
 # Inside an exported HF folder: what was exported (a hidden name, so a later import ignores it).
 EXPORT_RECORD_NAME = ".parquant-export.json"
 _PARQUET_MAGIC = b"PAR1"
+# Files that only parquant writes at the top of an output: what makes a folder safe to --force over.
+_OUTPUT_MARKERS = frozenset({"parquant.json", EXPORT_RECORD_NAME, "report.json", PROGRESS_NAME})
+MANIFEST_OR_RECORD = "parquant.json, .parquant-export.json or report.json"
 # One record per file written by a fan-out worker (import --shard-index): workers run in parallel,
 # so each records its own files instead of sharing the progress record.
 WORKER_RECORD_PREFIX = ".parquant-part-"
@@ -57,8 +60,13 @@ class OutputFolder:
 
     # -- before writing -------------------------------------------------------------------------
     def check_free(self) -> None:
-        """Refuse (exit 73) when the output holds something that is not ours to overwrite."""
+        """Refuse (exit 73) when the output holds something that is not ours to overwrite.
+
+        `--force` replaces an earlier parquant output (a model, an export, a report, an unfinished
+        run), never a folder of files parquant did not write.
+        """
         if self.force:
+            self._check_replaceable()
             return
         with storage_errors(self.location.url):
             if self.location.is_local:
@@ -75,6 +83,22 @@ class OutputFolder:
             raise OutputExistsError(
                 f"output {self.location.url} already exists: pass --force to overwrite it, or choose another --output"
             )
+
+    def _check_replaceable(self) -> None:
+        with storage_errors(self.location.url):
+            if self.location.is_local:
+                path = self.location.path
+                if not os.path.lexists(path):
+                    return
+                names = os.listdir(path) if os.path.isdir(path) and not os.path.islink(path) else None
+            else:
+                names = self._remote_names()
+        if names is not None and (not names or any(n in _OUTPUT_MARKERS or _is_worker_record(n) for n in names)):
+            return
+        raise OutputExistsError(
+            f"output {self.location.url} holds files that parquant did not write (no {MANIFEST_OR_RECORD}): "
+            "--force only replaces parquant outputs; remove them yourself or choose another --output"
+        )
 
     def begin(self, fingerprint: str) -> dict[str, Any]:
         """Prepare the staging area; returns what a previous run of the same work already finished."""

@@ -203,3 +203,51 @@ def test_oversized_manifest_is_refused_without_reading_it(
     monkeypatch.setattr(reader, "MAX_MANIFEST_BYTES", 1000)
     line = _assert_one_line(cli("export", model, "-o", tmp_path / "out"), 65)
     assert "larger than the 1000 bytes a manifest may have" in line
+
+
+@pytest.mark.parametrize("stage", ["validate", "benchmark"])
+def test_unwritable_result_file_is_refused_before_the_work(stage: str, tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "a-file").write_text("x")
+    target = tmp_path / "a-file" / "result.json"
+    args = ["ref", "cand", "--eval-text", "t.txt"] if stage == "validate" else ["model"]
+    # The models do not even exist: the output is checked first, so that hours of evaluation
+    # never end in "cannot write".
+    line = _assert_one_line(cli(stage, *[tmp_path / a for a in args[:2]], *args[2:], "-o", target), 64)
+    assert "is a file, not a folder" in line
+
+
+@pytest.mark.parametrize("stage", ["quantize", "export", "inspect", "benchmark"])
+def test_hf_folder_given_to_a_parquet_stage_says_what_to_run(stage: str, tmp_path: Path, cli: Cli) -> None:
+    source = make_checkpoint(tmp_path / "hf")
+    extra = {"quantize": ["-o", tmp_path / "q"], "export": ["-o", tmp_path / "e"]}.get(stage, [])
+    line = _assert_one_line(cli(stage, source, *extra), 66)
+    assert "is a Hugging Face checkpoint folder, not a Parquet model" in line
+    assert f"parquant import {source} -o MODEL" in line
+
+
+def test_benchmark_on_a_gpu_this_host_lacks_is_unavailable(model: Path, cli: Cli) -> None:
+    line = _assert_one_line(cli("benchmark", model, "--device", "cuda"), 69)
+    assert "no such CUDA GPU" in line and "--device cpu" in line
+    assert cli("benchmark", model, "--device", "tpu").code == 64
+
+
+def test_broken_pipe_is_quiet(tmp_path: Path, cli: Cli) -> None:
+    import subprocess
+    import sys
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from ..conftest import REPO
+
+    # 3000 tensors: a listing far bigger than a pipe's buffer, so `head` leaves while we write
+    (tmp_path / "hf").mkdir()
+    save_file({f"t.{i:04d}": np.zeros(1, np.float32) for i in range(3000)}, str(tmp_path / "hf" / "model.safetensors"))
+    assert cli("import", tmp_path / "hf", "-o", tmp_path / "pq").code == 0
+    model = tmp_path / "pq"
+
+    env = {"PYTHONPATH": f"{REPO / 'pkg'}:{REPO / 'cmd'}", "PATH": "/usr/bin:/bin"}
+    command = f"{sys.executable} -m parquant_cli inspect {model} --json | head -1"
+    run = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, capture_output=True)
+    assert b"Traceback" not in run.stderr and b"BrokenPipe" not in run.stderr
+    assert run.returncode in (0, 141)

@@ -281,3 +281,21 @@ def test_big_non_tensor_file_is_streamed(tmp_path: Path) -> None:
     assert (tmp_path / "back" / "dataset.dat").stat().st_size == 300 * 2**20
     with pytest.raises(ParquantError, match="use --format-version 2"):
         import_checkpoint(str(source), str(tmp_path / "v1"), write=WriteOptions(version=1))
+
+
+def test_force_replaces_only_parquant_outputs(tmp_path: Path, cli: Cli) -> None:
+    source = make_checkpoint(tmp_path / "hf")
+    unrelated = tmp_path / "photos"
+    unrelated.mkdir()
+    (unrelated / "holiday.jpg").write_bytes(b"\xff\xd8 not ours")
+    for args in (["import", source], ["export", tmp_path / "pq"]):
+        if args[0] == "export":
+            assert cli("import", source, "-o", tmp_path / "pq").code == 0
+        result = cli(*args, "-o", unrelated, "--force")
+        assert result.code == 73 and "parquant did not write" in result.err
+        assert (unrelated / "holiday.jpg").read_bytes() == b"\xff\xd8 not ours"
+    (tmp_path / "empty").mkdir()
+    assert cli("export", tmp_path / "pq", "-o", tmp_path / "empty", "--force").code == 0
+    # an earlier export (it carries its record) and an earlier model are replaced
+    assert cli("export", tmp_path / "pq", "-o", tmp_path / "empty", "--force", "--max-shard-size", "100KB").code == 0
+    assert cli("import", source, "-o", tmp_path / "pq", "--force", "--format-version", "1").code == 0

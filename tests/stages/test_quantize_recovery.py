@@ -62,3 +62,9 @@ def test_angelslim_output_records_no_host_paths(tiny: str, tmp_path: Path, cli: 
         for name, text in texts.items():
             assert host_path not in text, f"{name} mentions {host_path}"
     assert not any(Path(os.environ["PARQUANT_WORK_DIR"]).iterdir())  # the scratch folder is gone
+
+
+def test_calibration_data_for_a_data_free_method_is_reported(tiny: str, tmp_path: Path, cli: Cli) -> None:
+    result = cli("quantize", tiny, "-o", tmp_path / "q", "--method", "int8-weight", "--calibration-data", CALIBRATION)
+    assert result.code == 0, result.err
+    assert f"calibration data {CALIBRATION} is not used: int8-weight is data-free" in result.err

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..bench import BenchmarkResult, BenchmarkRunner
 from ..errors import InvalidInputError
-from ..fs import resolve
+from ..fs import check_writable, resolve
 from ..outputs import OutputFolder, write_file_atomically
 from ..progress import ProgressCallback, no_progress
 from ..report import render_report, rows_from_results
@@ -33,6 +33,8 @@ def validate(
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> ValidationResult:
+    if output:
+        check_writable(resolve(output, storage_options), "--output")
     result = PrecisionValidator(
         reference,
         candidate,
@@ -62,6 +64,8 @@ def benchmark(
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> BenchmarkResult:
+    if output:
+        check_writable(resolve(output, storage_options), "--output")
     result = BenchmarkRunner(
         model,
         batch_sizes=batch_sizes,
@@ -99,11 +103,12 @@ def report(
     if not rows:
         raise InvalidInputError("no validation, benchmark or comparison results in the given files")
     folder = OutputFolder(resolve(output, storage_options), force=force, marker="report.json")
-    folder.check_free()
-    files = render_report(rows, title, notes)
-    folder.begin("report")
-    for name, data in files.items():
-        if name != "report.json":
-            folder.write_bytes(name, data)
-    folder.commit(files["report.json"])
+    with folder.locked():
+        folder.check_free()
+        files = render_report(rows, title, notes)
+        folder.begin("report")
+        for name, data in files.items():
+            if name != "report.json":
+                folder.write_bytes(name, data)
+        folder.commit(files["report.json"])
     return sorted(files)

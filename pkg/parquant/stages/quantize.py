@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ANGELSLIM_METHODS, PTQ_FALLBACK, PTQ_METHODS, QuantizationConfig
+from ..config import ANGELSLIM_METHODS, CALIBRATED_METHODS, PTQ_FALLBACK, PTQ_METHODS, QuantizationConfig
 from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..memory import available_memory
@@ -128,6 +128,9 @@ def quantize(
         plan = choose(config, str(reader.config().get("model_type")))
         if placement_note:
             plan.fallbacks.insert(0, placement_note)
+        if config.calibration.data and plan.method not in CALIBRATED_METHODS:
+            plan.reasons.append(f"calibration data {config.calibration.data} is not used: {plan.method} is data-free")
+            log.warning("%s", plan.reasons[-1])
         model_bytes = sum(e.nbytes for e in reader.manifest.tensors.values())
         estimate = _estimate(plan, model_bytes)
         if dry_run:

@@ -120,6 +120,13 @@ class ModelReader:
     def _load_manifest(self) -> Manifest:
         manifest_location = self.folder.child(MANIFEST_NAME)
         if not manifest_location.exists():
+            if self.folder.child("config.json").exists() and any(
+                n.endswith(".safetensors") for n in self.folder.list_files()
+            ):
+                raise InputNotFoundError(
+                    f"{self.location.url} is a Hugging Face checkpoint folder, not a Parquet model: convert it "
+                    f"first with `parquant import {self.location.url} -o MODEL`, then pass MODEL"
+                )
             if self.folder.exists():
                 raise InputNotFoundError(
                     f"{self.location.url} is not a complete parquant model (no {MANIFEST_NAME}): "
