@@ -102,7 +102,13 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, default=HERE / "tiny-llama")
+    parser.add_argument(
+        "--data-out", type=Path, default=None, help="where calibration.jsonl and eval.txt go (default: beside --out)"
+    )
     args = parser.parse_args()
+    embedded = args.out.resolve() == (HERE / "tiny-llama").resolve()
+    # The shipped data and training record are replaced only when the embedded model itself is.
+    data = args.data_out or (HERE / "data" if embedded else args.out.parent / f"{args.out.name}-data")
 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
@@ -173,9 +179,10 @@ def main() -> None:
     model.generation_config.do_sample = False
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    (HERE / "tiny-llama-training.json").write_text(json.dumps(figures, indent=2) + "\n")
+    record = HERE / "tiny-llama-training.json" if embedded else args.out.parent / f"{args.out.name}-training.json"
+    record.write_text(json.dumps(figures, indent=2) + "\n")
 
-    data = HERE / "data"
+    data.mkdir(parents=True, exist_ok=True)
     rng = random.Random(args.seed)
     paragraphs = [p for text in train_texts for p in text.splitlines() if len(p) > 400]
     with (data / "calibration.jsonl").open("w") as f:

@@ -70,3 +70,11 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
     )
     assert done.returncode == 66
     assert done.stderr.count("\n") == 1 and "not found" in done.stderr
+
+
+def test_typos_get_a_suggestion_in_the_requested_log_format(cli: Callable[..., CliResult]) -> None:
+    option = cli("quantize", "m", "-o", "q", "--methd", "int8-weight", "--log-format", "text")
+    assert option.code == 64
+    assert option.err.startswith("parquant: error:") and "did you mean --method?" in option.err
+    stage = cli("quantise", "m")
+    assert stage.code == 64 and "did you mean quantize?" in stage.err

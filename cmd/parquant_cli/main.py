@@ -6,6 +6,7 @@ This is the only place that turns parquant errors into process exit codes (error
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -42,7 +43,18 @@ class _Parser(argparse_dataclass.ArgumentParser):  # type: ignore[misc]
     """argparse exits 2 on bad usage; parquant's contract says 64, with a one-line message."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise UsageError(f"{self.prog}: {message}{self._suggestion(message)} (see {self.prog} --help)")
+
+    def _suggestion(self, message: str) -> str:
+        """`--methd` -> "did you mean --method?" (argparse of Python 3.11 does not suggest)."""
+        if "unrecognized arguments:" not in message:
+            return ""
+        known = [o for action in self._actions for o in action.option_strings if o.startswith("--")]
+        for word in message.split("unrecognized arguments:", 1)[1].split():
+            close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75)
+            if word.startswith("-") and close:
+                return f"; did you mean {close[0]}?"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -363,13 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = _on_sigterm(_raise_terminated)
     try:
         if stage is None:
-            raise UsageError(f"unknown stage {args[0]!r}: choose one of {', '.join(STAGES)} (parquant --help)")
+            close = difflib.get_close_matches(args[0], list(STAGES), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(f"unknown stage {args[0]!r}: {hint}choose one of {', '.join(STAGES)} (parquant --help)")
         parser = _Parser(stage.options, prog=f"parquant {args[0]}", description=stage.summary)
         options = parser.parse_args(_merge_repeated(args[1:], "--storage-option"))
         configure_logging(options.log_format, options.log_level)
         return stage.run(options)
     except ParquantError as exc:
-        return _fail(exc.exit_code, exc.message)
+        return _fail(exc.exit_code, exc.message, args)
     except MemoryError:
         return _fail(OutOfMemoryError.exit_code, "out of memory: run on a node with more memory")
     except Terminated:
@@ -412,13 +426,24 @@ def _on_sigterm(handler: Any) -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def _fail(code: int, message: str) -> int:
+def _fail(code: int, message: str, argv: Sequence[str] = ()) -> int:
     from .reporting import redact
 
-    if not logging.getLogger("parquant").handlers:
-        configure_logging("auto", "info")
+    requested = _requested_log_format(argv)
+    if requested != "auto" or not logging.getLogger("parquant").handlers:
+        configure_logging(requested, "info")
     log.error("%s", redact(message), extra={"fields": {"exit_code": code}})
     return code
+
+
+def _requested_log_format(argv: Sequence[str]) -> str:
+    """`--log-format X` from raw argv: an error found while parsing must still honour it."""
+    for index, word in enumerate(argv):
+        if word == "--log-format" and index + 1 < len(argv):
+            return argv[index + 1]
+        if word.startswith("--log-format="):
+            return word.split("=", 1)[1]
+    return "auto"
 
 
 def entry_point() -> None:

@@ -75,7 +75,7 @@ def test_rows_and_files() -> None:
         "logits_cosine.png",
     } <= set(files)
     markdown = files["report.md"].decode()
-    assert "| int8-weight | int8-weight | ptq | 4.0 | 2.0000 |" in markdown
+    assert "| int8-weight | int8-weight | ptq | 4.0 | 2.00 |" in markdown  # one precision per column
     assert "## Failed methods" in markdown and "int4-awq" in markdown and "4-bit before" in markdown
     assert json.loads(files["report.json"])["rows"][3]["error"]
     assert all(files[name].startswith(b"\x89PNG") for name in files if name.endswith(".png"))

@@ -43,8 +43,19 @@ def _cell(row: ComparisonRow, key: str) -> str:
     if key == "passed":
         return "pass" if value else "FAIL"
     if isinstance(value, float):
-        return f"{value:.4f}" if value < 10 else f"{value:.1f}"
+        return f"{value:.{_DECIMALS.get(key, 1)}f}"
     return str(value)
+
+
+# One precision per column, so numbers in a column line up (9.1 beside 13.8, not 9.0900 beside 13.8):
+# similarity figures need four decimals to show differences, timings and sizes one.
+_DECIMALS = {
+    "logits_cosine": 4,
+    "worst_token_cosine": 4,
+    "perplexity_ratio": 4,
+    "top1_agreement": 4,
+    "compression_ratio": 2,
+}
 
 
 def markdown(rows: list[ComparisonRow], title: str, notes: list[str]) -> str:
