@@ -68,3 +68,21 @@ def test_calibration_data_for_a_data_free_method_is_reported(tiny: str, tmp_path
     result = cli("quantize", tiny, "-o", tmp_path / "q", "--method", "int8-weight", "--calibration-data", CALIBRATION)
     assert result.code == 0, result.err
     assert f"calibration data {CALIBRATION} is not used: int8-weight is data-free" in result.err
+
+
+def test_explicit_backend_is_never_swapped(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ..conftest import make_checkpoint
+
+    source = make_checkpoint(tmp_path / "hf", "gpt2")
+    import_checkpoint(str(source), str(tmp_path / "gpt2"))
+    flags = ("--method", "fp8-static", "--backend", "angelslim", "--calibration-data", CALIBRATION)
+    # an architecture AngelSlim does not support: no silent move to PTQ fp8-dynamic
+    asked = cli("quantize", tmp_path / "gpt2", "-o", tmp_path / "q", *flags)
+    assert asked.code == 69 and "--backend angelslim was asked for explicitly" in asked.err
+    # AngelSlim that does not import
+    monkeypatch.setitem(sys.modules, "angelslim.engine", None)
+    llama = make_checkpoint(tmp_path / "hf-llama", "llama")
+    import_checkpoint(str(llama), str(tmp_path / "llama"))
+    broken = cli("quantize", tmp_path / "llama", "-o", tmp_path / "q", *flags)
+    assert broken.code == 69 and "--backend angelslim was asked for explicitly" in broken.err
+    assert not (tmp_path / "q").exists()

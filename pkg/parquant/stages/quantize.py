@@ -68,19 +68,29 @@ def choose(config: QuantizationConfig, model_type: str, cuda: bool | None = None
         plan.reasons.append(f"{config.method} runs on the built-in PTQ backend")
         return plan
     if not angelslim_available():
-        if not config.fallback:
-            raise UnavailableError(f"the AngelSlim backend needs the angelslim package: {INSTALL_HINT}")
+        if not may_change_backend(config):
+            raise UnavailableError(f"the AngelSlim backend needs the angelslim package: {INSTALL_HINT}{_ASKED}")
         fall_back(plan, "angelslim is not installed")
         return plan
     if model_type not in MODEL_NAMES:
         why = f"AngelSlim 0.5.0 does not support architecture {model_type!r} (supported: {', '.join(MODEL_NAMES)})"
-        if not config.fallback:
-            raise UnavailableError(f"{why}: use --backend ptq")
+        if not may_change_backend(config):
+            raise UnavailableError(f"{why}: use --backend ptq{_ASKED}")
         fall_back(plan, why)
         return plan
     plan.backend = "angelslim"
     plan.reasons.append(f"AngelSlim {config.method} on {device}" + (" (CPU adapter active)" if device == "cpu" else ""))
     return plan
+
+
+_ASKED = " (--backend angelslim was asked for explicitly: --backend auto lets parquant fall back to PTQ)"
+
+
+def may_change_backend(config: QuantizationConfig) -> bool:
+    """The rule: a backend the user named (`--backend angelslim`) is never swapped for another; only
+    `--backend auto` with fallback on lets parquant move to the built-in PTQ (and say so: log,
+    manifest `created_by.fallbacks`, report notes)."""
+    return config.fallback and config.backend == "auto"
 
 
 def fall_back(plan: Plan, why: str) -> None:
@@ -213,12 +223,11 @@ def _fall_back_or_refuse(job: _Job, exc: Exception) -> None:
     """Record the fallback to PTQ, or (--no-fallback) fail: 69, or the failure's own code (e.g. 71)."""
     reason = exc.message if isinstance(exc, ParquantError) else f"{type(exc).__name__}: {exc}"
     reason = " ".join(reason.split())[:200]
-    if not job.config.fallback:
+    if not may_change_backend(job.config):
         if isinstance(exc, ParquantError) and exc.exit_code != UnavailableError.exit_code:
             raise exc
-        raise UnavailableError(
-            f"AngelSlim failed ({reason}) and fallback is disabled: fix the cause or pass --backend ptq"
-        ) from None
+        why = "fallback is disabled" if not job.config.fallback else "--backend angelslim was asked for explicitly"
+        raise UnavailableError(f"AngelSlim failed ({reason}) and {why}: fix the cause or pass --backend ptq") from None
     fall_back(job.plan, f"AngelSlim failed ({reason[:160]})")
 
 
