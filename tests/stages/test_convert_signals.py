@@ -78,7 +78,10 @@ def test_server_dying_mid_upload_ends_the_run_in_seconds(
         time.sleep(0.01)
     server.kill()
     killed = time.monotonic()
-    _, err = proc.communicate(timeout=90)
+    try:
+        _, err = proc.communicate(timeout=90)
+    finally:
+        proc.kill()  # a hung run must not outlive the test
     assert time.monotonic() - killed < 60
     assert proc.returncode in (74, 75), err.decode()
     assert b"Traceback" not in err
@@ -95,7 +98,10 @@ def test_sigterm_aborts_uploads_and_exits_143(tmp_path: Path, s3: S3Env) -> None
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 143, err.decode()
     assert b"terminated (SIGTERM)" in err and b"Traceback" not in err
     assert s3.multipart_uploads() == []
