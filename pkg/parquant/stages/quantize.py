@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ANGELSLIM_METHODS, CALIBRATED_METHODS, PTQ_FALLBACK, PTQ_METHODS, QuantizationConfig
+from ..cpus import compute_threads, torch_threads
 from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..memory import available_memory
@@ -272,7 +273,8 @@ def _run_ptq(job: _Job) -> dict[str, object]:
     started = time.monotonic()
     ptq = plan_ptq(job.reader, job.plan.method, job.config.ignore, job.config.group_size)
     description = job.description()
-    with cleanup_on_bad_input(job.folder):
+    # the writer's prefetch thread reads beside torch: count it, or threads fight over the cores
+    with cleanup_on_bad_input(job.folder), torch_threads(compute_threads(helper_threads=1)) as threads:
         _guard_memory(
             lambda: write_model(job.folder, ptq.items, job.write, description, job.fingerprint, job.progress),
             job.plan,
@@ -281,6 +283,7 @@ def _run_ptq(job: _Job) -> dict[str, object]:
         "quantize_seconds": round(time.monotonic() - started, 3),
         "quantized_layers": len(ptq.quantized),
         "skipped_layers": ptq.skipped,
+        "torch_threads": threads,
     }
 
 
