@@ -99,7 +99,7 @@ def test_unrecognised_bare_parquet_is_refused(tmp_path: Path) -> None:
     [
         ("{not json", "not valid JSON"),
         ('{"format": "other"}', "not a parquant manifest"),
-        ('{"format": "parquant-model", "format_version": "2.0"}', "'shards' is a required property"),
+        ('{"format": "parquant-model", "format_version": "2.0"}', '"shards" is a required property'),
     ],
 )
 def test_damaged_manifests(text: str, message: str) -> None:
