@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -349,6 +350,28 @@ def _fsync_dir(path: str) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def _writeback(path: str, every_seconds: float = 0.1) -> Iterator[None]:
+    """Flush the file to disk in the background while it is being written, so the fsync before
+    its rename waits for the last fraction of a second of writes, not for the whole file."""
+    stop = threading.Event()
+    fd = os.open(path, os.O_RDONLY)
+
+    def flush() -> None:
+        while not stop.wait(every_seconds):
+            with contextlib.suppress(OSError):
+                os.fdatasync(fd)
+
+    thread = threading.Thread(target=flush, name="parquant-writeback", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        os.close(fd)
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -380,7 +403,7 @@ def _local_atomic(path: str, native: bool = False) -> Iterator[IO[bytes]]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".part"
     try:
-        with pa.OSFile(partial, "wb") if native else open(partial, "wb") as handle:
+        with pa.OSFile(partial, "wb") if native else open(partial, "wb") as handle, _writeback(partial):
             yield handle
         _fsync_file(partial)  # the bytes are on disk before the name says they are there
         os.replace(partial, path)
