@@ -78,3 +78,13 @@ def test_typos_get_a_suggestion_in_the_requested_log_format(cli: Callable[..., C
     assert option.err.startswith("parquant: error:") and "did you mean --method?" in option.err
     stage = cli("quantise", "m")
     assert stage.code == 64 and "did you mean quantize?" in stage.err
+
+
+def test_every_option_of_every_stage_has_help() -> None:
+    from parquant_cli.main import STAGES, _Parser
+
+    missing = []
+    for name, stage in STAGES.items():
+        parser = _Parser(stage.options, prog=f"parquant {name}")
+        missing += [f"{name} {a.option_strings or a.dest}" for a in parser._actions if not (a.help or "").strip()]
+    assert missing == []

@@ -27,7 +27,10 @@ class CommonOptions:
             "help": "log lines as text (TTY) or JSON (not a TTY, e.g. in a Pod); auto picks by TTY",
         },
     )
-    log_level: str = field(default="info", metadata={"choices": ["debug", "info", "warning", "error"]})
+    log_level: str = field(
+        default="info",
+        metadata={"choices": ["debug", "info", "warning", "error"], "help": "least severe messages shown (info)"},
+    )
     quiet: bool = field(default=False, metadata={"help": "no progress bars or progress lines"})
     storage_option: list[str] = field(
         default_factory=list,
@@ -201,13 +204,16 @@ class ValidateOptions(CommonOptions):
 @dataclass(kw_only=True)
 class BenchmarkOptions(CommonOptions):
     model: str = field(metadata={"args": ["model"], "help": "Parquet model URL"})
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 4], metadata={"nargs": "+", "type": int})
+    batch_sizes: list[int] = field(
+        default_factory=lambda: [1, 4], metadata={"nargs": "+", "type": int, "help": "batch sizes (default 1 4)"}
+    )
     seq_lens: list[int] = field(
-        default_factory=lambda: [128, 512], metadata={"nargs": "+", "type": int, "help": "prefill lengths"}
+        default_factory=lambda: [128, 512],
+        metadata={"nargs": "+", "type": int, "help": "prefill lengths in tokens (default 128 512)"},
     )
     new_tokens: int = field(default=32, metadata={"help": "decoded tokens per run (default 32)"})
     repeats: int = field(default=3, metadata={"help": "timed runs after one warm-up; median reported"})
-    device: str = field(default="cpu", metadata={"choices": ["cpu", "cuda"]})
+    device: str = field(default="cpu", metadata={"choices": ["cpu", "cuda"], "help": "where to run (default cpu)"})
     output: str | None = field(
         default=None, metadata={"args": ["-o", "--output"], "type": str, "help": "write the JSON result here"}
     )
@@ -225,7 +231,7 @@ class ReportOptions(CommonOptions):
         }
     )
     output: str = field(metadata={"args": ["-o", "--output"], "help": "report folder URL to write"})
-    title: str = field(default="parquant comparison")
+    title: str = field(default="parquant comparison", metadata={"help": "report title (default: parquant comparison)"})
     force: bool = field(default=False, metadata={"help": "overwrite an existing report"})
 
 
