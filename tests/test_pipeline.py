@@ -11,7 +11,7 @@ import pytest
 from parquant.errors import ConfigError
 from parquant.pipeline import LocalExecutor, PipelineSpec, StageSpec
 
-from .conftest import EXAMPLE_MODEL, CliResult
+from .conftest import EXAMPLE_MODEL, REPO, CliResult
 
 Cli = Callable[..., CliResult]
 
@@ -136,3 +136,10 @@ def test_executor_uses_the_given_stage_runner(tmp_path: Path) -> None:
     outcomes = LocalExecutor(lambda argv: calls.append(argv) or 0, str(tmp_path)).run(spec)
     assert outcomes[0].status == "done"
     assert calls == [["inspect", "m", "--storage-option", "endpoint_url=http://127.0.0.1:1"]]
+
+
+def test_kubernetes_dry_run_outside_a_cluster_uses_the_checkouts_templates(cli: Callable[..., CliResult]) -> None:
+    result = cli("pipeline", REPO / "examples" / "pipelines" / "demo.yaml", "--executor", "kubernetes", "--dry-run")
+    assert result.code == 0, result.err
+    assert "using the checkout's Job template" in result.err
+    assert result.out.count("kind: Job") >= 5

@@ -15,6 +15,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import argparse_dataclass
@@ -278,10 +279,10 @@ def _kubernetes_settings(options: PipelineOptions, shared: list[str]) -> Any:
     from parquant.k8s.executor import KubernetesSettings
     from parquant.k8s.jobs import JobTemplates
 
-    gpu_template = None if options.no_gpu else options.gpu_job_template
+    gpu_template = None if options.no_gpu else _template(options.gpu_job_template)
     return KubernetesSettings(
         namespace=options.namespace or default_namespace(options.kubeconfig),
-        templates=JobTemplates.load(options.job_template, gpu_template),
+        templates=JobTemplates.load(_template(options.job_template) or options.job_template, gpu_template),
         cpu_image=options.cpu_image or None,
         gpu_image=options.gpu_image or None,
         gpu=not options.no_gpu,
@@ -290,6 +291,20 @@ def _kubernetes_settings(options: PipelineOptions, shared: list[str]) -> Any:
         poll_seconds=options.poll_seconds,
         extra_args=shared,
     )
+
+
+_CHECKOUT_TEMPLATES = Path(__file__).resolve().parents[2] / "deploy" / "base" / "templates"
+
+
+def _template(path: str | None) -> str | None:
+    """A Job template; outside a cluster, where the default /etc/parquant/templates is not mounted,
+    the templates of the checkout parquant runs from (so `--dry-run` works on a laptop)."""
+    if path and not os.path.exists(path) and path.startswith("/etc/parquant/templates/"):
+        local = _CHECKOUT_TEMPLATES / os.path.basename(path)
+        if local.exists():
+            log.info("using the checkout's Job template %s (%s is not mounted here)", local, path)
+            return str(local)
+    return path
 
 
 def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -> list[Any]:
