@@ -54,6 +54,9 @@ def configure_logging(log_format: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    from parquant.logs import quiet_third_party
+
+    quiet_third_party(debug=level.lower() == "debug")
 
 
 def progress_reporter(log_format: str, quiet: bool, every_seconds: float = 5.0) -> ProgressCallback:
@@ -104,7 +107,9 @@ class _BarProgress:
 
         bar = self.bars.get(event.phase)
         if bar is None:
-            bar = self.bars[event.phase] = tqdm(total=event.total, desc=event.phase, unit="item", leave=False)
+            bar = self.bars[event.phase] = tqdm(
+                total=event.total, desc=event.phase, unit="item", leave=False, disable=False
+            )
         bar.n = event.done
         bar.set_postfix_str(event.item[-40:], refresh=True)
         if event.done >= event.total:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import UnavailableError, UsageError
+from .logs import third_party_output
 from .memory import peak_rss
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .weights import WeightLoader
@@ -103,7 +104,7 @@ class BenchmarkRunner:
         steps = len(self.batch_sizes) * (len(self.seq_lens) + 1)
         done = 0
         generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
+        with torch.no_grad(), third_party_output("transformers", stdout=False):
             for batch in self.batch_sizes:
                 for seq_len in self.seq_lens:
                     length = min(seq_len, max_positions)

@@ -22,6 +22,7 @@ import torch
 
 from .errors import InvalidInputError, PrecisionGateError
 from .fs import resolve
+from .logs import third_party_output
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .quant.dequant import dequantize_module
 from .weights import WeightLoader
@@ -211,7 +212,8 @@ class PrecisionValidator:
         windows = [ids[s : s + self.seq_len] for s in range(0, len(ids) - self.seq_len + 1, self.seq_len)]
         cosines, agree, kl, nll_ref, nll_cand = [], 0, 0.0, 0.0, 0.0
         positions = []
-        with torch.no_grad():
+        # compressed-tensors decompresses on the first forward, with a progress bar: debug log
+        with torch.no_grad(), third_party_output("transformers", stdout=False):
             for index, window in enumerate(windows, 1):
                 ref_logits = ref_model(window.unsqueeze(0)).logits[0].float()
                 cand_logits = cand_model(window.unsqueeze(0)).logits[0].float()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, UnavailableError
 from .fs import resolve
+from .logs import third_party_output
 from .quant.detect import QuantizationScheme, detect_quantization
 from .stages.convert import export_checkpoint
 from .store.reader import ModelReader
@@ -128,9 +129,10 @@ class WeightLoader:
             return self._dequantized_model()
         with work_folder("model") as folder:
             export_checkpoint(self.url, f"{folder}/hf", storage_options=self.storage_options)
-            model = AutoModelForCausalLM.from_pretrained(
-                f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code
-            )
+            with third_party_output("transformers", stdout=False):  # its loading bars: debug log
+                model = AutoModelForCausalLM.from_pretrained(
+                    f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code
+                )
         model.train(False)  # eval mode, spelled so that strict mypy can see its type
         return model
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import Any
 from ..calib import CalibrationSet, cache_dir, prepare_calibration
 from ..config import QuantizationConfig
 from ..errors import UnavailableError
+from ..logs import third_party_output
 from ..stages.convert import export_checkpoint
 from ..store.reader import ModelReader
 from .angelslim_compat import host_as_cuda, load_angelslim
@@ -112,13 +112,13 @@ def angelslim_config(
 
 
 def run_engine(slim_config: dict[str, Any], device: str) -> None:
-    """Exactly AngelSlim's own sequence of Engine calls; its console output goes to stderr."""
+    """Exactly AngelSlim's own sequence of Engine calls; its console output goes to debug logs."""
     engine_module = load_angelslim()
     from angelslim.utils.config_parser import SlimConfigParser
 
     parsed = SlimConfigParser()._get_configs(slim_config)
     model, dataset, compression = parsed.model_config, parsed.dataset_config, parsed.compression_config
-    with contextlib.redirect_stdout(sys.stderr), _offline():
+    with third_party_output("angelslim"), _offline():
         engine = engine_module.Engine()
         engine.prepare_model(
             model_name=model.name,
