@@ -18,9 +18,12 @@ Cli = Callable[..., CliResult]
 DATA = EXAMPLE_MODEL.parent / "data"
 
 
-def test_lines_and_bars_become_debug_records(caplog: pytest.LogCaptureFixture) -> None:
+def test_lines_and_bars_become_debug_records(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
+    logger = logging.getLogger("parquant")
+    monkeypatch.setattr(logger, "handlers", [])  # whatever an earlier CLI run configured
+    monkeypatch.setattr(logger, "propagate", True)
     caplog.set_level(logging.DEBUG, logger="parquant")
     with third_party_output("lib"):
         print("ppl is : 16552")

@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
 log = logging.getLogger("parquant")
@@ -27,21 +28,33 @@ class _DebugLines(io.TextIOBase):
     def __init__(self, source: str) -> None:
         self.source = source
         self.pending = ""
+        self.original = sys.stderr  # where text goes that logging itself writes while we log
+        self.busy = threading.local()
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        self.pending += text.replace("\r", "\n")
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            if line.strip():
-                log.debug("%s: %s", self.source, line.rstrip())
+        if getattr(self.busy, "on", False):  # logging reporting its own trouble: not ours to route
+            return self.original.write(text)
+        self.busy.on = True
+        try:
+            self.pending += text.replace("\r", "\n")
+            *lines, self.pending = self.pending.split("\n")
+            for line in lines:
+                if line.strip():
+                    log.debug("%s: %s", self.source, line.rstrip())
+        finally:
+            self.busy.on = False
         return len(text)
 
     def flush(self) -> None:
-        if self.pending.strip():
-            log.debug("%s: %s", self.source, self.pending.rstrip())
+        if self.pending.strip() and not getattr(self.busy, "on", False):
+            self.busy.on = True
+            try:
+                log.debug("%s: %s", self.source, self.pending.rstrip())
+            finally:
+                self.busy.on = False
         self.pending = ""
 
 
