@@ -142,7 +142,14 @@ def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> Locat
         raise UsageError(
             f"cannot open {_safe_url(url)!r} ({type(exc).__name__}): check the URL; install parquant[s3] for s3:// URLs"
         ) from None
+    if protocol in ("s3", "s3a"):
+        # botocore retries each call (max_attempts); s3fs would retry that whole sequence 5 more
+        # times, which makes a frozen endpoint cost 15 read timeouts per call before we can exit.
+        fs.retries = _S3FS_RETRIES
     return Location(fs, path.rstrip("/") or path, url)
+
+
+_S3FS_RETRIES = 2
 
 
 def _safe_url(url: str) -> str:

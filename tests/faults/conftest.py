@@ -137,20 +137,28 @@ class S3Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
+        """Start (or restart, on the same port) the server; a port still held by the killed one's
+        last connections makes the first attempts fail to bind, so those are retried."""
+        deadline = time.monotonic() + 60
         while True:
-            try:
-                self.client().create_bucket(Bucket="faults")
-                return
-            except Exception:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError("moto server did not start") from None
-                time.sleep(0.2)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            while self.proc.poll() is None:
+                try:
+                    self.client().create_bucket(Bucket="faults")
+                    return
+                except Exception:
+                    if time.monotonic() > deadline:
+                        self.kill()
+                        raise RuntimeError("moto server did not answer") from None
+                    time.sleep(0.2)
+            reason = self.proc.stderr.read().decode(errors="replace")[-300:] if self.proc.stderr else ""
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start: {reason}")
+            time.sleep(1.0)
 
     def client(self) -> Any:
         import boto3
@@ -179,8 +187,9 @@ class S3Server:
         self.proc.send_signal(signal.SIGCONT)
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[S3Server]:
+@pytest.fixture(scope="session", autouse=True)
+def aws_environment() -> None:
+    """Fake credentials for the campaign's own loopback servers; no lookups beyond loopback."""
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "testing",
@@ -191,6 +200,10 @@ def s3_server() -> Iterator[S3Server]:
             "AWS_CONFIG_FILE": os.devnull,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
     server = S3Server()
     server.start()
     yield server
