@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import posixpath
 import shutil
-from collections.abc import Iterator, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -189,7 +191,27 @@ def _s3_options(user: Mapping[str, str]) -> dict[str, Any]:
             options[key] = value
     if client:
         options["client_kwargs"] = client
+    config["connector_args"] = {"socket_factory": _stalled_send_times_out(float(config["read_timeout"]))}
     return options
+
+
+@functools.cache
+def _stalled_send_times_out(seconds: float) -> Callable[[Any], socket.socket]:
+    """Sockets whose unacknowledged sends give up after `seconds` (Linux TCP_USER_TIMEOUT).
+
+    The read timeout bounds waiting for an answer, but nothing bounds sending a body to an endpoint
+    that stopped reading (a frozen server or proxy: the window closes and the upload waits for
+    ever). One function object per timeout, so fsspec's filesystem cache still matches.
+    """
+
+    def make(addr_info: Any) -> socket.socket:
+        family, kind, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        if hasattr(socket, "TCP_USER_TIMEOUT") and family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(seconds * 1000))
+        return sock
+
+    return make
 
 
 def _positive_number(key: str, value: str) -> float:

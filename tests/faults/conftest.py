@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -141,10 +142,12 @@ class S3Server:
         last connections makes the first attempts fail to bind, so those are retried."""
         deadline = time.monotonic() + 60
         while True:
+            # its request log goes to a file: a pipe nobody reads would fill and block the server
+            log = tempfile.TemporaryFile()  # noqa: SIM115 - open as long as the server runs
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=log,
             )
             while self.proc.poll() is None:
                 try:
@@ -155,7 +158,8 @@ class S3Server:
                         self.kill()
                         raise RuntimeError("moto server did not answer") from None
                     time.sleep(0.2)
-            reason = self.proc.stderr.read().decode(errors="replace")[-300:] if self.proc.stderr else ""
+            log.seek(0)
+            reason = log.read().decode(errors="replace")[-300:]
             if time.monotonic() > deadline:
                 raise RuntimeError(f"moto server did not start: {reason}")
             time.sleep(1.0)
