@@ -88,3 +88,22 @@ def test_every_option_of_every_stage_has_help() -> None:
         parser = _Parser(stage.options, prog=f"parquant {name}")
         missing += [f"{name} {a.option_strings or a.dest}" for a in parser._actions if not (a.help or "").strip()]
     assert missing == []
+
+
+def test_progress_lines_give_no_eta_before_one_percent(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from parquant.progress import ProgressEvent
+    from parquant_cli.reporting import _LineProgress
+
+    parent = logging.getLogger("parquant")  # whatever an earlier CLI run configured
+    monkeypatch.setattr(parent, "handlers", [])
+    monkeypatch.setattr(parent, "propagate", True)
+    caplog.set_level(logging.INFO, logger="parquant.progress")
+    progress = _LineProgress(every_seconds=0)
+    progress(ProgressEvent("write", "README.md", 1, 26, 20, 24 * 2**20))
+    progress(ProgressEvent("write", "w.13", 13, 26, 12 * 2**20, 24 * 2**20))
+    etas = [record.fields["eta_s"] for record in caplog.records]  # type: ignore[attr-defined]
+    assert etas[0] is None and etas[1] is not None and etas[1] >= 0

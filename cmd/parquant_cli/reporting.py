@@ -84,7 +84,8 @@ class _LineProgress:
         self.last = now
         elapsed = now - self.started
         fraction = _fraction(event)
-        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+        # below 1% done (a small first file of a big model) an estimate would be noise: none yet
+        eta = elapsed * (1 - fraction) / fraction if fraction >= 0.01 else None
         fields = {
             "phase": event.phase,
             "item": event.item,
