@@ -163,6 +163,7 @@ def _check_device(device: str) -> None:
         return
     if not device.startswith("cuda"):
         raise UsageError(f"--device {device!r} is unknown: use cpu or cuda (cuda:N)")
-    index = int(device.split(":", 1)[1]) if ":" in device and device.split(":", 1)[1].isdigit() else 0
+    number = device.partition(":")[2]
+    index = int(number) if number.isdigit() else 0
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
         raise UnavailableError(f"--device {device} was asked for but this host has no such CUDA GPU: use --device cpu")

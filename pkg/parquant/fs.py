@@ -119,12 +119,7 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, str]:
                 f"--storage-option number {position} is not KEY=VALUE (its text is not shown, it may hold a secret): "
                 "write e.g. endpoint_url=http://host:9000"
             )
-        if key.lower() in _CREDENTIAL_KEYS:
-            raise UsageError(
-                f"--storage-option {key}=... would put a credential on the command line: {_CREDENTIAL_HINT}"
-            )
-        if key not in S3_OPTION_KEYS:
-            raise UsageError(f"--storage-option {key} is unknown: use one of {', '.join(S3_OPTION_KEYS)}")
+        _check_option_key(key)
         options[key] = value
     return options
 
@@ -168,9 +163,8 @@ def _s3_options(user: Mapping[str, str]) -> dict[str, Any]:
     config: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3}}
     options: dict[str, Any] = {"config_kwargs": config}
     for raw_key, value in user.items():
+        _check_option_key(raw_key)  # library callers pass options without parse_storage_options
         key = _S3_ALIASES.get(raw_key, raw_key)
-        if raw_key not in S3_OPTION_KEYS and key not in S3_OPTION_KEYS:
-            raise UsageError(f"--storage-option {raw_key} is unknown: use one of {', '.join(S3_OPTION_KEYS)}")
         if key == "endpoint_url":
             _check_endpoint(value)
         if key == "verify":
@@ -212,6 +206,14 @@ def _stalled_send_times_out(seconds: float) -> Callable[[Any], socket.socket]:
         return sock
 
     return make
+
+
+def _check_option_key(key: str) -> None:
+    """A storage option key is a known one, and never a credential (named without its value)."""
+    if key.lower() in _CREDENTIAL_KEYS:
+        raise UsageError(f"--storage-option {key}=... would put a credential on the command line: {_CREDENTIAL_HINT}")
+    if key not in S3_OPTION_KEYS:
+        raise UsageError(f"--storage-option {key} is unknown: use one of {', '.join(S3_OPTION_KEYS)}")
 
 
 def _positive_number(key: str, value: str) -> float:
@@ -320,13 +322,7 @@ def ensure_free_space(location: Location, needed_bytes: int, reusable_bytes: int
     needed_bytes -= reusable_bytes
     if not location.is_local or needed_bytes <= 0:
         return
-    probe = location.path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(_nearest_existing(location.path)).free
     if free < needed_bytes:
         raise StorageIOError(
             f"not enough disk space for {location.url}: need {needed_bytes / 1e6:.1f} MB, "
@@ -345,12 +341,20 @@ def check_writable(location: Location, what: str) -> None:
     path = location.path
     if os.path.isdir(path):
         raise UsageError(f"{what} {location.url} is a folder: give a file name, e.g. {location.url}/result.json")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
+    parent = _nearest_existing(os.path.dirname(os.path.abspath(path)))
     if not os.path.isdir(parent):
         raise UsageError(f"{what} {location.url} cannot be written: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise PermissionDeniedError(
             f"{what} {location.url} cannot be written ({parent} is not writable): choose another"
         )
+
+
+def _nearest_existing(path: str) -> str:
+    """`path`, or its closest ancestor that exists (what a new file there would live on)."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path

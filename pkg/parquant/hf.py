@@ -22,6 +22,7 @@ import pyarrow as pa
 from .errors import InputNotFoundError, InvalidInputError, UnavailableError
 from .fs import Location, storage_errors
 from .names import safe_relative_path
+from .store.manifest import refuse_non_finite
 from .store.schema import DTYPE_SIZES, KIND_FILE, KIND_TENSOR, TensorSpec
 from .store.writer import ModelItem
 
@@ -66,7 +67,7 @@ def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
         )
     header = location.read_range(8, 8 + header_len)
     try:
-        raw = json.loads(header, parse_constant=_refuse_constant)
+        raw = json.loads(header, parse_constant=refuse_non_finite)
     except (UnicodeDecodeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise InvalidInputError(f"{location.url} has a malformed safetensors header ({reason})") from None
@@ -83,10 +84,6 @@ def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
         tensors[tensor_name] = _stored_tensor(location.url, tensor_name, info, data_start, size)
     _check_no_overlap(location.url, tensors)
     return SafetensorsFile(name, location, tensors, metadata, header)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
 
 
 def _stored_tensor(url: str, name: str, info: Any, data_start: int, size: int) -> StoredTensor:
@@ -183,10 +180,11 @@ class HFCheckpoint:
 
     def items(self, tensor_filter: Callable[[TensorSpec, bytes], None] | None = None) -> list[ModelItem]:
         """Files first, then tensors sorted by name; `tensor_filter` sees every chunk (NaN checks)."""
-        items = [
-            ModelItem(KIND_FILE, name, self.location.child(name).size(), _file_chunks(self.location.child(name)))
-            for name in self.files
-        ]
+        items = []
+        for name in self.files:
+            child = self.location.child(name)
+            size = child.size()
+            items.append(ModelItem(KIND_FILE, name, size, _file_chunks(child, size)))
         stored = {t.spec.name: (w, t) for w in self.weights for t in w.tensors.values()}
         for name in sorted(stored):
             weight, tensor = stored[name]
@@ -211,15 +209,9 @@ def _check_unique_tensors(url: str, weights: list[SafetensorsFile]) -> None:
             seen[name] = weight.name
 
 
-def _file_chunks(location: Location) -> Callable[[int], Iterator[bytes | memoryview]]:
+def _file_chunks(location: Location, size: int) -> Callable[[int], Iterator[bytes]]:
     """A non-tensor file streamed like a tensor: a 1 GB file never sits in memory whole."""
-    whole = StoredTensor(TensorSpec(location.url, "U8", (location.size(),)), 0, location.size())
-    reader = _range_chunks(location, whole, None)
-
-    def chunks(size: int) -> Iterator[bytes | memoryview]:
-        yield from reader(size)
-
-    return chunks
+    return _range_chunks(location, StoredTensor(TensorSpec(location.url, "U8", (size,)), 0, size), None)
 
 
 def version_token(location: Location) -> str:

@@ -113,7 +113,7 @@ def _busy(output_url: str, holder: dict[str, Any] | None) -> TemporaryFailure:
 def output_lock(output: Location, suffix: str = "") -> Iterator[None]:
     """Hold the writer lock of `output` for the duration of the block (re-entrant in a process)."""
     where = lock_location(output, suffix)
-    key = f"{type(output.fs).__name__}:{where.path}"
+    key = _held_key(where)
     with _held_guard:
         entry = _held.get(key)
         if entry is not None:
@@ -136,10 +136,13 @@ def output_lock(output: Location, suffix: str = "") -> Iterator[None]:
             held.release()
 
 
+def _held_key(where: Location) -> str:
+    return f"{type(where.fs).__name__}:{where.path}"
+
+
 def check_lock_held(output: Location) -> None:
     """Before a commit: raise 75 if this process lost the lock of `output` (S3 lease taken over)."""
-    where = lock_location(output)
-    entry = _held.get(f"{type(output.fs).__name__}:{where.path}")
+    entry = _held.get(_held_key(lock_location(output)))
     if entry is not None:
         entry[0].check(output.url)
 

@@ -182,8 +182,10 @@ class OutputFolder:
     def record(self, relpath: str, info: Any) -> None:
         """Mark `relpath` finished so a rerun of the same work skips it."""
         self._progress["done"][relpath] = info
-        payload = json.dumps(self._progress).encode()
-        self.write_bytes(PROGRESS_NAME, payload)
+        self._save_progress()
+
+    def _save_progress(self) -> None:
+        self.write_bytes(PROGRESS_NAME, json.dumps(self._progress).encode())
 
     def staged_size(self, relpath: str) -> int:
         """Size of a file written into the staging area (recorded, so a resume can check it)."""
@@ -199,9 +201,10 @@ class OutputFolder:
         target = self.staging.child(relpath)
         with storage_errors(target.url):
             self.location.fs.invalidate_cache(target.path)
-            if not self.location.fs.exists(target.path):
+            try:
+                actual = int(self.location.fs.info(target.path)["size"])
+            except FileNotFoundError:
                 return False
-            actual = int(self.location.fs.size(target.path))
             if size is not None and actual != size:
                 return False
             return not parquet or (actual >= 8 and target.read_range(actual - 4, actual) == _PARQUET_MAGIC)
@@ -212,7 +215,7 @@ class OutputFolder:
             if not self.intact(relpath, size, parquet):
                 self._progress.get("done", {}).pop(relpath, None)
                 with contextlib.suppress(Exception):
-                    self.write_bytes(PROGRESS_NAME, json.dumps(self._progress).encode())
+                    self._save_progress()
                 raise StorageIOError(
                     f"{self.staging.child(relpath).url} is missing or incomplete after it was written "
                     "(the storage lost it): rerun the same command; the other finished files are kept"
@@ -342,12 +345,9 @@ def _lost_upload_is_retryable(url: str) -> Iterator[None]:
 
 
 def _fsync_dir(path: str) -> None:
+    """A folder's entries to disk (renames); best effort, as some filesystems refuse it."""
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_file(path)
 
 
 @contextlib.contextmanager

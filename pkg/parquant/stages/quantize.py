@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..config import ANGELSLIM_METHODS, CALIBRATED_METHODS, PTQ_FALLBACK, PTQ_METHODS, QuantizationConfig
 from ..cpus import compute_threads, torch_threads
@@ -30,6 +30,9 @@ from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
 from .common import StageResult, cleanup_on_bad_input, fingerprint, finished_model, provenance
 from .convert import import_checkpoint
+
+if TYPE_CHECKING:
+    from ..quant.angelslim import AngelSlimRun
 
 log = logging.getLogger("parquant")
 # Rough peak host memory per byte of model for each backend (measured on the embedded model and
@@ -232,7 +235,8 @@ def _fall_back_or_refuse(job: _Job, exc: Exception) -> None:
     fall_back(job.plan, f"AngelSlim failed ({reason[:160]})")
 
 
-def _quantize_with_angelslim(job: _Job, workdir: Path) -> Any:
+def _quantize_with_angelslim(job: _Job, workdir: Path) -> tuple[AngelSlimRun, float]:
+    """AngelSlim's run (it writes only into `workdir`) and its wall time."""
     from ..quant.angelslim import quantize_with_angelslim
 
     started = time.monotonic()
@@ -245,7 +249,7 @@ def _quantize_with_angelslim(job: _Job, workdir: Path) -> Any:
     return run, time.monotonic() - started
 
 
-def _import_angelslim_result(job: _Job, outcome: Any) -> dict[str, object]:
+def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> dict[str, object]:
     run, quantized_seconds = outcome
     result = import_checkpoint(
         str(run.output),

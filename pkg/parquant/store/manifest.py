@@ -116,7 +116,7 @@ class Manifest:
 def strict_json(text: str | bytes, where: str) -> Any:
     """JSON as parquant writes it: no NaN/Infinity, no nesting deep enough to exhaust the stack."""
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=refuse_non_finite)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise InvalidInputError(
@@ -128,7 +128,8 @@ def strict_json(text: str | bytes, where: str) -> Any:
         ) from None
 
 
-def _refuse_constant(name: str) -> Any:
+def refuse_non_finite(name: str) -> Any:
+    """`parse_constant` for json.loads: parquant never writes NaN or Infinity, so none is valid."""
     raise ValueError(f"non-finite number {name}")
 
 
