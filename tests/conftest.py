@@ -6,6 +6,7 @@ HTTP exactly as production reaches AWS.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -164,6 +165,22 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Env:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return S3Env(s3_endpoint, bucket, client)
+
+
+@contextlib.contextmanager
+def embedded_model_in(root: Path, name: str, work_dir: bool = False) -> Iterator[Path]:
+    """The embedded model imported as root/name, with parquant's cache (and, if asked, its scratch
+    folders) under root for as long as the block runs."""
+    from parquant.stages.convert import import_checkpoint
+
+    env = {"PARQUANT_CACHE_DIR": root / "cache"} | ({"PARQUANT_WORK_DIR": root / "work"} if work_dir else {})
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        import_checkpoint(str(EXAMPLE_MODEL), str(root / name))
+        yield root / name
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
 
 
 def upload_folder(s3: S3Env, folder: Path, prefix: str) -> str:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from parquant.logs import third_party_output
-from parquant.stages.convert import import_checkpoint
 
-from .conftest import EXAMPLE_MODEL, CliResult
+from .conftest import EXAMPLE_MODEL, CliResult, embedded_model_in
 
 Cli = Callable[..., CliResult]
 DATA = EXAMPLE_MODEL.parent / "data"
@@ -40,10 +38,8 @@ def test_lines_and_bars_become_debug_records(caplog: pytest.LogCaptureFixture, m
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("noise")
-    os.environ["PARQUANT_CACHE_DIR"] = str(root / "cache")
-    import_checkpoint(str(EXAMPLE_MODEL), str(root / "m"))
-    yield root
-    os.environ.pop("PARQUANT_CACHE_DIR", None)
+    with embedded_model_in(root, "m"):
+        yield root
 
 
 def test_angelslim_and_transformers_chatter_stays_out_of_info_logs(tiny: Path, cli: Cli) -> None:

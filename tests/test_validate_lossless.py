@@ -8,7 +8,6 @@ values the model never computes with).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from parquant.stages.quantize import quantize
 from parquant.validate import PrecisionValidator
 from parquant.weights import WeightLoader, cast_parameters
 
-from .conftest import EXAMPLE_MODEL, TOKENIZER_FILES
+from .conftest import EXAMPLE_MODEL, TOKENIZER_FILES, embedded_model_in
 
 EVAL = EXAMPLE_MODEL.parent / "data" / "eval.txt"
 CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
@@ -38,10 +37,8 @@ PATHS = {
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("lossless")
-    os.environ["PARQUANT_CACHE_DIR"] = str(folder / "cache")
-    import_checkpoint(str(EXAMPLE_MODEL), str(folder / "ref"))
-    yield folder
-    os.environ.pop("PARQUANT_CACHE_DIR", None)
+    with embedded_model_in(folder, "ref"):
+        yield folder
 
 
 def _restored_reference(candidate: str, folder: Path) -> str:

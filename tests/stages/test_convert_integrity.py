@@ -73,29 +73,35 @@ def test_retrained_checkpoint_with_same_shapes_is_not_skipped(tmp_path: Path, cl
     assert_same_checkpoint(source, tmp_path / "back")
 
 
-def test_resume_never_mixes_old_and_new_weights(tmp_path: Path) -> None:
+def _crashed_import(tmp_path: Path, shards: int) -> tuple[Path, str]:
+    """A checkpoint whose import into tmp_path/pq crashed after `shards` finished shards."""
     source = _weights(tmp_path / "hf", seed=1)
     output = str(tmp_path / "pq")
     with pytest.raises(KeyboardInterrupt):
-        import_checkpoint(str(source), output, write=SMALL_SHARDS, progress=_StopAfter(2))
+        import_checkpoint(str(source), output, write=SMALL_SHARDS, progress=_StopAfter(shards))
+    return source, output
+
+
+def _assert_exports_as(output: str, source: Path, tmp_path: Path) -> None:
+    export_checkpoint(output, str(tmp_path / "back"))
+    assert_same_checkpoint(source, tmp_path / "back")
+
+
+def test_resume_never_mixes_old_and_new_weights(tmp_path: Path) -> None:
+    source, output = _crashed_import(tmp_path, 2)
     assert (tmp_path / ".pq.parquant-partial" / "model-00001-of-00004.parquet").exists()
     _weights(source, seed=2)  # the checkpoint changes between the crash and the rerun
     result = import_checkpoint(str(source), output, write=SMALL_SHARDS)
     assert not result.skipped
-    export_checkpoint(output, str(tmp_path / "back"))
-    assert_same_checkpoint(source, tmp_path / "back")
+    _assert_exports_as(output, source, tmp_path)
 
 
 def test_truncated_finished_shard_is_rewritten_on_resume(tmp_path: Path) -> None:
-    source = _weights(tmp_path / "hf", seed=1)
-    output = str(tmp_path / "pq")
-    with pytest.raises(KeyboardInterrupt):
-        import_checkpoint(str(source), output, write=SMALL_SHARDS, progress=_StopAfter(2))
+    source, output = _crashed_import(tmp_path, 2)
     shard = tmp_path / ".pq.parquant-partial" / "model-00001-of-00004.parquet"
     shard.write_bytes(shard.read_bytes()[:1000])  # the disk lost the end of a recorded shard
     import_checkpoint(str(source), output, write=SMALL_SHARDS)
-    export_checkpoint(output, str(tmp_path / "back"))
-    assert_same_checkpoint(source, tmp_path / "back")
+    _assert_exports_as(output, source, tmp_path)
 
 
 def test_commit_verifies_every_shard_on_s3(tmp_path: Path, s3: S3Env, cli: Cli) -> None:
@@ -221,10 +227,7 @@ def test_free_space_check_counts_what_the_rerun_reuses(tmp_path: Path, monkeypat
     import shutil as shutil_module
     from collections import namedtuple
 
-    source = _weights(tmp_path / "hf", seed=1)
-    output = str(tmp_path / "pq")
-    with pytest.raises(KeyboardInterrupt):
-        import_checkpoint(str(source), output, write=SMALL_SHARDS, progress=_StopAfter(3))
+    source, output = _crashed_import(tmp_path, 3)
     staged = OutputFolder(resolve(output), force=False, marker=None).staged_bytes()
     needed = (source / "model.safetensors").stat().st_size
     assert staged > needed // 2

@@ -14,7 +14,7 @@ from parquant.fs import resolve
 from parquant.stages.convert import import_checkpoint
 from parquant.store.reader import ModelReader
 
-from ..conftest import EXAMPLE_MODEL, CliResult
+from ..conftest import EXAMPLE_MODEL, CliResult, embedded_model_in
 
 Cli = Callable[..., CliResult]
 CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
@@ -22,13 +22,8 @@ CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("recovery")
-    os.environ["PARQUANT_CACHE_DIR"] = str(root / "cache")
-    os.environ["PARQUANT_WORK_DIR"] = str(root / "work")
-    import_checkpoint(str(EXAMPLE_MODEL), str(root / "tiny"))
-    yield str(root / "tiny")
-    os.environ.pop("PARQUANT_CACHE_DIR", None)
-    os.environ.pop("PARQUANT_WORK_DIR", None)
+    with embedded_model_in(tmp_path_factory.mktemp("recovery"), "tiny", work_dir=True) as model:
+        yield str(model)
 
 
 def test_angelslim_that_does_not_import_falls_back(
