@@ -150,7 +150,7 @@ class S3Env:
 def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Env:
     """Fake credentials in the standard AWS variables and a fresh bucket on the loopback server."""
     import boto3
-    import s3fs
+    from parquant.fs import s3_filesystem_class
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
@@ -160,7 +160,7 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Env:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
-    s3fs.S3FileSystem.clear_instance_cache()
+    s3_filesystem_class().clear_instance_cache()
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)

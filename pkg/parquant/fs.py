@@ -134,19 +134,50 @@ def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> Locat
         options = _s3_options(storage_options or {})
     # Other protocols take no options: a command's --storage-option is meant for its s3:// URLs.
     try:
-        fs, path = fsspec.core.url_to_fs(url, **options)
+        if protocol in ("s3", "s3a"):
+            s3 = s3_filesystem_class()
+            fs, path = s3(**options), s3._strip_protocol(url)
+        else:
+            fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError, TypeError) as exc:
         raise UsageError(
             f"cannot open {_safe_url(url)!r} ({type(exc).__name__}): check the URL; install parquant[s3] for s3:// URLs"
         ) from None
-    if protocol in ("s3", "s3a"):
-        # botocore retries each call (max_attempts); s3fs would retry that whole sequence 5 more
-        # times, which makes a frozen endpoint cost 15 read timeouts per call before we can exit.
-        fs.retries = _S3FS_RETRIES
     return Location(fs, path.rstrip("/") or path, url)
 
 
-_S3FS_RETRIES = 2
+@functools.cache
+def s3_filesystem_class() -> Any:
+    """s3fs's filesystem with two changes that keep a stalled endpoint from holding a run.
+
+    - Its requests never ask for `Expect: 100-continue`. aiohttp starts the read timeout only
+      once a body is sent, and holds the body until the server says `100 Continue`: a server
+      that accepted the connection and then froze kept every upload waiting for ever, with no
+      timeout running. Without the header the body goes at once and the read timeout bounds the
+      answer (S3 does not need the header; botocore never signs it).
+    - s3fs retries each call twice, not five times: botocore already retries (max_attempts), and
+      s3fs's retries multiply those, so a frozen endpoint cost 15 read timeouts per call.
+
+    Its instance cache is its own: `s3_filesystem_class().clear_instance_cache()` forgets it.
+    """
+    import s3fs
+
+    class S3FileSystem(s3fs.S3FileSystem):  # type: ignore[misc]
+        retries = 2
+
+        async def set_session(self, refresh: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
+            client = await super().set_session(refresh=refresh, kwargs=kwargs or {})
+            # idempotent (one id), and run for every client s3fs makes, including a refreshed one
+            client.meta.events.register("before-send.s3", _send_body_at_once, unique_id="parquant-no-expect")
+            return client
+
+    return S3FileSystem
+
+
+def _send_body_at_once(request: Any, **_: Any) -> None:
+    """botocore hook: drop `Expect: 100-continue` (see `s3_filesystem_class`)."""
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
 
 
 def _safe_url(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,10 +15,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-import s3fs
 from safetensors.numpy import save_file
 
-from parquant.fs import resolve
+from parquant.fs import resolve, s3_filesystem_class
 from parquant.stages.convert import export_checkpoint, import_checkpoint
 from parquant.store.reader import ModelReader
 from parquant.store.writer import WriteOptions
@@ -66,7 +66,7 @@ def test_single_tensor_read_fetches_a_small_fraction(tmp_path: Path, s3: S3Env) 
     shard_bytes = s3.client.head_object(Bucket=s3.bucket, Key="pq/model.parquet")["ContentLength"]
     upstream = urlparse(s3.endpoint)
     with ByteCountingProxy((upstream.hostname or "", upstream.port or 80)) as proxy:
-        s3fs.S3FileSystem.clear_instance_cache()
+        s3_filesystem_class().clear_instance_cache()
         location = resolve(s3.url("pq"), {"endpoint_url": f"http://127.0.0.1:{proxy.port}"})
         with ModelReader(location) as reader:
             proxy.reset()
@@ -95,6 +95,29 @@ def test_wrong_endpoint_is_a_temporary_failure(tmp_path: Path, s3: S3Env, cli: C
     assert result.code == 75
     assert "cannot reach the storage endpoint" in result.err
     assert time.monotonic() - started < 60
+
+
+def test_endpoint_that_accepts_and_never_answers_cannot_hold_a_run(tmp_path: Path, s3: S3Env) -> None:
+    """A frozen server (or proxy) completes TCP handshakes from its kernel's backlog and then says
+    nothing: every call, uploads included, must end by its read timeout, never wait for ever."""
+    source = make_checkpoint(tmp_path / "hf", "llama")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # never accepted: the kernel answers the handshake, nobody reads
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        proc = _start_import(
+            str(source),
+            s3.url("m"),
+            ["--storage-option", f"endpoint_url={endpoint}", "--storage-option", "read_timeout=1"],
+        )
+        try:
+            _, err = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("the import waited on a silent endpoint for over 90 s")
+    assert proc.returncode in (74, 75), err.decode()[-500:]
+    assert b"Traceback" not in err
 
 
 def test_missing_bucket(tmp_path: Path, s3: S3Env, cli: Cli) -> None:
