@@ -150,6 +150,7 @@ class S3Env:
 def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Env:
     """Fake credentials in the standard AWS variables and a fresh bucket on the loopback server."""
     import boto3
+
     from parquant.fs import s3_filesystem_class
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
