@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "pkg"), str(REPO / "bench")]
 
-from parquant.config import load_config  # noqa: E402
+from parquant.quant.config import load_config  # noqa: E402
 from parquant.stages.convert import import_checkpoint  # noqa: E402
 from parquant.stages.quantize import quantize  # noqa: E402
 from parquant.weights import WeightLoader  # noqa: E402

@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "pkg")]
 
-from parquant.calib import cache_dir  # noqa: E402
-from parquant.config import load_config  # noqa: E402
+from parquant.cache import cache_dir  # noqa: E402
+from parquant.quant.config import load_config  # noqa: E402
 from parquant.stages.compare import CompareSettings, compare  # noqa: E402
 from parquant.stages.convert import import_checkpoint  # noqa: E402
 from parquant.validate import Thresholds  # noqa: E402

@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from parquant.calib import load_texts, prepare_calibration
-from parquant.config import CalibrationConfig
 from parquant.errors import InputNotFoundError, InvalidInputError
+from parquant.quant.calibration import load_texts, prepare_calibration
+from parquant.quant.config import CalibrationConfig
 
 from .conftest import EXAMPLE_MODEL, S3Env
 

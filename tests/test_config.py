@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from parquant.config import load_config
 from parquant.errors import ConfigError, InputNotFoundError, UsageError
+from parquant.quant.config import load_config
 
 
 def write(tmp_path: Path, text: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parquant.config import load_config
+from parquant.quant.config import load_config
 from parquant.quant.dequant import dequantize_module
 from parquant.stages.convert import import_checkpoint
 from parquant.stages.quantize import quantize
@@ -86,7 +86,7 @@ def test_dequantizer_agrees_with_transformers_on_fp8(models: dict[str, str]) -> 
         assert layer.weight.dtype == torch.float8_e4m3fn
         decompressed = (layer.weight.float() * layer.weight_scale.float()).detach()
         tensors = {n: loader.load(n) for n in loader.names() if n.startswith("model.layers.1.mlp.down_proj.")}
-    ours = dequantize_module("model.layers.1.mlp.down_proj", tensors, "compressed-tensors")
+    ours = dequantize_module("model.layers.1.mlp.down_proj", tensors, {"quant_method": "compressed-tensors"})
     assert ours is not None
     cosine = torch.nn.functional.cosine_similarity(ours.flatten(), decompressed.flatten(), dim=0)
     assert float(cosine) > 1 - 1e-3
@@ -100,7 +100,7 @@ def test_weight_only_logits_agree_with_transformers(models: dict[str, str]) -> N
         weights = {n: loader.load(n) for n in loader.names()}
     with WeightLoader(models["ref"]) as ref:
         original = ref.load("model.layers.0.self_attn.q_proj.weight").float()
-    ours = dequantize_module("model.layers.0.self_attn.q_proj", weights, "compressed-tensors")
+    ours = dequantize_module("model.layers.0.self_attn.q_proj", weights, {"quant_method": "compressed-tensors"})
     assert ours is not None
     reported = next(t for t in result.tensors if t.name == "model.layers.0.self_attn.q_proj.weight")
     recomputed = torch.nn.functional.cosine_similarity(ours.flatten(), original.flatten(), dim=0)

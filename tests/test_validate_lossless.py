@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from parquant.config import load_config
+from parquant.quant.config import load_config
 from parquant.stages.convert import import_checkpoint
 from parquant.stages.quantize import quantize
 from parquant.validate import PrecisionValidator

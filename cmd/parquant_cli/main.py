@@ -119,7 +119,7 @@ def run_export(options: ExportOptions) -> int:
 
 
 def run_quantize(options: QuantizeOptions) -> int:
-    from parquant.config import load_config
+    from parquant.quant.config import load_config
     from parquant.stages.quantize import quantize
     from parquant.store.writer import WriteOptions
 
@@ -167,7 +167,7 @@ def run_quantize(options: QuantizeOptions) -> int:
 
 
 def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
-    from parquant.config import load_config
+    from parquant.quant.config import load_config
     from parquant.stages.compare import CompareSettings, compare
     from parquant.tasks import parse_tasks
 

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from parquant.quant import methods
+
 SIZE_SUFFIXES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -118,8 +120,7 @@ class QuantizeOptions(CommonOptions, WriteFlags):
         metadata={
             "args": ["--method", "--angelslim-method"],
             "type": str,
-            "help": "fp8-static, fp8-dynamic, int8-dynamic, int4-gptq, int4-awq (AngelSlim); "
-            "int8-weight, int8-dynamic, fp8-dynamic (built-in PTQ). Default int8-weight",
+            "help": methods.help_text(),
         },
     )
     backend: str | None = field(

@@ -11,6 +11,7 @@ so a rerun of the same work skips them.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from typing import IO, Any
 
 import pyarrow as pa
 
-from .errors import OutputExistsError, StorageIOError, TemporaryFailure
+from .errors import OutputExistsError, ParquantError, StorageIOError, TemporaryFailure
 from .fs import Location, storage_errors
 from .locks import check_lock_held, live_worker_locks, output_lock
 
@@ -418,4 +419,22 @@ def _local_atomic(path: str, native: bool = False) -> Iterator[IO[bytes]]:
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(partial)
+        raise
+
+
+def fingerprint(*parts: object) -> str:
+    """A stable hash of a piece of work: its input's identity and its settings. An output records
+    it, so a rerun of the same work finds it done, and different work never resumes it."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def cleanup_on_bad_input(output: OutputFolder) -> Iterator[None]:
+    """Keep partial work after retryable failures (so a rerun resumes); drop it after bad input."""
+    try:
+        yield
+    except ParquantError as exc:
+        if not exc.retryable:
+            with contextlib.suppress(ParquantError):
+                output.discard()
         raise

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import read_yaml_file
 from .errors import ConfigError, ParquantError
+from .yamlfile import read_yaml_file
 
 log = logging.getLogger("parquant")
 
@@ -138,7 +138,7 @@ class LocalExecutor:
         self.state_dir = state_dir
 
     def run(self, spec: PipelineSpec, force: bool = False) -> list[StageOutcome]:
-        from .calib import cache_dir
+        from .cache import cache_dir
 
         where = hashlib.sha256(os.path.abspath(spec.source).encode()).hexdigest()[:12]
         state_path = Path(self.state_dir or cache_dir() / "pipelines") / f"{spec.name}-{where}.json"

@@ -157,8 +157,6 @@ class PrecisionValidator:
     # -- weights ----------------------------------------------------------------------------------
     def _tensor_metrics(self, reference: WeightLoader, candidate: WeightLoader) -> list[TensorMetric]:
         quantization = candidate.config().get("quantization_config") or {}
-        method = str(quantization.get("quant_method", ""))
-        group_size = int(quantization.get("group_size") or 128)
         candidate_names = set(candidate.names())
         modules = [
             n.removesuffix(".weight")
@@ -171,7 +169,7 @@ class PrecisionValidator:
             if not needed:
                 raise InvalidInputError(f"candidate {self.candidate_url} lacks tensor {module}.weight of the reference")
             loaded = {n: candidate.load(n) for n in needed}
-            restored = dequantize_module(module, loaded, method, group_size)
+            restored = dequantize_module(module, loaded, quantization)
             original = reference.load(f"{module}.weight").float()
             if restored is None or restored.shape != original.shape:
                 raise InvalidInputError(f"candidate tensor {module} has a different shape than the reference")

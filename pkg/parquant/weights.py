@@ -1,8 +1,9 @@
 """WeightLoader: Parquet model -> torch tensors and transformers models, for validate/benchmark stages.
 
 Tensors load lazily, one at a time, straight from their row groups. A whole model is built by
-exporting to a temporary HF folder and calling `from_pretrained` on it: exactly what a user's own
-transformers/vLLM loader would see, including compressed-tensors quantized models.
+calling `from_pretrained` on the model's HF folder (exported once per content into the cache,
+hf_folders.py): exactly what a user's own transformers/vLLM loader would see, including
+compressed-tensors quantized models.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInputError, UnavailableError
 from .fs import resolve
+from .hf_folders import cached_hf_folder
 from .logs import third_party_output
 from .quant.detect import QuantizationScheme, detect_quantization
-from .stages.convert import export_checkpoint
+from .quant.dtypes import torch_dtype
+from .quant.formats import format_for
 from .store.reader import ModelReader
 from .store.schema import TensorSpec
 from .workdirs import work_folder
@@ -23,31 +26,6 @@ from .workdirs import work_folder
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    table = {
-        "BOOL": torch.bool,
-        "U8": torch.uint8,
-        "I8": torch.int8,
-        "I16": torch.int16,
-        "I32": torch.int32,
-        "I64": torch.int64,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "F32": torch.float32,
-        "F64": torch.float64,
-        "F8_E4M3": torch.float8_e4m3fn,
-        "F8_E5M2": torch.float8_e5m2,
-        "U16": torch.uint16,
-        "U32": torch.uint32,
-        "U64": torch.uint64,
-    }
-    if name not in table:
-        raise UnavailableError(f"dtype {name} has no torch equivalent in this torch build")
-    return table[name]
 
 
 def cast_parameters(model: Any, dtype: torch.dtype) -> None:
@@ -125,14 +103,12 @@ class WeightLoader:
                 f"architecture {model_type!r} is not built into transformers; parquant does not run remote code "
                 "by default (trust_remote_code is off)"
             )
-        if self.quantization().method in ("gptq", "awq"):
+        quantization = self.config().get("quantization_config")
+        if quantization and not format_for(quantization).LOADS_IN_TRANSFORMERS_ON_CPU:
             return self._dequantized_model()
-        with work_folder("model") as folder:
-            export_checkpoint(self.url, f"{folder}/hf", storage_options=self.storage_options)
-            with third_party_output("transformers", stdout=False):  # its loading bars: debug log
-                model = AutoModelForCausalLM.from_pretrained(
-                    f"{folder}/hf", dtype=dtype, trust_remote_code=trust_remote_code
-                )
+        folder = cached_hf_folder(self.reader)
+        with third_party_output("transformers", stdout=False):  # its loading bars: debug log
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
         model.train(False)  # eval mode, spelled so that strict mypy can see its type
         return model
 

@@ -163,7 +163,7 @@ def test_fuzzed_pipeline_spec(spec: str, tmp_path: Path, campaign: Campaign) -> 
     suffix=st.sampled_from([".jsonl", ".txt", ".parquet", ".json"]),
 )
 def test_fuzzed_calibration_file(content: bytes, suffix: str, tmp_path: Path, campaign: Campaign) -> None:
-    from parquant.calib import load_texts
+    from parquant.quant.calibration import load_texts
 
     work = _fresh(tmp_path / "case")
     data = work / f"calibration{suffix}"

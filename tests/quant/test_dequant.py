@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from parquant.quant.dequant import AWQ_ORDER, dequantize_awq, dequantize_gptq, dequantize_scaled
+from parquant.quant.formats.awq import AWQ_ORDER
+from parquant.quant.formats.awq import dequantize_packed as dequantize_awq
+from parquant.quant.formats.compressed_tensors import dequantize_scaled
+from parquant.quant.formats.gptq import dequantize_packed as dequantize_gptq
 
 
 def pack_rows(values: torch.Tensor) -> torch.Tensor:

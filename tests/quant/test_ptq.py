@@ -5,13 +5,27 @@ from __future__ import annotations
 import pytest
 import torch
 
+from parquant.quant.formats.compressed_tensors import dequantize_scaled
+from parquant.quant.methods import get_method
 from parquant.quant.ptq import (
-    PTQ_METHODS,
-    dequantize,
+    ChannelMethod,
+    QuantizedWeight,
     quantize_fp8_per_channel,
     quantize_int8_per_channel,
     quantize_rows,
 )
+
+CHANNEL_METHODS = ("int8-weight", "int8-dynamic", "fp8-dynamic")
+
+
+def dequantize(quantized: QuantizedWeight) -> torch.Tensor:
+    return dequantize_scaled(quantized.weight, quantized.weight_scale)
+
+
+def channel_method(name: str) -> ChannelMethod:
+    method = get_method(name).build(128)
+    assert isinstance(method, ChannelMethod)
+    return method
 
 
 @pytest.fixture
@@ -45,7 +59,7 @@ def test_fp8_per_channel_relative_error(weight: torch.Tensor) -> None:
 
 
 def test_blockwise_quantization_is_bit_identical(weight: torch.Tensor) -> None:
-    for method in PTQ_METHODS.values():
+    for method in map(channel_method, CHANNEL_METHODS):
         whole = method.quantize(weight)
         blocks = quantize_rows(method, weight, block_bytes=256 * 4 * 5)  # 5 rows a block
         assert torch.equal(whole.weight.view(torch.uint8), blocks.weight.view(torch.uint8))
@@ -53,17 +67,17 @@ def test_blockwise_quantization_is_bit_identical(weight: torch.Tensor) -> None:
 
 
 def test_quantization_configs_describe_the_methods() -> None:
-    dynamic = PTQ_METHODS["int8-dynamic"].quantization_config(["lm_head"])
+    dynamic = channel_method("int8-dynamic").quantization_config(["lm_head"])
     group = dynamic["config_groups"]["group_0"]
     assert dynamic["format"] == "int-quantized" and group["input_activations"]["dynamic"] is True
-    weight_only = PTQ_METHODS["int8-weight"].quantization_config([])
+    weight_only = channel_method("int8-weight").quantization_config([])
     assert weight_only["config_groups"]["group_0"]["input_activations"] is None
-    assert PTQ_METHODS["fp8-dynamic"].quantization_config([])["format"] == "float-quantized"
+    assert channel_method("fp8-dynamic").quantization_config([])["format"] == "float-quantized"
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_int4_rtn_round_trips_through_the_gptq_dequantizer(weight: torch.Tensor, symmetric: bool) -> None:
-    from parquant.quant.dequant import dequantize_gptq
+    from parquant.quant.formats.gptq import dequantize_packed as dequantize_gptq
     from parquant.quant.rtn import RTNInt4, quantize_groups
 
     method = RTNInt4("int4-rtn" if symmetric else "int4-rtn-asym", symmetric, group_size=64)

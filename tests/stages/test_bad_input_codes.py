@@ -181,8 +181,8 @@ def test_unexpected_exception_is_one_line_exit_70(tmp_path: Path, cli: Cli, monk
 def test_oversized_calibration_sample_is_refused_before_tokenizing(tmp_path: Path) -> None:
     import time
 
-    from parquant.calib import MAX_SAMPLE_CHARS, load_texts
     from parquant.errors import InvalidInputError
+    from parquant.quant.calibration import MAX_SAMPLE_CHARS, load_texts
 
     data = tmp_path / "calibration.jsonl"
     data.write_text('{"text": "fine"}\n' + json.dumps({"text": "x" * (MAX_SAMPLE_CHARS + 1)}) + "\n")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from parquant.calib import prepare_calibration
-from parquant.config import QuantizationConfig, load_config
 from parquant.quant.angelslim import angelslim_config
 from parquant.quant.angelslim_compat import host_as_cuda, load_angelslim
+from parquant.quant.calibration import prepare_calibration
+from parquant.quant.config import QuantizationConfig, load_config
 from parquant.quant.dequant import dequantized_state_dict
 from parquant.stages.convert import export_checkpoint, import_checkpoint
 from parquant.stages.quantize import quantize
@@ -144,11 +144,11 @@ def test_angelslim_methods_match_a_direct_angelslim_run_bit_for_bit(
     export_checkpoint(str(tmp_path / "pq"), str(tmp_path / "ours"))
     ours = load_file(str(tmp_path / "ours" / "model.safetensors"))
     from parquant.fs import resolve
-    from parquant.quant.angelslim import cached_hf_folder
+    from parquant.hf_folders import cached_hf_folder
     from parquant.store.reader import ModelReader
 
     with ModelReader(resolve(tiny)) as reader:
-        model_dir = cached_hf_folder(tiny, reader, None)
+        model_dir = cached_hf_folder(reader)
     torch.manual_seed(0)
     theirs_dir = direct_angelslim_run(config, model_dir, tmp_path / "direct")
     theirs = {}

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from ..config import ANGELSLIM_METHODS, PTQ_FALLBACK
 from ..errors import ConfigError
 from ..pipeline import StageSpec
+from ..quant import methods
 
 CONTAINER = "parquant"
 LABEL_PREFIX = "parquant.io/"
@@ -134,11 +134,15 @@ def cpu_replacement(stage: StageSpec, backend: str, why: str) -> StageSpec:
     """
     params = dict(stage.params)
     if stage.stage == "quantize":
-        method = str(params.get("method") or "int8-weight")
-        if backend == "angelslim" and method in ANGELSLIM_METHODS:
-            params.update(backend="angelslim", device="cpu")
+        name = str(params.get("method") or methods.default_method())
+        try:
+            method = methods.get_method(name)
+        except KeyError as exc:
+            raise ConfigError(f"stage {stage.name}: {exc.args[0]}") from None
+        if backend == methods.ANGELSLIM and method.offered_by(methods.ANGELSLIM):
+            params.update(backend=methods.ANGELSLIM, device="cpu")
         else:
-            params.update(backend="ptq", method=PTQ_FALLBACK.get(method, "int8-weight"), device="cpu")
+            params.update(backend=methods.PTQ, method=method.fallback, device="cpu")
         params["placement_note"] = why
     return StageSpec(stage.name, stage.stage, params, gpu=False)
 

@@ -1,1 +1,3 @@
-"""Quantization: scheme detection today; backends (built-in PTQ, AngelSlim) plug in here."""
+"""Quantization: the method registry (methods.py), checkpoint formats (formats/), the quantization
+config, calibration data, and the two backends (built-in PTQ: ptq.py, rtn.py, ptq_stage.py;
+AngelSlim: angelslim.py, angelslim_compat.py)."""

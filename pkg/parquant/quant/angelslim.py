@@ -19,25 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..calib import CalibrationSet, cache_dir, prepare_calibration
-from ..config import QuantizationConfig
+from ..cache import cache_dir
 from ..errors import UnavailableError
+from ..hf_folders import cached_hf_folder
 from ..logs import third_party_output
-from ..stages.convert import export_checkpoint
 from ..store.reader import ModelReader
 from .angelslim_compat import host_as_cuda, load_angelslim
+from .calibration import CalibrationSet, prepare_calibration
+from .config import QuantizationConfig
+from .methods import get_method
 
 log = logging.getLogger("parquant")
 
 # model_type -> AngelSlim's model class name (SlimModelFactory); others are not supported by 0.5.0.
 MODEL_NAMES = {"llama": "Llama", "mistral": "Llama", "qwen2": "Qwen", "qwen3": "Qwen"}
-METHOD_NAMES = {
-    "fp8-static": "fp8_static",
-    "fp8-dynamic": "fp8_dynamic",
-    "int8-dynamic": "int8_dynamic",
-    "int4-gptq": "int4_gptq",
-    "int4-awq": "int4_awq",
-}
 
 
 @dataclass(frozen=True)
@@ -50,25 +45,13 @@ class AngelSlimRun:
 
 
 def quantization_section(config: QuantizationConfig) -> dict[str, Any]:
-    """AngelSlim's `compression.quantization` section for our method (its Qwen3 PTQ recipes' values)."""
-    method = METHOD_NAMES[config.method]
-    if method in ("fp8_static", "fp8_dynamic"):
-        section: dict[str, Any] = {"bits": 8, "quant_method": {"weight": "per-tensor", "activation": "per-tensor"}}
-    elif method == "int8_dynamic":
-        section = {"bits": 8, "quant_method": {"weight": "per-channel", "activation": "per-token"}}
-    elif method == "int4_gptq":
-        section = {"bits": 4, "quant_method": {"weight": "per-group", "group_size": config.group_size}}
-    else:
-        section = {
-            "bits": 4,
-            "quant_method": {
-                "weight": "per-group",
-                "group_size": config.group_size,
-                "zero_point": True,
-                "mse_range": False,
-            },
-        }
-    section.update({"name": method, "ignore_layers": list(config.ignore)})
+    """AngelSlim's `compression.quantization` section: the method's recipe (registry), the layers to
+    leave alone, and the user's pass-through options (`angelslim:` in the config) on top."""
+    recipe = get_method(config.method).angelslim_recipe
+    if recipe is None:
+        raise UnavailableError(f"method {config.method} is not an AngelSlim method: use --backend ptq")
+    section = recipe(config.group_size)
+    section.update({"ignore_layers": list(config.ignore)})
     overrides = dict(config.angelslim)
     if "quant_method" in overrides:
         section["quant_method"] = {**section["quant_method"], **overrides.pop("quant_method")}
@@ -180,15 +163,6 @@ def _offline() -> Any:
                 os.environ[key] = value
 
 
-def cached_hf_folder(model_url: str, reader: ModelReader, storage_options: Mapping[str, str] | None) -> Path:
-    """Export the model once per content (manifest digest) into the local cache."""
-    digest = hashlib.sha256(reader.manifest.to_json().encode()).hexdigest()[:32]
-    folder = cache_dir() / "hf" / digest
-    if not (folder / "config.json").exists():
-        export_checkpoint(model_url, str(folder), force=True, storage_options=storage_options)
-    return folder
-
-
 def scrub_host_paths(folder: Path, replacements: dict[str, str]) -> list[str]:
     """Replace this host's paths in the JSON files AngelSlim saved (its `angelslim_config.json`
     records `absolute_model_path`, our cache folder): an output must not tell where it was made;
@@ -230,7 +204,7 @@ def quantize_with_angelslim(
 ) -> AngelSlimRun:
     model_type = str(reader.config().get("model_type"))
     started = time.monotonic()
-    model_dir = cached_hf_folder(model_url, reader, storage_options)
+    model_dir = cached_hf_folder(reader)
     exported = time.monotonic()
     calibration = None
     if config.needs_calibration:
@@ -247,7 +221,7 @@ def quantize_with_angelslim(
     slim_config = angelslim_config(
         config, model_dir, calibration.path if calibration else None, save_dir, model_type, device
     )
-    log.info("running AngelSlim %s on %s (%s)", METHOD_NAMES[config.method], device, model_type)
+    log.info("running AngelSlim %s on %s (%s)", slim_config["compression"]["quantization"]["name"], device, model_type)
     run_engine(slim_config, device)
     replacements = {str(model_dir): model_url, str(workdir): ".", str(cache_dir()): "parquant cache"}
     if calibration is not None:

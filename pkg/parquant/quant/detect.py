@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .formats import compressed_tensors
+
 PACKED_SUFFIXES = (".qweight",)
 AUXILIARY_SUFFIXES = (
     ".weight_scale",
@@ -58,7 +60,7 @@ def detect_quantization(config: dict[str, Any], tensor_names: Iterable[str]) -> 
     qconfig = config.get("quantization_config") or config.get("compression_config")
     if isinstance(qconfig, dict):
         method = str(qconfig.get("quant_method", "unknown"))
-        if method == "compressed-tensors":
+        if compressed_tensors.matches(qconfig):
             return _compressed_tensors(qconfig)
         return QuantizationScheme(
             method,
@@ -75,17 +77,8 @@ def detect_quantization(config: dict[str, Any], tensor_names: Iterable[str]) -> 
 
 
 def _compressed_tensors(qconfig: dict[str, Any]) -> QuantizationScheme:
-    groups = qconfig.get("config_groups") or {}
-    first: dict[str, Any] = next(iter(groups.values()), {}) if isinstance(groups, dict) else {}
-    weights = first.get("weights") or {} if isinstance(first, dict) else {}
-    kind = weights.get("type", "")
-    return QuantizationScheme(
-        "compressed-tensors",
-        f"{qconfig.get('format', '')} {kind}".strip(),
-        _int(weights.get("num_bits")),
-        _int(weights.get("group_size")),
-        qconfig,
-    )
+    layout, bits, group_size = compressed_tensors.describe(qconfig)
+    return QuantizationScheme("compressed-tensors", layout, bits, group_size, qconfig)
 
 
 def _int(value: Any) -> int | None:

@@ -64,7 +64,7 @@ except ParquantError as exc:
 @functools.lru_cache(maxsize=32)
 def _isolated(config_json: str) -> frozenset[str]:
     """Asks a child once per architecture config; the answer is cached on disk (it never changes)."""
-    from ..calib import cache_dir
+    from ..cache import cache_dir
 
     cached = cache_dir() / "layouts" / f"{hashlib.sha256(config_json.encode()).hexdigest()[:32]}.json"
     if cached.exists():

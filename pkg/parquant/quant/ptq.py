@@ -8,6 +8,8 @@ stores for it, so the result loads in transformers (with compressed-tensors), vL
 - fp8-dynamic:  FP8 E4M3 weight + per-output-channel scale (absmax / 448); activations dynamic.
 - int4-rtn, int4-rtn-asym: round-to-nearest INT4 in groups (rtn.py), the reference GPTQ/AWQ beat.
 
+The registry (methods.py) says which method is which; this module only does the math.
+
 Scales are rounded to their storage dtype *before* the weights are divided by them, so
 dequantization (q x stored scale) reproduces exactly the values the rounding aimed at.
 """
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from ..store.schema import TensorSpec
+from .formats import compressed_tensors
 
 INT8_MAX = 127.0
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
@@ -32,8 +35,8 @@ class QuantizedWeight:
 
 
 @dataclass(frozen=True)
-class PTQMethod:
-    """What a built-in method stores and how compressed-tensors should describe it."""
+class ChannelMethod:
+    """A per-output-channel 8-bit method (int8 or FP8 E4M3 weights), written as compressed-tensors."""
 
     name: str
     weight_type: str  # "int" or "float"
@@ -61,55 +64,11 @@ class PTQMethod:
 
     def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
         """The `quantization_config` block of config.json (compressed-tensors)."""
-        weights = {
-            "num_bits": 8,
-            "type": self.weight_type,
-            "symmetric": True,
-            "strategy": "channel",
-            "dynamic": False,
-            "group_size": None,
-            "observer": "minmax",
-        }
-        activations = None
-        if self.activations_dynamic:
-            activations = {
-                "num_bits": 8,
-                "type": self.weight_type,
-                "symmetric": True,
-                "strategy": "token",
-                "dynamic": True,
-                "group_size": None,
-                "observer": None,
-            }
-        layout = "float-quantized" if self.weight_type == "float" else "int-quantized"
-        return {
-            "quant_method": "compressed-tensors",
-            "format": layout,
-            "quantization_status": "compressed",
-            "ignore": sorted(ignore),
-            "kv_cache_scheme": None,
-            # The per-group format matters: without it, weight-only int8 is read as packed int4-style.
-            "config_groups": {
-                "group_0": {
-                    "targets": ["Linear"],
-                    "weights": weights,
-                    "format": layout,
-                    "input_activations": activations,
-                    "output_activations": None,
-                }
-            },
-        }
-
-
-PTQ_METHODS = {
-    "int8-weight": PTQMethod("int8-weight", "int", activations_dynamic=False),
-    "int8-dynamic": PTQMethod("int8-dynamic", "int", activations_dynamic=True),
-    "fp8-dynamic": PTQMethod("fp8-dynamic", "float", activations_dynamic=True),
-}
+        return compressed_tensors.config_block(self.weight_type, self.activations_dynamic, ignore)
 
 
 class Method(Protocol):
-    """What the streaming stage needs from a built-in method."""
+    """What the streaming stage needs from a built-in method (a registry record's `builder` makes one)."""
 
     @property
     def name(self) -> str: ...
@@ -121,15 +80,6 @@ class Method(Protocol):
     def quantize_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     def quantization_config(self, ignore: list[str]) -> dict[str, Any]: ...
-
-
-def make_method(name: str, group_size: int = 128) -> Method:
-    """The built-in method called `name` (int4 methods take the group size)."""
-    from .rtn import RTNInt4
-
-    if name in ("int4-rtn", "int4-rtn-asym"):
-        return RTNInt4(name, symmetric=name == "int4-rtn", group_size=group_size if group_size > 0 else 128)
-    return PTQ_METHODS[name]
 
 
 def _channel_scale(weight: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,11 +101,7 @@ def quantize_fp8_per_channel(weight: torch.Tensor) -> QuantizedWeight:
     return QuantizedWeight(values, stored)
 
 
-def dequantize(quantized: QuantizedWeight) -> torch.Tensor:
-    return quantized.weight.float() * quantized.weight_scale.float()
-
-
-def quantize_rows(method: PTQMethod, weight: torch.Tensor, block_bytes: int = 8 * 2**20) -> QuantizedWeight:
+def quantize_rows(method: ChannelMethod, weight: torch.Tensor, block_bytes: int = 8 * 2**20) -> QuantizedWeight:
     """`method.quantize` in blocks of rows, so float32 temporaries stay bounded for huge tensors.
 
     Per-channel quantization treats each output row alone, so the result is bit-identical to

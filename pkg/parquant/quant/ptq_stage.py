@@ -22,9 +22,10 @@ from ..numerics import count_nonfinite
 from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
 from ..store.writer import ModelItem, rechunked, sliced
-from ..weights import torch_dtype
+from .dtypes import torch_dtype
 from .layout import is_ignored, linear_modules_isolated
-from .ptq import Method, make_method
+from .methods import get_method
+from .ptq import Method
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class PTQPlan:
 
 
 def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_size: int = 128) -> PTQPlan:
-    method = make_method(method_name, group_size)
+    method = get_method(method_name).build(group_size)
     config = reader.config()
     linear = linear_modules_isolated(config)
     names = set(reader.tensor_names())

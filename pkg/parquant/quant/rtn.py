@@ -14,27 +14,8 @@ from typing import Any
 import torch
 
 from ..store.schema import TensorSpec
-
-
-def _to_int32(packed: torch.Tensor) -> torch.Tensor:
-    """int64 words holding 32 bits -> int32 with the same bits (two's complement)."""
-    return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
-
-
-def pack_rows(values: torch.Tensor) -> torch.Tensor:
-    """[rows, cols] of 0..15 -> [rows/8, cols] int32; row 8k+i goes to nibble i of word k."""
-    packed = torch.zeros(values.shape[0] // 8, values.shape[1], dtype=torch.int64)
-    for nibble in range(8):
-        packed |= values[nibble::8].to(torch.int64) << (4 * nibble)
-    return _to_int32(packed)
-
-
-def pack_columns(values: torch.Tensor) -> torch.Tensor:
-    """[rows, cols] of 0..15 -> [rows, cols/8] int32; column 8k+i goes to nibble i of word k."""
-    packed = torch.zeros(values.shape[0], values.shape[1] // 8, dtype=torch.int64)
-    for nibble in range(8):
-        packed |= values[:, nibble::8].to(torch.int64) << (4 * nibble)
-    return _to_int32(packed)
+from .formats import gptq
+from .formats.packing import pack_columns, pack_rows
 
 
 def quantize_groups(weight: torch.Tensor, group_size: int, symmetric: bool) -> tuple[torch.Tensor, ...]:
@@ -85,14 +66,4 @@ class RTNInt4:
         }
 
     def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
-        return {
-            "quant_method": "gptq",
-            "checkpoint_format": "gptq",
-            "bits": 4,
-            "group_size": self.group_size,
-            "desc_act": False,
-            "sym": self.symmetric,
-            "true_sequential": False,
-            "modules_to_not_convert": sorted(ignore),
-            "parquant_method": self.name,
-        }
+        return gptq.config_block(4, self.group_size, self.symmetric, ignore, self.name)

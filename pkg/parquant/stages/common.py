@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
-import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,11 +29,6 @@ class StageResult:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def fingerprint(*parts: object) -> str:
-    """A stable hash of the input's identity and the stage's config."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def finished_model(output: OutputFolder, expected_fingerprint: str) -> Manifest | None:
@@ -64,15 +56,3 @@ def provenance(stage: str, config: dict[str, Any], backend: str | None = None) -
     return Provenance(
         stage=stage, parquant_version=__version__, config=config, backend=backend, library_versions=versions
     )
-
-
-@contextlib.contextmanager
-def cleanup_on_bad_input(output: OutputFolder) -> Iterator[None]:
-    """Keep partial work after retryable failures (so a rerun resumes); drop it after bad input."""
-    try:
-        yield
-    except ParquantError as exc:
-        if not exc.retryable:
-            with contextlib.suppress(ParquantError):
-                output.discard()
-        raise

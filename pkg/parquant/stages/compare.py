@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import QuantizationConfig
 from ..errors import ParquantError
 from ..progress import ProgressCallback, no_progress
+from ..quant.config import QuantizationConfig
 from ..validate import Thresholds
 from .evaluate import benchmark, report, validate, write_json
 from .quantize import quantize

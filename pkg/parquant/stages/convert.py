@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
 
 from ..errors import InvalidInputError, UsageError
 from ..fs import check_separate, ensure_free_space, resolve
-from ..hf import (
-    DEFAULT_EXPORT_SHARD_BYTES,
-    INDEX_NAME,
-    HFCheckpoint,
-    index_json,
-    plan_export_files,
-    safetensors_header,
-    write_safetensors,
-)
+from ..hf import DEFAULT_EXPORT_SHARD_BYTES, HFCheckpoint
+from ..hf_folders import marker_for, write_hf_folder
 from ..numerics import count_nonfinite
-from ..outputs import EXPORT_RECORD_NAME, OutputFolder
-from ..prefetch import prefetched
-from ..progress import ProgressCallback, ProgressEvent, no_progress
+from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
+from ..progress import ProgressCallback, no_progress
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
-from .common import StageResult, cleanup_on_bad_input, fingerprint, finished_model, log, provenance
+from .common import StageResult, finished_model, log, provenance
 
 # Room for Parquet framing and the manifest on top of the raw bytes.
 _OVERHEAD = 1.02
@@ -82,12 +71,12 @@ def import_checkpoint(
     checkpoint = HFCheckpoint.open(source_location)
     config = {**asdict(write), "strict": strict}
     with folder.locked(part):
-        print_ = (
+        identity = (
             description.source["fingerprint"]
             if description
             else fingerprint("import", checkpoint.fingerprint(), config)
         )
-        done = finished_model(folder, print_)
+        done = finished_model(folder, identity)
         if done is not None:
             log.info("%s already holds this import; skipping (use --force to redo it)", output)
             return StageResult("import", output, True, time.monotonic() - started)
@@ -98,12 +87,12 @@ def import_checkpoint(
         needed = int(sum(i.nbytes for i in items) * _OVERHEAD) + _SLACK_BYTES
         ensure_free_space(folder.staging, needed, folder.staged_bytes())
         description = description or ModelDescription(
-            source={"url": source, "fingerprint": print_, "kind": "huggingface"},
+            source={"url": source, "fingerprint": identity, "kind": "huggingface"},
             created_by=provenance("import", config),
         )
         description.safetensors_layout = checkpoint.layout()
         with cleanup_on_bad_input(folder):
-            manifest = write_model(folder, items, write, description, print_, progress, part)
+            manifest = write_model(folder, items, write, description, identity, progress, part)
     if manifest is None:
         return StageResult("import", output, False, time.monotonic() - started, [], {"part": list(part or ())})
     warnings = [f"tensor {name} has {count} NaN/Inf values" for name, count in sorted(counter.found.items())]
@@ -137,85 +126,17 @@ def export_checkpoint(
     started = time.monotonic()
     model_location = resolve(model, storage_options)
     with ModelReader(model_location) as reader:
-        specs = [reader.tensor_spec(n) for n in reader.tensor_names()]
-        plan, kept_layout = plan_export_files(specs, reader.manifest.safetensors_layout, shard_bytes)
-        files = [n for n in reader.file_names() if kept_layout or n != INDEX_NAME]
-        marker = "config.json" if "config.json" in files else None
-        folder = OutputFolder(resolve(output, storage_options), force=force, marker=marker)
+        folder = OutputFolder(resolve(output, storage_options), force=force, marker=marker_for(reader))
         check_separate(model_location, folder.location, "model")
-        manifest_digest = hashlib.sha256(reader.manifest.to_json().encode()).hexdigest()
-        print_ = fingerprint("export", manifest_digest, shard_bytes)
-        total = sum(s.nbytes for s in specs) + sum(reader.manifest.files[n].nbytes for n in files)
-        with folder.locked():
-            if not force and _exported(folder, print_):
-                log.info("%s already holds this export; skipping (use --force to redo it)", output)
-                return StageResult("export", output, True, time.monotonic() - started)
-            folder.check_free()
-            done = folder.begin(print_)
-            ensure_free_space(folder.staging, total + _SLACK_BYTES, folder.staged_bytes())
-            with cleanup_on_bad_input(folder):
-                _write_export(folder, reader, plan, kept_layout, files, marker, done, progress)
-                folder.write_bytes(EXPORT_RECORD_NAME, json.dumps({"fingerprint": print_, "source": model}).encode())
-                folder.commit(reader.read_file(marker) if marker else None)
+        export = write_hf_folder(reader, folder, source=model, shard_bytes=shard_bytes, progress=progress)
+    if export.skipped:
+        log.info("%s already holds this export; skipping (use --force to redo it)", output)
+        return StageResult("export", output, True, time.monotonic() - started)
     return StageResult(
         "export",
         output,
         False,
         time.monotonic() - started,
         [],
-        {"safetensors_files": len(plan), "files": len(files), "bytes": total},
+        {"safetensors_files": export.safetensors_files, "files": export.files, "bytes": export.bytes},
     )
-
-
-def _exported(folder: OutputFolder, expected: str) -> bool:
-    """Whether the output already holds this exact export (its record and its marker are there)."""
-    record = folder.location.child(EXPORT_RECORD_NAME)
-    marker = folder.location.child(folder.marker) if folder.marker else record
-    if not (record.exists() and marker.exists()):
-        return False
-    try:
-        loaded = json.loads(record.read_bytes())
-    except ValueError:
-        return False
-    return isinstance(loaded, dict) and loaded.get("fingerprint") == expected
-
-
-def _write_export(
-    folder: OutputFolder,
-    reader: ModelReader,
-    plan: dict[str, tuple[list[TensorSpec], dict[str, str] | None]],
-    kept_layout: bool,
-    files: list[str],
-    marker: str | None,
-    done: dict[str, object],
-    progress: ProgressCallback,
-) -> None:
-    """Every file but the marker, each recorded when finished so that a rerun resumes."""
-    steps = len(files) + len(plan) + (0 if kept_layout or len(plan) == 1 else 1)
-    count = 0
-    written: dict[str, int | None] = {}
-    for name in files:
-        count += 1
-        if name != marker:
-            if name not in done or not folder.intact(name, reader.manifest.files[name].nbytes):
-                with folder.open_file(name) as handle:
-                    for chunk in reader.iter_file_chunks(name):
-                        handle.write(chunk)
-                folder.record(name, True)
-            written[name] = reader.manifest.files[name].nbytes
-        progress(ProgressEvent("export", name, count, steps))
-    if not kept_layout and len(plan) > 1:
-        count += 1
-        folder.write_bytes(INDEX_NAME, index_json(plan))
-        progress(ProgressEvent("export", INDEX_NAME, count, steps))
-    for file_name, (file_specs, metadata) in plan.items():
-        count += 1
-        size = len(safetensors_header(file_specs, metadata)) + sum(s.nbytes for s in file_specs)
-        if file_name not in done or not folder.intact(file_name, size):
-            with folder.open_file(file_name) as handle:
-                chunks = itertools.chain.from_iterable(reader.iter_tensor_chunks(s.name) for s in file_specs)
-                write_safetensors(handle, file_specs, metadata, prefetched(chunks))
-            folder.record(file_name, True)
-        written[file_name] = size
-        progress(ProgressEvent("export", file_name, count, steps))
-    folder.verify(written)

@@ -7,7 +7,6 @@ closest method (unless fallback is off: exit 69); CUDA asked for but absent -> C
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -15,20 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import ANGELSLIM_METHODS, CALIBRATED_METHODS, PTQ_FALLBACK, PTQ_METHODS, QuantizationConfig
 from ..cpus import compute_threads, torch_threads
 from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..memory import available_memory
-from ..outputs import OutputFolder
+from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
 from ..progress import ProgressCallback, no_progress
+from ..quant import methods
 from ..quant.angelslim_compat import INSTALL_HINT, angelslim_available
+from ..quant.config import QuantizationConfig
 from ..quant.detect import detect_quantization
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
-from .common import StageResult, cleanup_on_bad_input, fingerprint, finished_model, provenance
+from .common import StageResult, finished_model, provenance
 from .convert import import_checkpoint
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def choose(config: QuantizationConfig, model_type: str, cuda: bool | None = None
         if not config.fallback:
             raise UnavailableError("device cuda was requested but no CUDA GPU is available (fallback disabled)")
         plan.fallbacks.append("cuda requested but not available -> cpu")
-    if config.backend == "ptq" or (config.backend == "auto" and config.method not in ANGELSLIM_METHODS):
+    preferred = methods.get_method(config.method).backends[0]
+    if config.backend == methods.PTQ or (config.backend == "auto" and preferred == methods.PTQ):
         plan.backend = "ptq"
         plan.reasons.append(f"{config.method} runs on the built-in PTQ backend")
         return plan
@@ -99,7 +100,7 @@ def may_change_backend(config: QuantizationConfig) -> bool:
 
 def fall_back(plan: Plan, why: str) -> None:
     """Switch a plan to built-in PTQ with the closest method, and say so."""
-    method = PTQ_FALLBACK[plan.method]
+    method = methods.get_method(plan.method).fallback
     plan.fallbacks.append(f"{why} -> ptq {method}")
     log.warning("%s: falling back to the built-in PTQ backend with %s", why, method)
     plan.backend, plan.method = "ptq", method
@@ -142,7 +143,7 @@ def quantize(
         plan = choose(config, str(reader.config().get("model_type")))
         if placement_note:
             plan.fallbacks.insert(0, placement_note)
-        if config.calibration.data and plan.method not in CALIBRATED_METHODS:
+        if config.calibration.data and not methods.get_method(plan.method).calibrated:
             plan.reasons.append(f"calibration data {config.calibration.data} is not used: {plan.method} is data-free")
             log.warning("%s", plan.reasons[-1])
         model_bytes = sum(e.nbytes for e in reader.manifest.tensors.values())
@@ -157,17 +158,16 @@ def quantize(
                 {"dry_run": True, "plan": plan.__dict__, "estimate": estimate},
             )
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
-        digest = hashlib.sha256(reader.manifest.to_json().encode()).hexdigest()
-        print_ = fingerprint("quantize", digest, config.to_dict(), write.__dict__)
+        identity = fingerprint("quantize", reader.manifest.digest(), config.to_dict(), write.__dict__)
         with folder.locked():
-            if finished_model(folder, print_) is not None:
+            if finished_model(folder, identity) is not None:
                 log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
                 return StageResult("quantize", output, True, time.monotonic() - started)
             _check_memory(plan, estimate)
             ensure_free_space(folder.staging, model_bytes + 4 * 2**20, folder.staged_bytes())
             for reason in plan.reasons + plan.fallbacks:
                 log.info("plan: %s", reason)
-            job = _Job(model, output, reader, config, plan, folder, write, print_, storage_options, progress)
+            job = _Job(model, output, reader, config, plan, folder, write, identity, storage_options, progress)
             details = _run(job)
     details.update(
         {
@@ -272,7 +272,7 @@ def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> 
 def _run_ptq(job: _Job) -> dict[str, object]:
     from ..quant.ptq_stage import plan_ptq
 
-    if job.plan.method not in PTQ_METHODS:
+    if not methods.get_method(job.plan.method).offered_by(methods.PTQ):
         raise UnavailableError(f"method {job.plan.method} is not offered by the built-in PTQ backend")
     started = time.monotonic()
     ptq = plan_ptq(job.reader, job.plan.method, job.config.ignore, job.config.group_size)

@@ -8,6 +8,7 @@ stage, config, backend, fallbacks, timings) so a stage can tell whether its outp
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -70,6 +71,10 @@ class Manifest:
     @property
     def major_version(self) -> int:
         return major_version(self.format_version)
+
+    def digest(self) -> str:
+        """The model's content identity: equal digests, equal model (every tensor's CRC is in it)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +22,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..cache import cache_dir
+from ..errors import InputNotFoundError, InvalidInputError
+from ..fs import resolve
 from .config import CalibrationConfig
-from .errors import InputNotFoundError, InvalidInputError
-from .fs import resolve
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,6 @@ class CalibrationSet:
 # text), far below what would exhaust memory when tokenized.
 MAX_CALIBRATION_BYTES = 1024 * 2**20
 MAX_SAMPLE_CHARS = 4 * 2**20
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PARQUANT_CACHE_DIR") or Path.home() / ".cache" / "parquant")
 
 
 def load_texts(

@@ -13,27 +13,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import yaml
+from ..errors import ConfigError, UsageError
+from ..yamlfile import read_yaml_file
+from . import methods
 
-from .errors import ConfigError, InputNotFoundError, UsageError
-
-BACKENDS = ("auto", "angelslim", "ptq")
-ANGELSLIM_METHODS = ("fp8-static", "fp8-dynamic", "int8-dynamic", "int4-gptq", "int4-awq")
-PTQ_METHODS = ("int8-weight", "int8-dynamic", "fp8-dynamic", "int4-rtn", "int4-rtn-asym")
-METHODS = tuple(dict.fromkeys(ANGELSLIM_METHODS + PTQ_METHODS))
-CALIBRATED_METHODS = ("fp8-static", "int4-gptq", "int4-awq")
 DEVICES = ("auto", "cuda", "cpu")
-# When AngelSlim cannot run a method, the built-in PTQ method that comes closest and loads everywhere.
-PTQ_FALLBACK = {
-    "fp8-static": "fp8-dynamic",
-    "fp8-dynamic": "fp8-dynamic",
-    "int8-dynamic": "int8-dynamic",
-    "int4-gptq": "int8-weight",
-    "int4-awq": "int8-weight",
-    "int8-weight": "int8-weight",
-    "int4-rtn": "int4-rtn",
-    "int4-rtn-asym": "int4-rtn-asym",
-}
 # AngelSlim QuantizationConfig fields a user may pass through (`angelslim:` in YAML).
 ANGELSLIM_PASSTHROUGH = (
     "quant_method",
@@ -70,7 +54,7 @@ class CalibrationConfig:
 
 @dataclass
 class QuantizationConfig:
-    method: str = "int8-weight"
+    method: str = field(default_factory=methods.default_method)
     backend: str = "auto"
     group_size: int = 128
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])
@@ -84,7 +68,7 @@ class QuantizationConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method in CALIBRATED_METHODS
+        return methods.get_method(self.method).calibrated
 
 
 def load_config(
@@ -105,53 +89,6 @@ def load_config(
         if value is not None:
             _merge(values, origin, {key: value}, f"--{key.split('.')[-1].replace('_', '-')}")
     return _build(values, origin)
-
-
-# A pipeline spec or config file is a few KB; the bounds keep a hostile one from costing minutes.
-MAX_YAML_BYTES = 1024 * 1024
-MAX_YAML_NODES = 100_000  # after aliases are expanded ("billion laughs" stays cheap to refuse)
-
-
-def read_yaml_file(path: str, what: str) -> Any:
-    """A YAML file's content; missing file is exit 66, malformed YAML exit 78, both naming `what`.
-
-    Bounded: the file's size, and the number of nodes once every alias is expanded, which is what
-    any consumer of the data would walk.
-    """
-    if not os.path.isfile(path):
-        raise InputNotFoundError(f"{what} {path} not found")
-    if os.path.getsize(path) > MAX_YAML_BYTES:
-        raise ConfigError(f"{what} {path} is larger than {MAX_YAML_BYTES // 1024} KiB: is it the right file?")
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start}): save it as UTF-8") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_size(node, {}) > MAX_YAML_NODES:
-            raise ConfigError(
-                f"{what} {path} expands to more than {MAX_YAML_NODES} values through aliases: write it out plainly"
-            )
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
-    except RecursionError:
-        raise ConfigError(f"{what} {path} is nested too deeply") from None
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """Nodes in the document with every alias expanded (aliases share node objects: memoized)."""
-    key = id(node)
-    if key not in memo:
-        memo[key] = 1  # a cycle (not possible in safe YAML, but cheap to guard) counts once
-        if isinstance(node, yaml.SequenceNode):
-            memo[key] = 1 + sum(_expanded_size(child, memo) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            memo[key] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-        if memo[key] > MAX_YAML_NODES:
-            memo[key] = MAX_YAML_NODES + 1
-    return memo[key]
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -232,26 +169,30 @@ def _validate(config: QuantizationConfig, origin: dict[str, str]) -> None:
     def where(key: str) -> str:
         return origin.get(key, "the default")
 
-    if config.method not in METHODS:
+    known = methods.method_names()
+    if config.method not in known:
         raise _error(
             where("method"),
-            f"method {config.method!r} (from {where('method')}) is unknown: choose one of {', '.join(METHODS)}",
+            f"method {config.method!r} (from {where('method')}) is unknown: choose one of {', '.join(known)}",
         )
-    if config.backend not in BACKENDS:
-        raise _error(where("backend"), f"backend {config.backend!r} is unknown: choose one of {', '.join(BACKENDS)}")
+    if config.backend not in methods.BACKENDS:
+        raise _error(
+            where("backend"), f"backend {config.backend!r} is unknown: choose one of {', '.join(methods.BACKENDS)}"
+        )
     if config.device not in DEVICES:
         raise _error(where("device"), f"device {config.device!r} is unknown: choose one of {', '.join(DEVICES)}")
-    if config.backend == "ptq" and config.method not in PTQ_METHODS:
+    method = methods.get_method(config.method)
+    if config.backend == methods.PTQ and not method.offered_by(methods.PTQ):
         raise _error(
             where("method"),
             f"method {config.method} is not offered by the built-in ptq backend "
-            f"(it offers {', '.join(PTQ_METHODS)}): use --backend angelslim or auto",
+            f"(it offers {', '.join(methods.method_names(methods.PTQ))}): use --backend angelslim or auto",
         )
-    if config.backend == "angelslim" and config.method not in ANGELSLIM_METHODS:
+    if config.backend == methods.ANGELSLIM and not method.offered_by(methods.ANGELSLIM):
         raise _error(
             where("method"),
             f"method {config.method} is not an AngelSlim method "
-            f"({', '.join(ANGELSLIM_METHODS)}): use --backend ptq or auto",
+            f"({', '.join(methods.method_names(methods.ANGELSLIM))}): use --backend ptq or auto",
         )
     if config.needs_calibration and not config.calibration.data:
         raise _error(
