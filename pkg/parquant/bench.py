@@ -88,9 +88,7 @@ class BenchmarkRunner:
         with WeightLoader(self.model_url, self.storage_options) as loader:
             size = _size_on_disk(loader)
             made = loader.reader.manifest.created_by
-            method = str(made.config.get("effective_method", "none")) if made.stage == "quantize" else "none"
-            backend = made.backend or "-"
-            note = "; ".join(made.fallbacks) if made.stage == "quantize" else ""
+            method, backend, note = made.method, made.backend or "-", made.note
             started = time.perf_counter()
             model: Any = loader.build_model()
             torch.nn.Module.to(model, self.device)

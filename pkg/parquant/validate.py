@@ -74,6 +74,8 @@ class ValidationResult:
     failures: list[str] = field(default_factory=list)
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> reference/candidate accuracy
     note: str = ""  # how the candidate was made, when it took a fallback (manifest provenance)
+    method: str = "none"  # the method that made the candidate (manifest provenance)
+    backend: str = "-"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "validation", **asdict(self)}
@@ -131,9 +133,10 @@ class PrecisionValidator:
             ids, tokenizer = self._eval_tokens(reference)
             model_metrics = self._model_metrics(reference, candidate, ids, tokenizer)
             made = candidate.reader.manifest.created_by
-            note = "; ".join(made.fallbacks) if made.stage == "quantize" else ""
         result = ValidationResult(
-            note=note,
+            note=made.note,
+            method=made.method,
+            backend=made.backend or "-",
             reference=self.reference_url,
             candidate=self.candidate_url,
             tensors=tensors,

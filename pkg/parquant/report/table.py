@@ -61,7 +61,7 @@ def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
                 if nested:
                     _apply(target, nested)
         elif kind == "validation":
-            _apply(row(result["candidate"]), result)
+            _apply(row(result["candidate"], method=result.get("method", ""), backend=result.get("backend", "")), result)
         elif kind == "benchmark":
             _apply(row(result["model"], method=result.get("method", ""), backend=result.get("backend", "")), result)
     table = [rows[m] for m in order]

@@ -53,6 +53,16 @@ class Provenance:
     fallbacks: list[str] = field(default_factory=list)
     library_versions: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def method(self) -> str:
+        """The method that made the model ("none" unless it was quantized)."""
+        return str(self.config.get("effective_method", "none")) if self.stage == "quantize" else "none"
+
+    @property
+    def note(self) -> str:
+        """The fallbacks taken on the way (GPU -> CPU, AngelSlim -> PTQ), for results and reports."""
+        return "; ".join(self.fallbacks) if self.stage == "quantize" else ""
+
 
 @dataclass
 class Manifest:

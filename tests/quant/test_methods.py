@@ -1,0 +1,106 @@
+"""The method registry: one record makes a method work everywhere; an unknown name fails everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from parquant.errors import ConfigError, UsageError
+from parquant.pipeline import StageSpec
+from parquant.quant import methods
+from parquant.quant.config import load_config
+from parquant.quant.formats import compressed_tensors
+from parquant.quant.ptq import ChannelMethod, QuantizedWeight
+from parquant.weights import WeightLoader
+
+from ..conftest import REPO, embedded_model_in
+
+
+class Int7Method(ChannelMethod):
+    """A toy: int8 storage, but only 7 bits used (absmax / 63). Made and registered in this test alone."""
+
+    def quantize(self, weight: torch.Tensor) -> QuantizedWeight:
+        stored = (weight.float().abs().amax(dim=1, keepdim=True) / 63).to(weight.dtype)
+        scale = torch.where(stored.float() > 0, stored.float(), torch.ones_like(stored.float()))
+        values = torch.round(weight.float() / scale).clamp(-63, 63).to(torch.int8)
+        return QuantizedWeight(values, stored)
+
+
+TOY = methods.QuantMethod(
+    "toy-int7",
+    "7-bit weights stored as int8 (test only)",
+    (methods.Implementation(methods.PTQ, "INT7 in int8, per channel", "16-bit", "compressed-tensors"),),
+    compressed_tensors.NAME,
+    builder=lambda group_size: Int7Method("toy-int7", "int", activations_dynamic=False),
+)
+
+
+def test_a_method_registered_in_a_test_runs_through_quantize_validate_and_report(tmp_path: Path) -> None:
+    from parquant.stages.evaluate import report, validate
+    from parquant.stages.quantize import quantize
+
+    with embedded_model_in(tmp_path, "model") as model, methods.registered(TOY):
+        result = quantize(str(model), str(tmp_path / "toy"), load_config(flags={"method": "toy-int7"}, environ={}))
+        assert result.details["backend"] == "ptq" and result.details["method"] == "toy-int7"
+        checked = validate(
+            str(model),
+            str(tmp_path / "toy"),
+            str(REPO / "examples" / "data" / "eval.txt"),
+            output=str(tmp_path / "validate.json"),
+            max_tokens=512,
+        )
+        written = report([str(tmp_path / "validate.json")], str(tmp_path / "report"))
+        with WeightLoader(str(tmp_path / "toy")) as loader:
+            stored = loader.load("model.layers.0.mlp.down_proj.weight")
+            config = loader.config()
+    assert stored.dtype == torch.int8 and int(stored.abs().max()) == 63  # the toy's own math ran
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert 0.99 < min(t.cosine for t in checked.tensors) < 1.0
+    assert checked.logits_cosine_mean > 0.99 and checked.passed
+    assert written and "toy-int7" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_an_unknown_method_is_an_error_everywhere() -> None:
+    with pytest.raises(UsageError, match="unknown: choose one of .*int8-weight"):
+        load_config(flags={"method": "int3-magic"}, environ={})
+    with pytest.raises(ConfigError, match="int3-magic"):
+        from parquant.k8s.jobs import cpu_replacement
+
+        cpu_replacement(StageSpec("q", "quantize", {"method": "int3-magic"}, gpu=True), "ptq", "no GPU")
+    with pytest.raises(KeyError, match="int3-magic"):
+        methods.get_method("int3-magic")
+
+
+def test_registration_refuses_duplicates_and_half_described_methods() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register(methods.get_method("int8-weight"))
+    with pytest.raises(ValueError, match="needs a builder"):
+        methods.register(
+            methods.QuantMethod("half", "no builder", (methods.Implementation(methods.PTQ, "", "", ""),), "gptq")
+        )
+    assert "half" not in methods.method_names()
+
+
+def test_the_docs_table_is_the_registry() -> None:
+    text = (REPO / "docs" / "quantize.md").read_text()
+    assert methods.docs_table() in text, (
+        "docs/quantize.md's method table differs from quant/methods.py: paste docs_table()"
+    )
+
+
+def test_cli_help_and_readme_name_every_method() -> None:
+    from parquant_cli.options import QuantizeOptions
+
+    help_text = QuantizeOptions.__dataclass_fields__["method"].metadata["help"]
+    readme = (REPO / "README.md").read_text()
+    for name in methods.method_names():
+        assert name in help_text
+        assert f"`{name}`" in readme, f"README.md does not mention {name}"
+
+
+def test_fallbacks_are_built_in_methods() -> None:
+    for method in methods.all_methods():
+        assert methods.get_method(method.fallback).offered_by(methods.PTQ), method.name
+        assert method.backends, method.name
