@@ -76,6 +76,7 @@ lint: venv lint-deploy
 	$(BIN)/ruff check pkg cmd tests bench examples
 	$(BIN)/ruff format --check pkg cmd tests bench examples
 	$(BIN)/mypy
+	PYTHONPATH=pkg:cmd $(BIN)/lint-imports --no-cache
 
 ## lint-deploy: hadolint the Dockerfile; render both overlays with kustomize and validate them (and the
 ## stage Job templates) strictly against the oldest and newest Kubernetes we support
