@@ -15,9 +15,9 @@ venv: $(STAMP)
 # a dependency it may pick PyPI's multi-GB CUDA build of the same version.
 # AngelSlim 0.5.0 declares GPU-only and unused dependencies (triton, ray, lm_eval, torchvision):
 # its CPU-side needs come from the angelslim extra, the package itself is installed --no-deps.
-$(STAMP): pyproject.toml requirements-angelslim.txt
+$(STAMP): pyproject.toml requirements-angelslim.txt deploy/image/requirements.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check "$$($(PYTHON) deploy/image/requirements.py torch)"
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[s3,k8s,dev,angelslim,eval]'
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -r requirements-angelslim.txt
 	touch $(STAMP)
@@ -63,9 +63,9 @@ image-cpu:
 image-gpu:
 	deploy/image/build.sh gpu parquant:gpu
 
-## image-gpu-check: every layer of the gpu target except the CUDA torch wheel (CPU torch in its place)
+## image-gpu-check: every layer of the gpu flavor except the CUDA torch wheel (CPU torch in its place)
 image-gpu-check:
-	deploy/image/build.sh gpu parquant:gpu-check --build-arg GPU_TORCH=torch==2.13.0+cpu
+	deploy/image/build.sh gpu parquant:gpu-check --build-arg GPU_TORCH_BUILD=cpu
 
 ## test-image: build the CPU image (and the gpu target minus CUDA torch), run the smoke tests inside
 test-image: image-cpu image-gpu-check
@@ -86,9 +86,12 @@ lint-deploy: venv
 	bash -n deploy/image/build.sh deploy/image/smoke-test.sh tests/k8s/control-plane.sh
 	mkdir -p out/deploy
 	for overlay in gpu cpu; do $(BIN)/kubectl kustomize deploy/overlays/$$overlay > out/deploy/$$overlay.yaml || exit 1; done
+	PYTHONPATH=pkg $(BIN)/python -c "import sys, yaml; from parquant.k8s.jobs import JobTemplates; \
+	  t = JobTemplates.load('deploy/base/templates/stage-job.yaml', 'deploy/base/templates/gpu-patch.yaml'); \
+	  yaml.safe_dump(t.gpu, sys.stdout)" > out/deploy/stage-job-gpu.yaml
 	for version in $(K8S_VERSIONS); do \
 	  $(BIN)/kubernetes-validate --strict --quiet -k $$version out/deploy/gpu.yaml out/deploy/cpu.yaml \
-	    deploy/base/templates/*.yaml deploy/examples/*.yaml || exit 1; \
+	    deploy/base/templates/stage-job.yaml out/deploy/stage-job-gpu.yaml deploy/examples/*.yaml || exit 1; \
 	done
 
 format: venv

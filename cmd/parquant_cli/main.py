@@ -118,6 +118,9 @@ def run_export(options: ExportOptions) -> int:
     return _finish(result)
 
 
+PLACEMENT_NOTE_VARIABLE = "PARQUANT_PLACEMENT_NOTE"
+
+
 def run_quantize(options: QuantizeOptions) -> int:
     from parquant.quant.config import load_config
     from parquant.stages.quantize import quantize
@@ -148,7 +151,8 @@ def run_quantize(options: QuantizeOptions) -> int:
         dry_run=options.dry_run,
         storage_options=_storage(options),
         progress=progress_reporter(options.log_format, options.quiet),
-        placement_note=options.placement_note,
+        # set by the Kubernetes executor on a stage it moved (GPU -> CPU), never by a user flag
+        placement_note=os.environ.get(PLACEMENT_NOTE_VARIABLE) or None,
     )
     if options.dry_run:
         plan, estimate = result.details["plan"], result.details["estimate"]
@@ -279,10 +283,10 @@ def _kubernetes_settings(options: PipelineOptions, shared: list[str]) -> Any:
     from parquant.k8s.executor import KubernetesSettings
     from parquant.k8s.jobs import JobTemplates
 
-    gpu_template = None if options.no_gpu else _template(options.gpu_job_template)
+    gpu_patch = None if options.no_gpu else _template(options.gpu_job_patch)
     return KubernetesSettings(
         namespace=options.namespace or default_namespace(options.kubeconfig),
-        templates=JobTemplates.load(_template(options.job_template) or options.job_template, gpu_template),
+        templates=JobTemplates.load(_template(options.job_template) or options.job_template, gpu_patch),
         cpu_image=options.cpu_image or None,
         gpu_image=options.gpu_image or None,
         gpu=not options.no_gpu,

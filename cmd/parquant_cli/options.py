@@ -156,14 +156,6 @@ class QuantizeOptions(CommonOptions, WriteFlags):
         default=False, metadata={"help": "fail (exit 69) instead of falling back to built-in PTQ or to the CPU"}
     )
     dry_run: bool = field(default=False, metadata={"help": "print the plan and estimates; write nothing"})
-    placement_note: str | None = field(
-        default=None,
-        metadata={
-            "type": str,
-            "help": "why this run is where it is (the Kubernetes executor's GPU -> CPU fallback sets it); "
-            "recorded with the fallbacks in the manifest and shown in the report",
-        },
-    )
     compare: str | None = field(
         default=None,
         metadata={
@@ -265,11 +257,11 @@ class PipelineOptions(CommonOptions):
     )
     job_template: str = field(
         default="/etc/parquant/templates/stage-job.yaml",
-        metadata={"help": "kubernetes: Job template for CPU stages (deploy/base/templates)"},
+        metadata={"help": "kubernetes: the stage Job template (deploy/base/templates)"},
     )
-    gpu_job_template: str | None = field(
-        default="/etc/parquant/templates/stage-job-gpu.yaml",
-        metadata={"type": str, "help": "kubernetes: Job template for GPU stages (quantize)"},
+    gpu_job_patch: str | None = field(
+        default="/etc/parquant/templates/gpu-patch.yaml",
+        metadata={"type": str, "help": "kubernetes: JSON Patch that makes the template a GPU Job (quantize)"},
     )
     cpu_image: str | None = field(
         default=None, metadata={"type": str, "help": "kubernetes: image of CPU stages (default: the template's)"}

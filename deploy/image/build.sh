@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the parquant image without a registry.
 #
-#   deploy/image/build.sh cpu|gpu [TAG] [extra build options, e.g. --build-arg GPU_TORCH=torch==2.13.0+cpu]
+#   deploy/image/build.sh cpu|gpu [TAG] [extra build options, e.g. --build-arg GPU_TORCH_BUILD=cpu]
 #
 # With a Docker daemon it is a plain `docker build`. Without one (CI here) it uses Debian's buildah,
 # and the base image is a Debian bookworm made locally by mmdebstrap (python3 + venv + CA
@@ -18,7 +18,7 @@ CACHE=${PARQUANT_IMAGE_CACHE:-/var/cache/parquant-image}
 BASE_TAG=localhost/parquant-base:bookworm
 
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-  exec docker build --target "$TARGET" -t "$TAG" "$@" "$ROOT"
+  exec docker build --build-arg "FLAVOR=$TARGET" -t "$TAG" "$@" "$ROOT"
 fi
 
 # shellcheck source=../apt.sh
@@ -40,7 +40,7 @@ if ! buildah inspect --type image "$BASE_TAG" >/dev/null 2>&1; then
   buildah rm "$ctr" >/dev/null
 fi
 
-args=(--layers --network host --build-arg "BASE=$BASE_TAG")
+args=(--layers --network host --build-arg "BASE=$BASE_TAG" --build-arg "FLAVOR=$TARGET")
 # This machine's pip configuration (find-links to local wheels, file:// indexes, CA bundle):
 # mount each folder it names at the same path and pass the settings through as build arguments.
 for dir in /opt/wheels /opt/pypi /opt/pypi-more; do
@@ -57,8 +57,8 @@ fi
 extra=""
 for dir in /opt/pypi/simple /opt/pypi-more/simple; do [ -d "$dir" ] && extra="$extra file://$dir"; done
 [ -n "$extra" ] && args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra# }")
-# The torch layer (most of the image, rarely changed) is kept as a tagged image, so pruning the
-# untagged leftovers of earlier builds (each ~1.5 GB: the venv layer) keeps it as build cache.
-buildah bud "${args[@]}" --target "torch-$TARGET" -t "localhost/parquant-cache:torch-$TARGET" "$@" "$ROOT"
-buildah bud "${args[@]}" --target "$TARGET" -t "$TAG" "$@" "$ROOT"
+# The build stage is kept as a tagged image, so its torch and dependency layers (most of the image,
+# rarely changed) survive pruning the untagged leftovers of earlier builds as build cache.
+buildah bud "${args[@]}" --target build -t "localhost/parquant-cache:build-$TARGET" "$@" "$ROOT"
+buildah bud "${args[@]}" -t "$TAG" "$@" "$ROOT"
 buildah rmi --prune >/dev/null 2>&1 || true

@@ -115,3 +115,10 @@ EXIT_CODES: dict[int, str] = {
     141: "the reader of the output went away (broken pipe, e.g. `| head`)",
     143: "terminated (SIGTERM, e.g. Kubernetes deleting the pod): uploads aborted; rerun to resume",
 }
+
+# What a Kubernetes Job does with each exit code: a fresh pod can fix I/O and network trouble,
+# so those count as a retry; nothing else does (71 too: a retry gets the same memory limit, and
+# the partial work it kept resumes once the limit is raised). Interrupts (130, 141, 143) are not
+# failures of the work: the Job's backoff decides. deploy/ checks its driver Job against these.
+JOB_RETRY_CODES = (74, 75)
+JOB_FAIL_CODES = tuple(code for code in EXIT_CODES if 64 <= code < 128 and code not in JOB_RETRY_CODES)

@@ -47,6 +47,9 @@ class StageSpec:
     params: dict[str, Any]
     gpu: bool = False
     fan_out: int = 1  # import only: workers that write the shards in parallel (Kubernetes executor)
+    # Facts of the executor's, not options of the user's (e.g. PARQUANT_PLACEMENT_NOTE: why a stage
+    # runs on the CPU): the stage's process sees them as environment variables.
+    env: dict[str, str] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         args = [self.stage]

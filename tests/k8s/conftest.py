@@ -54,11 +54,11 @@ def namespace(admin_api: Any) -> Iterator[str]:
     core.delete_namespace(name)
 
 
-def render_overlay(overlay: str) -> list[dict[str, Any]]:
+def render_overlay(overlay: str, deploy: Path = ROOT / "deploy") -> list[dict[str, Any]]:
     """`kubectl kustomize deploy/overlays/<overlay>`: the objects `kubectl apply -k` would send."""
     kubectl = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "kubectl"
     out = subprocess.run(
-        [str(kubectl), "kustomize", str(ROOT / "deploy" / "overlays" / overlay)],
+        [str(kubectl), "kustomize", str(deploy / "overlays" / overlay)],
         check=True,
         capture_output=True,
         text=True,

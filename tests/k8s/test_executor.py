@@ -47,8 +47,8 @@ def _pipeline_argv(spec: Path, kubeconfig: Path, namespace: str, *extra: str) ->
         namespace,
         "--job-template",
         str(TEMPLATES / "stage-job.yaml"),
-        "--gpu-job-template",
-        str(TEMPLATES / "stage-job-gpu.yaml"),
+        "--gpu-job-patch",
+        str(TEMPLATES / "gpu-patch.yaml"),
         "--poll-seconds",
         "0.3",
         "--log-format",
@@ -176,7 +176,7 @@ def test_interrupt_deletes_the_running_stage_job(admin_api: Any, namespace: str,
     )
     settings = KubernetesSettings(
         namespace,
-        JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "stage-job-gpu.yaml")),
+        JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "gpu-patch.yaml")),
         gpu_schedule_timeout=600,
         poll_seconds=0.2,
     )
@@ -215,7 +215,7 @@ def _executor(admin_api: Any, namespace: str, tmp_path: Path, **overrides: Any) 
     kubeconfig = driver_kubeconfig(admin_api, namespace, tmp_path / "driver.kubeconfig")
     settings = KubernetesSettings(
         namespace,
-        JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "stage-job-gpu.yaml")),
+        JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "gpu-patch.yaml")),
         poll_seconds=0.2,
         **overrides,
     )

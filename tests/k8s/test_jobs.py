@@ -12,16 +12,18 @@ import yaml
 
 from parquant.errors import ConfigError
 from parquant.k8s import connect, default_namespace
-from parquant.k8s.executor import _api_error, _failure_code
+from parquant.k8s.executor import _api_error
 from parquant.k8s.jobs import (
     JobTemplates,
     cpu_replacement,
     fail_job_exit_codes,
     job_name,
+    pod_failure_policy,
     render_job,
     stage_labels,
     strip_for_server,
 )
+from parquant.k8s.observe import failure_code as _failure_code
 from parquant.pipeline import StageSpec
 
 ROOT = Path(__file__).parent.parent.parent
@@ -29,7 +31,7 @@ TEMPLATES = ROOT / "deploy" / "base" / "templates"
 
 
 def _templates() -> JobTemplates:
-    return JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "stage-job-gpu.yaml"))
+    return JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(TEMPLATES / "gpu-patch.yaml"))
 
 
 def test_job_names_are_dns_labels_stable_and_distinct() -> None:
@@ -72,9 +74,37 @@ def test_gpu_template_asks_for_a_gpu_and_tolerates_gpu_nodes() -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
 
 
+def test_pod_failure_policies_follow_the_exit_codes() -> None:
+    """Stage Jobs get theirs from errors.py; the driver Job's, written in YAML, must say the same."""
+    from parquant.errors import EXIT_CODES, JOB_FAIL_CODES, JOB_RETRY_CODES, OutOfMemoryError, ParquantError
+
+    emitted = {cls.exit_code for cls in _subclasses(ParquantError)}
+    assert set(JOB_FAIL_CODES) | set(JOB_RETRY_CODES) == emitted  # every code parquant emits, nothing else
+    assert set(EXIT_CODES) >= emitted and OutOfMemoryError.exit_code in JOB_FAIL_CODES
+    driver = yaml.safe_load((ROOT / "deploy" / "base" / "driver-job.yaml").read_text())
+    assert driver["spec"]["podFailurePolicy"] == pod_failure_policy()
+    template = yaml.safe_load((TEMPLATES / "stage-job.yaml").read_text())
+    assert "podFailurePolicy" not in template["spec"]  # one source: render_job adds it
+    assert render_job(template, name="x", labels={}, args=[])["spec"]["podFailurePolicy"] == pod_failure_policy()
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {cls} | {grand for sub in cls.__subclasses__() for grand in _subclasses(sub)}
+
+
+def test_gpu_patch_that_does_not_apply_is_a_config_error(tmp_path: Path) -> None:
+    patch = tmp_path / "patch.yaml"
+    patch.write_text("- op: replace\n  path: /spec/template/spec/nodeName/missing\n  value: x\n")
+    with pytest.raises(ConfigError, match="does not apply"):
+        JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(patch))
+    patch.write_text("op: add\n")
+    with pytest.raises(ConfigError, match="JSON Patch"):
+        JobTemplates.load(str(TEMPLATES / "stage-job.yaml"), str(patch))
+
+
 def test_strip_for_server_and_fail_job_codes() -> None:
     job = render_job(_templates().cpu, name="x", labels={}, args=[], indexed_completions=2)
-    assert fail_job_exit_codes(job) == {64, 65, 66, 67, 68, 69, 70, 71, 73, 77, 78, 79}
+    assert fail_job_exit_codes(job) == {64, 65, 66, 69, 70, 71, 73, 77, 78, 79}
     assert strip_for_server(job, (1, 30)) == []
     assert strip_for_server(job, (1, 20)) == ["podFailurePolicy", "completionMode"]
     assert "podFailurePolicy" not in job["spec"] and fail_job_exit_codes(job) == set()
@@ -93,8 +123,12 @@ def test_cpu_replacement_of_a_quantize_stage(method: str, backend: str, expected
     stage = StageSpec("q", "quantize", {"model": "m", "output": "o", "method": method}, gpu=True)
     moved = cpu_replacement(stage, backend, "no GPU")
     assert (moved.params["backend"], moved.params["method"]) == expected
-    assert moved.params["device"] == "cpu" and moved.params["placement_note"] == "no GPU" and not moved.gpu
-    assert "--placement-note" in moved.argv() and stage.params["method"] == method
+    assert moved.params["device"] == "cpu" and moved.env == {"PARQUANT_PLACEMENT_NOTE": "no GPU"} and not moved.gpu
+    assert "placement" not in " ".join(moved.argv()) and stage.params["method"] == method
+    job = render_job(_templates().cpu, name="x", labels={}, args=moved.argv(), env=moved.env)
+    assert {"name": "PARQUANT_PLACEMENT_NOTE", "value": "no GPU"} in job["spec"]["template"]["spec"]["containers"][0][
+        "env"
+    ]
 
 
 def test_bad_templates_are_refused_with_the_fix(tmp_path: Path) -> None:
@@ -178,8 +212,8 @@ def test_dry_run_prints_the_jobs_and_they_validate(cli: Any, gpu: bool) -> None:
         "--dry-run",
         "--job-template",
         TEMPLATES / "stage-job.yaml",
-        "--gpu-job-template",
-        TEMPLATES / "stage-job-gpu.yaml",
+        "--gpu-job-patch",
+        TEMPLATES / "gpu-patch.yaml",
         "--cpu-image",
         "reg/parquant:cpu",
         "--gpu-image",

@@ -8,10 +8,12 @@ to vanish is the Jobs' podFailurePolicy (Kubernetes 1.26+), which is stripped be
 from __future__ import annotations
 
 import copy
+import shutil
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from parquant.k8s.jobs import strip_for_server
 
@@ -67,14 +69,57 @@ def test_overlay_passes_server_side_dry_run(admin_api: Any, overlay: str) -> Non
     assert ("--no-gpu" in args) == (overlay == "cpu")
 
 
-@pytest.mark.parametrize("template", ["stage-job.yaml", "stage-job-gpu.yaml"])
-def test_stage_templates_pass_server_side_dry_run(admin_api: Any, template: str) -> None:
-    from parquant.k8s.jobs import render_job
+@pytest.mark.parametrize("gpu", [False, True])
+def test_stage_templates_pass_server_side_dry_run(admin_api: Any, gpu: bool) -> None:
+    from parquant.k8s.jobs import JobTemplates, render_job
 
-    doc = yaml.safe_load((ROOT / "deploy" / "base" / "templates" / template).read_text())
+    folder = ROOT / "deploy" / "base" / "templates"
+    templates = JobTemplates.load(str(folder / "stage-job.yaml"), str(folder / "gpu-patch.yaml"))
+    doc = templates.gpu if gpu else templates.cpu
+    assert doc is not None
     job = render_job(doc, name="pq-dry-run", labels={"parquant.io/stage": "x"}, args=["inspect", "s3://b/m"])
     job["metadata"]["namespace"] = "default"
     strip_for_server(job, (1, 20))
     got = _dry_run(admin_api, job)
     assert _missing(job, got) == []
     assert got["spec"]["template"]["spec"]["containers"][0]["args"] == ["inspect", "s3://b/m"]
+
+
+def test_the_overlay_applies_again_after_the_pipeline_is_edited(admin_api: Any, tmp_path: Path) -> None:
+    """`kubectl apply -k` after editing pipeline.yaml: no "field is immutable" from the driver Job,
+    and the pipeline ConfigMap holds the edit (docs/deploy.md, "Re-running", says how to run it)."""
+    from kubernetes import client
+    from kubernetes.dynamic import DynamicClient
+
+    deploy = tmp_path / "deploy"
+    shutil.copytree(ROOT / "deploy", deploy)
+    namespace = f"pq-apply-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(admin_api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    dynamic = DynamicClient(admin_api)
+
+    def apply() -> None:
+        for doc in render_overlay("gpu", deploy):
+            if doc["kind"] == "Namespace":
+                continue
+            doc["metadata"]["namespace"] = namespace
+            if doc["kind"] == "Job":
+                strip_for_server(doc, (1, 20))
+            resource = dynamic.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+            resource.server_side_apply(
+                body=doc,
+                name=doc["metadata"]["name"],
+                namespace=namespace,
+                field_manager="kubectl",
+                force_conflicts=True,
+            )
+
+    try:
+        apply()
+        pipeline = deploy / "base" / "pipeline.yaml"
+        pipeline.write_text(pipeline.read_text().replace("name: tiny-llama", "name: tiny-llama-edited", 1))
+        apply()  # the same Job template: accepted
+        stored = core.read_namespaced_config_map("parquant-pipeline", namespace).data["pipeline.yaml"]
+        assert "name: tiny-llama-edited" in stored
+    finally:
+        core.delete_namespace(namespace)

@@ -30,18 +30,9 @@ from .jobs import (
     stage_labels,
     strip_for_server,
 )
+from .observe import JobObserver, Watch, job_state
 
 log = logging.getLogger("parquant")
-
-# Waiting reasons that will not fix themselves, with the exit code and the fix to print.
-STUCK_WAITING = {
-    "ErrImagePull": (69, "the image cannot be pulled: check the image name and the pull secret"),
-    "ImagePullBackOff": (69, "the image cannot be pulled: check the image name and the pull secret"),
-    "InvalidImageName": (69, "the image name is invalid: fix --cpu-image / --gpu-image"),
-    "CreateContainerConfigError": (78, "the container cannot be configured (missing Secret or ConfigMap?)"),
-}
-# Terminated reasons without one of our exit codes.
-TERMINATED_REASONS = {"OOMKilled": 71, "DeadlineExceeded": 75}
 
 
 @dataclass
@@ -56,15 +47,6 @@ class KubernetesSettings:
     poll_seconds: float = 2.0
     stuck_seconds: float = 300.0  # how long an image pull may fail before the stage fails
     extra_args: list[str] = field(default_factory=list)  # logging flags, appended to every stage
-
-
-@dataclass
-class _Watch:
-    """What one wait on a Job found."""
-
-    status: str  # "succeeded", "failed", "unschedulable"
-    exit_code: int = 0
-    note: str = ""
 
 
 class KubernetesExecutor:
@@ -142,7 +124,7 @@ class KubernetesExecutor:
             return StageOutcome(stage.name, "done", 0, 0.0, f"kubernetes/{placement}", watch.note)
         return StageOutcome(stage.name, "failed", watch.exit_code, 0.0, f"kubernetes/{placement}", watch.note)
 
-    def _fan_out(self, spec: PipelineSpec, stage: StageSpec) -> _Watch | None:
+    def _fan_out(self, spec: PipelineSpec, stage: StageSpec) -> Watch | None:
         """Import's workers: one Indexed Job (Kubernetes 1.22+) or one Job per index; None when all succeed.
 
         The stage's own Job runs afterwards: it finds every shard written and adds the manifest.
@@ -175,7 +157,7 @@ class KubernetesExecutor:
             if exc.status == 404:
                 return None
             raise _api_error(exc, f"read Job {name}") from None
-        state = _job_state(job)
+        state = job_state(job)
         if state == "succeeded" and not force:
             return "succeeded"
         if state is None and not force:
@@ -243,14 +225,14 @@ class KubernetesExecutor:
             log.warning("pipeline: Job %s is still being deleted after 60s; going on", name)
         self._active.discard(name)
 
-    def _wait(self, name: str, stage_name: str, unschedulable_limit: float | None) -> _Watch:
-        """Poll the Job and its pods until it ends; stream each pod's log once it runs."""
+    def _wait(self, name: str, stage_name: str, unschedulable_limit: float | None) -> Watch:
+        """Poll the Job and its pods until it ends (observe.py decides); stream each pod's log once it runs."""
         from kubernetes.client.exceptions import ApiException
 
-        unschedulable_since: float | None = None
-        stuck_since: dict[str, float] = {}
+        observer = JobObserver(
+            unschedulable_limit, self.settings.stuck_seconds, frozenset(self._fail_job_codes.get(name, ()))
+        )
         streamed: set[str] = set()
-        told: set[str] = set()
         while True:
             try:
                 job = self.batch.read_namespaced_job(name, self.settings.namespace)
@@ -261,48 +243,19 @@ class KubernetesExecutor:
                 if pod.metadata.name not in streamed and (pod.status.phase or "Pending") != "Pending":
                     streamed.add(pod.metadata.name)
                     self._stream_log(pod.metadata.name, stage_name)
-            state = _job_state(job)
-            if state == "succeeded":
-                self._active.discard(name)
-                return _Watch("succeeded")
-            if state == "failed":
-                self._active.discard(name)
-                code, note = _failure_code(job, pods)
-                return self._explained(_Watch("failed", code, note), pods)
-            final = self._final_failure(name, pods)
-            if final is not None:
-                watch = self._explained(_Watch("failed", *final), pods)
-                self._delete(name)
+            decision = observer.observe(job, pods, time.monotonic())
+            for pod_name, message in decision.unschedulable_pods:
+                log.warning("pipeline: %s: pod %s cannot be scheduled yet: %s", stage_name, pod_name, message)
+            if decision.outcome is not None:
+                watch = self._explained(decision.outcome, pods) if decision.explain else decision.outcome
+                if decision.delete_job:
+                    self._delete(name)
+                elif watch.status != "unschedulable":
+                    self._active.discard(name)
                 return watch
-            now = time.monotonic()
-            for pod in pods:
-                if pod.metadata.name not in told and _unschedulable(pod):
-                    told.add(pod.metadata.name)
-                    log.warning(
-                        "pipeline: %s: pod %s cannot be scheduled yet: %s",
-                        stage_name,
-                        pod.metadata.name,
-                        _scheduling_message(pod),
-                    )
-            if unschedulable_limit is not None:
-                if any(_unschedulable(pod) for pod in pods):
-                    unschedulable_since = unschedulable_since or now
-                    if now - unschedulable_since > unschedulable_limit:
-                        return self._explained(_Watch("unschedulable"), pods)
-                else:
-                    unschedulable_since = None
-            for pod in pods:
-                reason = _waiting_reason(pod)
-                if reason in STUCK_WAITING:
-                    first = stuck_since.setdefault(pod.metadata.name, now)
-                    if now - first > self.settings.stuck_seconds:
-                        code, fix = STUCK_WAITING[reason]
-                        watch = self._explained(_Watch("failed", code, f"{reason}: {fix}"), pods)
-                        self._delete(name)
-                        return watch
             time.sleep(self.settings.poll_seconds)
 
-    def _explained(self, watch: _Watch, pods: list[Any]) -> _Watch:
+    def _explained(self, watch: Watch, pods: list[Any]) -> Watch:
         """Add the pods' latest warning events (FailedScheduling, BackOff, FailedMount...) to the note."""
         from kubernetes.client.exceptions import ApiException
 
@@ -321,15 +274,6 @@ class KubernetesExecutor:
             log.warning("pipeline: events: %s", " | ".join(told))
             watch.note = "; ".join(filter(None, [watch.note, "events: " + " | ".join(told)]))
         return watch
-
-    def _final_failure(self, name: str, pods: list[Any]) -> tuple[int, str] | None:
-        """podFailurePolicy's FailJob, done by the driver where the server predates the field."""
-        codes = self._fail_job_codes.get(name)
-        for pod in pods if codes else []:
-            code = _exit_code(pod)
-            if code is not None and code in (codes or ()):
-                return code, f"exit code {code} (pod {pod.metadata.name}); not retried: a retry cannot fix it"
-        return None
 
     def _stream_log(self, pod: str, stage_name: str) -> None:
         """Follow a pod's log on a thread; without a reachable kubelet it says so once and goes on."""
@@ -369,6 +313,7 @@ def stage_job(
         args=args,
         image=image or None,
         indexed_completions=indexed,
+        env=stage.env,
     )
 
 
@@ -389,62 +334,6 @@ def _server_version(version_api: Any) -> tuple[int, int]:
     info = version_api.get_code()
     minor = "".join(ch for ch in str(info.minor) if ch.isdigit()) or "0"
     return int(info.major), int(minor)
-
-
-def _job_state(job: Any) -> str | None:
-    for condition in job.status.conditions or []:
-        if condition.status == "True" and condition.type == "Complete":
-            return "succeeded"
-        if condition.status == "True" and condition.type == "Failed":
-            return "failed"
-    return None
-
-
-def _unschedulable(pod: Any) -> bool:
-    return any(
-        c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
-        for c in pod.status.conditions or []
-    )
-
-
-def _exit_code(pod: Any) -> int | None:
-    for status in pod.status.container_statuses or []:
-        terminated = status.state.terminated if status.state else None
-        if status.name == CONTAINER and terminated is not None and terminated.exit_code:
-            return int(terminated.exit_code)
-    return None
-
-
-def _scheduling_message(pod: Any) -> str:
-    for c in pod.status.conditions or []:
-        if c.type == "PodScheduled":
-            return str(c.message or c.reason)
-    return "no reason given"
-
-
-def _waiting_reason(pod: Any) -> str | None:
-    for status in pod.status.container_statuses or []:
-        if status.state and status.state.waiting:
-            return str(status.state.waiting.reason)
-    return None
-
-
-def _failure_code(job: Any, pods: list[Any]) -> tuple[int, str]:
-    """The exit code of the Job's last failed container (our own codes), else one for the reason."""
-    condition = next((c for c in job.status.conditions or [] if c.type == "Failed" and c.status == "True"), None)
-    reason = condition.reason if condition else ""
-    failed = [p for p in pods if p.status.phase == "Failed"]
-    failed.sort(key=lambda p: p.metadata.creation_timestamp or 0)
-    for pod in reversed(failed):
-        for status in pod.status.container_statuses or []:
-            terminated = status.state.terminated if status.state else None
-            if status.name == CONTAINER and terminated is not None:
-                if terminated.reason in TERMINATED_REASONS and terminated.exit_code in (None, 137, 143):
-                    return TERMINATED_REASONS[terminated.reason], f"{terminated.reason} (pod {pod.metadata.name})"
-                return int(terminated.exit_code), f"exit code {terminated.exit_code} (pod {pod.metadata.name})"
-    if reason == "DeadlineExceeded":
-        return 75, "the Job ran past activeDeadlineSeconds: raise it in the stage template or give it a bigger node"
-    return 70, f"the Job failed ({reason or 'no reason given'}) and no container exit code is known"
 
 
 def _api_error(exc: Any, action: str) -> ParquantError:

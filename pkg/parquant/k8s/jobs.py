@@ -16,11 +16,12 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import JOB_FAIL_CODES, JOB_RETRY_CODES, ConfigError
 from ..pipeline import StageSpec
 from ..quant import methods
 
 CONTAINER = "parquant"
+PLACEMENT_NOTE = "PARQUANT_PLACEMENT_NOTE"  # read by `parquant quantize` (the manifest records it)
 LABEL_PREFIX = "parquant.io/"
 MANAGED_BY = {"app.kubernetes.io/name": "parquant", "app.kubernetes.io/component": "stage"}
 # Job fields a server too old to know them would drop or refuse: (field, first version with it).
@@ -29,14 +30,59 @@ NEWER_FIELDS = (("podFailurePolicy", (1, 26)), ("completionMode", (1, 21)))
 
 @dataclass(frozen=True)
 class JobTemplates:
-    """The CPU template, and the GPU one when this cluster offers GPUs."""
+    """The stage Job template, and its GPU version (the template with the GPU patch applied) when
+    this cluster offers GPUs."""
 
     cpu: dict[str, Any]
     gpu: dict[str, Any] | None
 
     @classmethod
-    def load(cls, cpu_path: str, gpu_path: str | None) -> JobTemplates:
-        return cls(_read_job(cpu_path), _read_job(gpu_path) if gpu_path else None)
+    def load(cls, template_path: str, gpu_patch_path: str | None) -> JobTemplates:
+        cpu = _read_job(template_path)
+        return cls(cpu, gpu_job(cpu, _read_patch(gpu_patch_path), gpu_patch_path) if gpu_patch_path else None)
+
+
+def gpu_job(template: dict[str, Any], patch: list[dict[str, Any]], where: str = "the GPU patch") -> dict[str, Any]:
+    """The stage template made a GPU one by a JSON Patch (RFC 6902): one template, one patch."""
+    import jsonpatch
+
+    try:
+        patched: dict[str, Any] = jsonpatch.apply_patch(template, patch)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise ConfigError(f"{where} does not apply to the stage Job template ({exc})") from None
+    return patched
+
+
+def _read_patch(path: str | None) -> list[dict[str, Any]]:
+    try:
+        loaded = yaml.safe_load(Path(str(path)).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the GPU patch {path} ({exc.strerror}): pass --gpu-job-patch") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"GPU patch {path} is not valid YAML ({exc})") from None
+    if not isinstance(loaded, list) or not all(isinstance(op, dict) and "op" in op for op in loaded):
+        raise ConfigError(f"{path} must be a JSON Patch: a list of {{op, path, value}} operations")
+    return loaded
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Every Job's podFailurePolicy, from parquant's exit codes (errors.py): fail at once where a
+    retry cannot help, count a retry for I/O and network trouble, ignore pod disruptions."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(JOB_FAIL_CODES)},
+                "onPodConditions": [],  # Kubernetes 1.26 requires the key even where exit codes decide
+            },
+            {
+                "action": "Count",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(JOB_RETRY_CODES)},
+                "onPodConditions": [],
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
 
 
 def _read_job(path: str) -> dict[str, Any]:
@@ -84,8 +130,9 @@ def render_job(
     args: list[str],
     image: str | None = None,
     indexed_completions: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """A copy of `template` with this stage's name, labels, container args and image."""
+    """A copy of `template` with this stage's name, labels, container args, image and environment."""
     job = copy.deepcopy(template)
     job.setdefault("apiVersion", "batch/v1")
     meta = job.setdefault("metadata", {})
@@ -96,6 +143,11 @@ def render_job(
     pod_meta["labels"] = {**(pod_meta.get("labels") or {}), **labels}
     container = next(c for c in job["spec"]["template"]["spec"]["containers"] if c["name"] == CONTAINER)
     container["args"] = list(args)
+    if env:
+        container["env"] = [e for e in container.get("env") or [] if e.get("name") not in env] + [
+            {"name": k, "value": v} for k, v in env.items()
+        ]
+    job["spec"]["podFailurePolicy"] = pod_failure_policy()
     if image:
         container["image"] = image
     if indexed_completions is not None:
@@ -129,7 +181,7 @@ def cpu_replacement(stage: StageSpec, backend: str, why: str) -> StageSpec:
     """The stage to run on the CPU image once its GPU pod could not be scheduled.
 
     Quantize keeps its method on AngelSlim-on-CPU when so configured, otherwise takes the built-in
-    PTQ method closest to it; either way `--placement-note` puts the reason into the manifest
+    PTQ method closest to it; either way PARQUANT_PLACEMENT_NOTE puts the reason into the manifest
     (provenance fallbacks), which the benchmark result and the report carry on.
     """
     params = dict(stage.params)
@@ -143,8 +195,7 @@ def cpu_replacement(stage: StageSpec, backend: str, why: str) -> StageSpec:
             params.update(backend=methods.ANGELSLIM, device="cpu")
         else:
             params.update(backend=methods.PTQ, method=method.fallback, device="cpu")
-        params["placement_note"] = why
-    return StageSpec(stage.name, stage.stage, params, gpu=False)
+    return StageSpec(stage.name, stage.stage, params, gpu=False, env={**stage.env, PLACEMENT_NOTE: why})
 
 
 __all__ = [
