@@ -25,7 +25,6 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # puts the CPU wheel in its place (CI, which cannot fetch the CUDA wheel, builds the rest that way).
 ARG GPU_TORCH_BUILD=cuda
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN python3 -m venv /opt/parquant
 WORKDIR /src
 # Dependencies before sources: torch first (most of the image, changes least), then the rest; a
