@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from parquant.bench import BenchmarkRunner
+from parquant.benchmark import BenchmarkRunner
 from parquant.stages.convert import import_checkpoint
 
 from .conftest import EXAMPLE_MODEL, CliResult

@@ -107,3 +107,20 @@ def test_progress_lines_give_no_eta_before_one_percent(
     progress(ProgressEvent("write", "w.13", 13, 26, 12 * 2**20, 24 * 2**20))
     etas = [record.fields["eta_s"] for record in caplog.records]  # type: ignore[attr-defined]
     assert etas[0] is None and etas[1] is not None and etas[1] >= 0
+
+
+def test_option_defaults_are_the_librarys() -> None:
+    """The stage options (CLI, pipeline specs) and the library default to the same layout."""
+    from parquant.hf import DEFAULT_EXPORT_SHARD_BYTES
+    from parquant.stages.options import ExportOptions, ImportOptions
+    from parquant.store.writer import WriteOptions
+
+    options = ImportOptions(source="s", output="o")
+    written = WriteOptions()
+    assert (options.format_version, options.chunk_size, options.shard_size, options.compression) == (
+        written.version,
+        written.chunk_bytes,
+        written.shard_bytes,
+        written.compression,
+    )
+    assert ExportOptions(model="m", output="o").max_shard_size == DEFAULT_EXPORT_SHARD_BYTES

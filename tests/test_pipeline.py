@@ -64,6 +64,8 @@ def test_argv_rendering() -> None:
             "two stages are named",
         ),
         ({"stages": [{"stage": "inspect", "model": "m"}], "executor": "k8s"}, "unknown key"),
+        # a typo in a stage's option fails the spec at load, before any stage runs, naming the known ones
+        ({"stages": [{"stage": "quantize", "model": "m", "output": "o", "metod": "x"}]}, "unknown key 'metod'.*method"),
         ({"stages": [{"stage": "inspect", "model": "m", "fan_out": 2}]}, "on import stages only"),
         ({"stages": [{"stage": "import", "source": "s", "output": "o", "fan_out": 0}]}, "whole number >= 1"),
         ({"stages": [{"stage": "import", "source": "s", "output": "o", "fan_out": 2, "force": True}]}, "with force"),

@@ -45,7 +45,7 @@ def _restored_reference(candidate: str, folder: Path) -> str:
     """The candidate's weights as the model really runs them, re-stored as a plain float model."""
     from transformers import AutoModelForCausalLM
 
-    from parquant.quant.layout import plain_config
+    from parquant.quant.linear_layers import plain_config
 
     with WeightLoader(candidate) as loader:
         config = loader.config()

@@ -23,8 +23,7 @@ import yaml
 
 from parquant import __version__
 from parquant.errors import EXIT_CODES, OutOfMemoryError, ParquantError, UsageError
-
-from .options import (
+from parquant.stages.options import (
     BenchmarkOptions,
     CommonOptions,
     ExportOptions,
@@ -35,6 +34,7 @@ from .options import (
     ReportOptions,
     ValidateOptions,
 )
+
 from .reporting import configure_logging, progress_reporter
 
 log = logging.getLogger("parquant")
@@ -200,7 +200,7 @@ def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
 
 
 def run_validate(options: ValidateOptions) -> int:
-    from parquant.stages.evaluate import validate
+    from parquant.stages.validate import validate
     from parquant.tasks import parse_tasks
     from parquant.validate import Thresholds, gate
 
@@ -223,7 +223,7 @@ def run_validate(options: ValidateOptions) -> int:
 
 
 def run_benchmark(options: BenchmarkOptions) -> int:
-    from parquant.stages.evaluate import benchmark
+    from parquant.stages.benchmark import benchmark
 
     result = benchmark(
         options.model,
@@ -241,7 +241,7 @@ def run_benchmark(options: BenchmarkOptions) -> int:
 
 
 def run_report(options: ReportOptions) -> int:
-    from parquant.stages.evaluate import report
+    from parquant.stages.report import report
 
     files = report(
         options.results, options.output, title=options.title, force=options.force, storage_options=_storage(options)

@@ -31,7 +31,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 # Non-tensor files up to this size are hashed whole for the fingerprint; bigger ones by version.
 _HASHED_FILE_BYTES = 16 * 1024 * 1024
-DEFAULT_EXPORT_SHARD_BYTES = 5 * 1024**3
+DEFAULT_EXPORT_SHARD_BYTES = 5 * 10**9  # "5GB", as transformers' save_pretrained splits
 PICKLE_HINT = (
     "parquant never unpickles (it can run arbitrary code). Convert it once, in an environment you "
     'trust: python -c "from transformers import AutoModelForCausalLM as M; '
@@ -142,9 +142,6 @@ class HFCheckpoint:
         _check_unique_tensors(location.url, weights)
         files = [safe_relative_path(n, location.url) for n in names if n not in weight_names and n not in pickles]
         return cls(location, files, weights, skipped=pickles)
-
-    def tensor_specs(self) -> list[TensorSpec]:
-        return sorted((t.spec for w in self.weights for t in w.tensors.values()), key=lambda s: s.name)
 
     def config(self) -> dict[str, Any]:
         if "config.json" not in self.files:

@@ -1,9 +1,10 @@
 """Pipelines: a YAML list of stages, run in order by an executor, resumable.
 
-A stage entry names the stage and its options with the CLI's own option names (`model`,
-`output`, `method`, `calibration_data` ...). `StageSpec.argv()` turns it into exactly the command
-line `parquant <stage> ...` would take, so the local executor (in-process) and a Kubernetes Job
-(the container's argv) run the same thing and make the same outputs.
+A stage entry names the stage and its options with the names of the stage's Options dataclass
+(stages/options.py: `model`, `output`, `method`, `calibration_data` ...), checked when the spec is
+loaded. `StageSpec.argv()` turns it into exactly the command line `parquant <stage> ...` would
+take, so the local executor (in-process) and a Kubernetes Job (the container's argv) run the same
+thing and make the same outputs.
 
 Resume: a state file (under `state_dir`, by default parquant's cache folder, named after the
 pipeline and the spec's path) records each finished stage with a hash of its entry; a rerun skips
@@ -23,20 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ParquantError
+from .stages.options import STAGE_OPTIONS, check_params, stage_argv
 from .yamlfile import read_yaml_file
 
 log = logging.getLogger("parquant")
 
-# Positional parameters of each stage, in order; every other key becomes --key value.
-POSITIONAL: dict[str, tuple[str, ...]] = {
-    "import": ("source",),
-    "export": ("model",),
-    "inspect": ("model",),
-    "quantize": ("model",),
-    "validate": ("reference", "candidate"),
-    "benchmark": ("model",),
-    "report": ("results",),
-}
 GPU_STAGES = ("quantize",)
 
 
@@ -52,21 +44,7 @@ class StageSpec:
     env: dict[str, str] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
-        args = [self.stage]
-        for key in POSITIONAL[self.stage]:
-            value = self.params[key]
-            args += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        for key, value in self.params.items():
-            if key in POSITIONAL[self.stage] or value is None or value is False:
-                continue
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                args.append(flag)
-            elif isinstance(value, list):
-                args += [flag, *(str(v) for v in value)]
-            else:
-                args += [flag, str(value)]
-        return args
+        return stage_argv(self.stage, self.params)
 
     def digest(self) -> str:
         entry = [self.stage, self.params] + ([self.fan_out] if self.fan_out > 1 else [])
@@ -99,8 +77,8 @@ class PipelineSpec:
         stages, names = [], set()
         for index, entry in enumerate(raw["stages"], 1):
             stage = entry.get("stage") if isinstance(entry, dict) else None
-            if not isinstance(stage, str) or stage not in POSITIONAL:
-                raise ConfigError(f"{where}: stage #{index} needs 'stage:' one of {', '.join(POSITIONAL)}")
+            if not isinstance(stage, str) or stage not in STAGE_OPTIONS:
+                raise ConfigError(f"{where}: stage #{index} needs 'stage:' one of {', '.join(STAGE_OPTIONS)}")
             if not all(isinstance(key, str) for key in entry):
                 raise ConfigError(f"{where}: stage #{index} has a key that is not a name")
             params = {k: v for k, v in entry.items() if k not in ("stage", "name", "gpu", "fan_out")}
@@ -111,9 +89,9 @@ class PipelineSpec:
                 )
             if fan_out > 1 and params.get("force"):
                 raise ConfigError(f"{where}: stage #{index}: fan_out cannot be combined with force")
-            missing = [k for k in POSITIONAL[entry["stage"]] if k not in params]
-            if missing:
-                raise ConfigError(f"{where}: stage #{index} ({entry['stage']}) lacks {', '.join(missing)}")
+            problems = check_params(entry["stage"], params)
+            if problems:
+                raise ConfigError(f"{where}: stage #{index} ({entry['stage']}): {'; '.join(problems)}")
             name = str(entry.get("name") or f"{index:02d}-{entry['stage']}")
             if name in names:
                 raise ConfigError(f"{where}: two stages are named {name!r}")

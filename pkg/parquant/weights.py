@@ -131,7 +131,7 @@ class WeightLoader:
         from transformers import AutoModelForCausalLM
 
         from .quant.dequant import dequantized_state_dict
-        from .quant.layout import plain_config
+        from .quant.linear_layers import plain_config
 
         config = self.config()
         dtype = next((self.spec(n).dtype for n in self.names() if n.endswith(".scales")), "BF16")

@@ -38,8 +38,9 @@ TOY = methods.QuantMethod(
 
 
 def test_a_method_registered_in_a_test_runs_through_quantize_validate_and_report(tmp_path: Path) -> None:
-    from parquant.stages.evaluate import report, validate
     from parquant.stages.quantize import quantize
+    from parquant.stages.report import report
+    from parquant.stages.validate import validate
 
     with embedded_model_in(tmp_path, "model") as model, methods.registered(TOY):
         result = quantize(str(model), str(tmp_path / "toy"), load_config(flags={"method": "toy-int7"}, environ={}))
@@ -91,7 +92,7 @@ def test_the_docs_table_is_the_registry() -> None:
 
 
 def test_cli_help_and_readme_name_every_method() -> None:
-    from parquant_cli.options import QuantizeOptions
+    from parquant.stages.options import QuantizeOptions
 
     help_text = QuantizeOptions.__dataclass_fields__["method"].metadata["help"]
     readme = (REPO / "README.md").read_text()

@@ -23,7 +23,7 @@ from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
 from ..store.writer import ModelItem, rechunked, sliced
 from .dtypes import torch_dtype
-from .layout import is_ignored, linear_modules_isolated
+from .linear_layers import is_ignored, linear_modules_isolated
 from .methods import get_method
 from .ptq import Method
 

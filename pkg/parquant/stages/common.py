@@ -1,16 +1,19 @@
-"""What every stage shares: the result type, 'already done?' decisions, provenance, cleanup."""
+"""What every stage shares: the result type, "already done?" decisions, provenance, JSON results."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
 from ..errors import ParquantError
-from ..outputs import OutputFolder
+from ..fs import resolve
+from ..outputs import OutputFolder, write_file_atomically
 from ..store.manifest import Manifest, Provenance
 from ..store.schema import MANIFEST_NAME
 
@@ -56,3 +59,8 @@ def provenance(stage: str, config: dict[str, Any], backend: str | None = None) -
     return Provenance(
         stage=stage, parquant_version=__version__, config=config, backend=backend, library_versions=versions
     )
+
+
+def write_json(url: str, payload: dict[str, Any], storage_options: Mapping[str, str] | None) -> None:
+    """A stage's JSON result, written whole or not at all."""
+    write_file_atomically(resolve(url, storage_options), (json.dumps(payload, indent=2) + "\n").encode())

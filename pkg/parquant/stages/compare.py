@@ -17,8 +17,11 @@ from ..errors import ParquantError
 from ..progress import ProgressCallback, no_progress
 from ..quant.config import QuantizationConfig
 from ..validate import Thresholds
-from .evaluate import benchmark, report, validate, write_json
+from .benchmark import benchmark
+from .common import write_json
 from .quantize import quantize
+from .report import report
+from .validate import validate
 
 log = logging.getLogger("parquant")
 BASELINE = "int8-weight"

@@ -28,6 +28,8 @@ from .crc import crc32c_combine
 from .manifest import FileEntry, Manifest, Provenance, TensorEntry, file_entry, tensor_entry
 from .schema import (
     DEFAULT_CHUNK_BYTES,
+    DEFAULT_SHARD_BYTES,
+    DEFAULT_VERSION,
     FORMAT_NAME,
     FORMAT_VERSIONS,
     KIND_FILE,
@@ -55,9 +57,9 @@ ChunkSource = Callable[[int], Iterator[bytes | memoryview | bytearray]]
 class WriteOptions:
     """How a model is laid out; part of a stage's fingerprint, since it changes the bytes."""
 
-    version: int = V2
+    version: int = DEFAULT_VERSION
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    shard_bytes: int = 2 * 1024**3
+    shard_bytes: int = DEFAULT_SHARD_BYTES
     compression: str = "none"
 
     def __post_init__(self) -> None:

@@ -53,7 +53,7 @@ def linear_modules(config: dict[str, Any]) -> set[str]:
 _CHILD = """
 import json, sys
 from parquant.errors import ParquantError
-from parquant.quant.layout import linear_modules
+from parquant.quant.linear_layers import linear_modules
 try:
     print(json.dumps({"modules": sorted(linear_modules(json.load(sys.stdin)))}))
 except ParquantError as exc:

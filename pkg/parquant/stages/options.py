@@ -1,23 +1,31 @@
-"""Typed options of each stage, parsed from argv by argparse-dataclass (one dataclass per stage)."""
+"""Every stage's options: one dataclass per stage, the one description of what a stage takes.
 
+The CLI builds its parsers from these (argparse-dataclass reads the field metadata: flags, help,
+types); a pipeline spec's stage entries are checked against them (`check_params`); the pipeline
+and the Kubernetes executor turn an entry into the argv `parquant <stage>` takes (`stage_argv`).
+No list of option names exists anywhere else. The library never parses argv: these are data.
+"""
+
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from parquant.quant import methods
+from ..errors import UsageError
+from ..quant import methods
 
 SIZE_SUFFIXES = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
 def size(text: str) -> int:
     """'64MiB' -> 67108864; plain integers are bytes."""
-    import argparse
-
     cleaned = text.strip().upper()
     number = cleaned.rstrip("KMGIB")
     suffix = cleaned[len(number) :]
     try:
         return int(float(number) * SIZE_SUFFIXES[suffix])
     except (KeyError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 64MiB, 2GB, 1048576)") from None
+        raise UsageError(f"{text!r} is not a size (e.g. 64MiB, 2GB, 1048576)") from None
 
 
 @dataclass(kw_only=True)
@@ -288,3 +296,62 @@ class PipelineOptions(CommonOptions):
         },
     )
     poll_seconds: float = field(default=2.0, metadata={"help": "kubernetes: how often Job status is read"})
+
+
+STAGE_OPTIONS: dict[str, type[CommonOptions]] = {
+    "import": ImportOptions,
+    "export": ExportOptions,
+    "inspect": InspectOptions,
+    "quantize": QuantizeOptions,
+    "validate": ValidateOptions,
+    "benchmark": BenchmarkOptions,
+    "report": ReportOptions,
+}
+
+
+def _flags(item: dataclasses.Field[Any]) -> list[str]:
+    return list(item.metadata.get("args") or [f"--{item.name.replace('_', '-')}"])
+
+
+def positional_keys(stage: str) -> tuple[str, ...]:
+    """The stage's positional parameters, in order (`model`, `reference candidate`, ...)."""
+    return tuple(f.name for f in dataclasses.fields(STAGE_OPTIONS[stage]) if not _flags(f)[0].startswith("-"))
+
+
+def option_keys(stage: str) -> tuple[str, ...]:
+    """Every key a pipeline entry of this stage may set."""
+    return tuple(f.name for f in dataclasses.fields(STAGE_OPTIONS[stage]))
+
+
+def check_params(stage: str, params: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a pipeline entry's parameters: unknown keys, missing required ones."""
+    known = option_keys(stage)
+    problems = [f"unknown key {key!r} (known: {', '.join(known)})" for key in params if key not in known]
+    missing = [
+        f.name
+        for f in dataclasses.fields(STAGE_OPTIONS[stage])
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in params
+    ]
+    if missing:
+        problems.append(f"lacks {', '.join(missing)}")
+    return problems
+
+
+def stage_argv(stage: str, params: Mapping[str, Any]) -> list[str]:
+    """The argv `parquant <stage>` takes for these parameters (flags named as the options name them)."""
+    fields = {f.name: f for f in dataclasses.fields(STAGE_OPTIONS[stage])}
+    args = [stage]
+    for key in positional_keys(stage):
+        value = params[key]
+        args += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    for key, value in params.items():
+        if key in positional_keys(stage) or value is None or value is False:
+            continue
+        flag = next(a for a in _flags(fields[key]) if a.startswith("--"))
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, list):
+            args += [flag, *(str(v) for v in value)]
+        else:
+            args += [flag, str(value)]
+    return args

@@ -1,0 +1,39 @@
+"""Stage `benchmark`: latency, throughput and memory of one model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..benchmark import BenchmarkResult, BenchmarkRunner
+from ..fs import check_writable, resolve
+from ..progress import ProgressCallback, no_progress
+from .common import write_json
+
+
+def benchmark(
+    model: str,
+    *,
+    output: str | None = None,
+    batch_sizes: tuple[int, ...] = (1, 4),
+    seq_lens: tuple[int, ...] = (128, 512),
+    new_tokens: int = 32,
+    repeats: int = 3,
+    device: str = "cpu",
+    storage_options: Mapping[str, str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> BenchmarkResult:
+    if output:
+        check_writable(resolve(output, storage_options), "--output")
+    result = BenchmarkRunner(
+        model,
+        batch_sizes=batch_sizes,
+        seq_lens=seq_lens,
+        new_tokens=new_tokens,
+        repeats=repeats,
+        device=device,
+        storage_options=storage_options,
+        progress=progress,
+    ).run()
+    if output:
+        write_json(output, result.to_dict(), storage_options)
+    return result

@@ -1,0 +1,43 @@
+"""Stage `validate`: a quantized model against its reference (weights, logits, perplexity, gates)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..fs import check_writable, resolve
+from ..progress import ProgressCallback, no_progress
+from ..validate import PrecisionValidator, Thresholds, ValidationResult
+from .common import write_json
+
+
+def validate(
+    reference: str,
+    candidate: str,
+    eval_text: str,
+    *,
+    output: str | None = None,
+    seq_len: int = 256,
+    max_tokens: int = 4096,
+    thresholds: Thresholds | None = None,
+    tasks: list[str] | None = None,
+    task_limit: int | None = None,
+    storage_options: Mapping[str, str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> ValidationResult:
+    if output:
+        check_writable(resolve(output, storage_options), "--output")
+    result = PrecisionValidator(
+        reference,
+        candidate,
+        eval_text,
+        seq_len=seq_len,
+        max_tokens=max_tokens,
+        thresholds=thresholds,
+        storage_options=storage_options,
+        progress=progress,
+        tasks=tasks,
+        task_limit=task_limit,
+    ).run()
+    if output:
+        write_json(output, result.to_dict(), storage_options)
+    return result
