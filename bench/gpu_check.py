@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "pkg"), str(REPO / "bench")]
 
 from parquant.quant.config import load_config  # noqa: E402
-from parquant.stages.convert import import_checkpoint  # noqa: E402
+from parquant.stages.hf_import import import_checkpoint  # noqa: E402
 from parquant.stages.quantize import quantize  # noqa: E402
 from parquant.weights import WeightLoader  # noqa: E402
 

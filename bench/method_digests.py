@@ -41,7 +41,8 @@ def digests(work: Path) -> dict[str, dict[str, str]]:
 
     assert Path(parquant.__file__).is_relative_to(REPO), f"{parquant.__file__} is not this checkout's"
     from parquant.quant.config import load_config
-    from parquant.stages.convert import export_checkpoint, import_checkpoint
+    from parquant.stages.hf_export import export_checkpoint
+    from parquant.stages.hf_import import import_checkpoint
     from parquant.stages.quantize import quantize
 
     model = str(work / "model")

@@ -172,7 +172,7 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Env:
 def embedded_model_in(root: Path, name: str, work_dir: bool = False) -> Iterator[Path]:
     """The embedded model imported as root/name, with parquant's cache (and, if asked, its scratch
     folders) under root for as long as the block runs."""
-    from parquant.stages.convert import import_checkpoint
+    from parquant.stages.hf_import import import_checkpoint
 
     env = {"PARQUANT_CACHE_DIR": root / "cache"} | ({"PARQUANT_WORK_DIR": root / "work"} if work_dir else {})
     os.environ.update({k: str(v) for k, v in env.items()})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from parquant.errors import UsageError
-from parquant.stages.convert import import_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.tasks import DATA, TASKS, parse_tasks
 
 from .conftest import EXAMPLE_MODEL, CliResult

@@ -11,12 +11,12 @@ import torch
 
 from parquant.quant.config import load_config
 from parquant.quant.dequant import dequantize_module
-from parquant.stages.convert import import_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.stages.quantize import quantize
 from parquant.validate import PrecisionValidator, Thresholds
 from parquant.weights import WeightLoader
 
-from .conftest import EXAMPLE_MODEL, CliResult, make_checkpoint
+from .conftest import EXAMPLE_MODEL, CliResult, embedded_model_in, make_checkpoint
 
 Cli = Callable[..., CliResult]
 EVAL = EXAMPLE_MODEL.parent / "data" / "eval.txt"
@@ -25,24 +25,20 @@ CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    import os
-
     root = tmp_path_factory.mktemp("validate")
-    os.environ["PARQUANT_CACHE_DIR"] = str(root / "cache")
-    paths = {"ref": str(root / "ref")}
-    import_checkpoint(str(EXAMPLE_MODEL), paths["ref"])
-    for method, backend in (("int8-weight", "ptq"), ("fp8-static", "angelslim"), ("int4-gptq", "angelslim")):
-        flags = {
-            "method": method,
-            "backend": backend,
-            "calibration.data": str(CALIBRATION),
-            "calibration.num_samples": 8,
-            "calibration.seq_len": 128,
-        }
-        quantize(paths["ref"], str(root / method), load_config(flags=flags, environ={}))
-        paths[method] = str(root / method)
-    yield paths
-    os.environ.pop("PARQUANT_CACHE_DIR", None)
+    with embedded_model_in(root, "ref") as reference:
+        paths = {"ref": str(reference)}
+        for method, backend in (("int8-weight", "ptq"), ("fp8-static", "angelslim"), ("int4-gptq", "angelslim")):
+            flags = {
+                "method": method,
+                "backend": backend,
+                "calibration.data": str(CALIBRATION),
+                "calibration.num_samples": 8,
+                "calibration.seq_len": 128,
+            }
+            quantize(paths["ref"], str(root / method), load_config(flags=flags, environ={}))
+            paths[method] = str(root / method)
+        yield paths
 
 
 def test_int8_weight_only_is_nearly_lossless(models: dict[str, str]) -> None:

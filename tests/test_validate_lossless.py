@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from parquant.quant.config import load_config
-from parquant.stages.convert import import_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.stages.quantize import quantize
 from parquant.validate import PrecisionValidator
 from parquant.weights import WeightLoader, cast_parameters

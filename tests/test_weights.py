@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from parquant.errors import UnavailableError
-from parquant.stages.convert import import_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.weights import WeightLoader
 
 from .conftest import make_checkpoint

@@ -65,95 +65,36 @@ class Stage:
     summary: str
 
 
-def _storage(options: CommonOptions) -> dict[str, str]:
+def _context(options: CommonOptions) -> Any:
+    """What a stage gets besides its options: storage options, progress, the executor's environment."""
     from parquant.fs import parse_storage_options
+    from parquant.stages.common import StageContext
 
-    return parse_storage_options(options.storage_option)
+    return StageContext.from_environment(
+        parse_storage_options(options.storage_option),
+        progress_reporter(options.log_format, options.quiet),
+        os.environ,
+    )
 
 
 def run_import(options: ImportOptions) -> int:
-    from parquant.stages.convert import import_checkpoint
-    from parquant.store.writer import WriteOptions
+    from parquant.stages import hf_import
 
-    write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
-    result = import_checkpoint(
-        options.source,
-        options.output,
-        write=write,
-        strict=options.strict,
-        force=options.force,
-        storage_options=_storage(options),
-        progress=progress_reporter(options.log_format, options.quiet),
-        part=_fan_out_part(options),
-    )
-    return _finish(result)
-
-
-def _fan_out_part(options: ImportOptions) -> tuple[int, int] | None:
-    """(index, count) of a fan-out worker; an Indexed Job gives the index as $JOB_COMPLETION_INDEX."""
-    if options.shard_count is None:
-        if options.shard_index is not None:
-            raise UsageError("--shard-index needs --shard-count")
-        return None
-    index = options.shard_index
-    if index is None:
-        raw = os.environ.get("JOB_COMPLETION_INDEX", "")
-        if not raw.isdigit():
-            raise UsageError("--shard-count needs --shard-index, or $JOB_COMPLETION_INDEX (set in an Indexed Job)")
-        index = int(raw)
-    return index, options.shard_count
+    return _finish(hf_import.run(options, _context(options)))
 
 
 def run_export(options: ExportOptions) -> int:
-    from parquant.stages.convert import export_checkpoint
+    from parquant.stages import hf_export
 
-    result = export_checkpoint(
-        options.model,
-        options.output,
-        force=options.force,
-        shard_bytes=options.max_shard_size,
-        storage_options=_storage(options),
-        progress=progress_reporter(options.log_format, options.quiet),
-    )
-    return _finish(result)
-
-
-PLACEMENT_NOTE_VARIABLE = "PARQUANT_PLACEMENT_NOTE"
+    return _finish(hf_export.run(options, _context(options)))
 
 
 def run_quantize(options: QuantizeOptions) -> int:
-    from parquant.quant.config import load_config
-    from parquant.stages.quantize import quantize
-    from parquant.store.writer import WriteOptions
-
-    flags = {
-        "method": options.method,
-        "backend": options.backend,
-        "group_size": options.group_size,
-        "ignore": options.ignore,
-        "calibration.data": options.calibration_data,
-        "calibration.num_samples": options.num_samples,
-        "calibration.seq_len": options.seq_len,
-        "calibration.seed": options.seed,
-        "device": options.device,
-        "fallback": False if options.no_fallback else None,
-    }
     if options.compare:
-        return _run_compare(options, flags)
-    config = load_config(options.config, flags)
-    write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
-    result = quantize(
-        options.model,
-        options.output,
-        config,
-        write=write,
-        force=options.force,
-        dry_run=options.dry_run,
-        storage_options=_storage(options),
-        progress=progress_reporter(options.log_format, options.quiet),
-        # set by the Kubernetes executor on a stage it moved (GPU -> CPU), never by a user flag
-        placement_note=os.environ.get(PLACEMENT_NOTE_VARIABLE) or None,
-    )
+        return _run_compare(options)
+    from parquant.stages import quantize
+
+    result = quantize.run(options, _context(options))
     if options.dry_run:
         plan, estimate = result.details["plan"], result.details["estimate"]
         log.info("plan: backend %s, method %s, device %s", plan["backend"], plan["method"], plan["device"])
@@ -170,24 +111,10 @@ def run_quantize(options: QuantizeOptions) -> int:
     return _finish(result)
 
 
-def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
-    from parquant.quant.config import load_config
-    from parquant.stages.compare import CompareSettings, compare
-    from parquant.tasks import parse_tasks
+def _run_compare(options: QuantizeOptions) -> int:
+    from parquant.stages import compare
 
-    if not options.eval_text:
-        raise UsageError("--compare needs --eval-text URL (held-out text for validation)")
-    methods = [m.strip() for m in (options.compare or "").split(",") if m.strip()]
-    rows = compare(
-        options.model,
-        options.output,
-        methods,
-        lambda method: load_config(options.config, {**flags, "method": method, "backend": options.backend}),
-        CompareSettings(eval_text=options.eval_text, tasks=parse_tasks(options.tasks)),
-        force=options.force,
-        storage_options=_storage(options),
-        progress=progress_reporter(options.log_format, options.quiet),
-    )
+    rows = compare.run(options, _context(options))
     failed = [row["label"] for row in rows if row.get("error")]
     log.info(
         "compare: %d rows, report in %s/report%s",
@@ -200,52 +127,27 @@ def _run_compare(options: QuantizeOptions, flags: dict[str, Any]) -> int:
 
 
 def run_validate(options: ValidateOptions) -> int:
-    from parquant.stages.validate import validate
-    from parquant.tasks import parse_tasks
-    from parquant.validate import Thresholds, gate
+    from parquant.stages import validate
+    from parquant.validate import gate
 
-    result = validate(
-        options.reference,
-        options.candidate,
-        options.eval_text,
-        output=options.output,
-        seq_len=options.seq_len,
-        max_tokens=options.max_tokens,
-        thresholds=Thresholds(options.min_cosine, options.max_ppl_ratio),
-        tasks=parse_tasks(options.tasks),
-        task_limit=options.task_limit,
-        storage_options=_storage(options),
-        progress=progress_reporter(options.log_format, options.quiet),
-    )
+    result = validate.run(options, _context(options))
     print(json.dumps(result.to_dict(), indent=2) if options.json else result.summary())
     gate(result)
     return 0
 
 
 def run_benchmark(options: BenchmarkOptions) -> int:
-    from parquant.stages.benchmark import benchmark
+    from parquant.stages import benchmark
 
-    result = benchmark(
-        options.model,
-        output=options.output,
-        batch_sizes=tuple(options.batch_sizes),
-        seq_lens=tuple(options.seq_lens),
-        new_tokens=options.new_tokens,
-        repeats=options.repeats,
-        device=options.device,
-        storage_options=_storage(options),
-        progress=progress_reporter(options.log_format, options.quiet),
-    )
+    result = benchmark.run(options, _context(options))
     print(json.dumps(result.to_dict(), indent=2) if options.json else result.summary())
     return 0
 
 
 def run_report(options: ReportOptions) -> int:
-    from parquant.stages.report import report
+    from parquant.stages import report
 
-    files = report(
-        options.results, options.output, title=options.title, force=options.force, storage_options=_storage(options)
-    )
+    files = report.run(options, _context(options))
     log.info("report: wrote %s (%s)", options.output, ", ".join(files))
     return 0
 
@@ -324,9 +226,10 @@ def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -
 
 
 def run_inspect(options: InspectOptions) -> int:
-    from parquant.stages.inspect import format_summary, inspect_model
+    from parquant.stages import inspect
+    from parquant.stages.inspect import format_summary
 
-    summary = inspect_model(options.model, _storage(options))
+    summary = inspect.run(options, _context(options))
     print(json.dumps(summary.to_dict(), indent=2) if options.json else format_summary(summary))
     return 0
 

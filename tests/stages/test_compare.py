@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from parquant.stages.convert import import_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 
 from ..conftest import EXAMPLE_MODEL, CliResult
 

@@ -11,7 +11,7 @@ import pytest
 
 from parquant.errors import UsageError
 from parquant.fs import resolve
-from parquant.stages.convert import import_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.store.reader import ModelReader
 from parquant.store.writer import WriteOptions
 

@@ -16,7 +16,8 @@ from parquant.errors import ParquantError, StorageIOError
 from parquant.fs import resolve
 from parquant.outputs import OutputFolder
 from parquant.progress import ProgressEvent
-from parquant.stages.convert import export_checkpoint, import_checkpoint
+from parquant.stages.hf_export import export_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.store.reader import ModelReader
 from parquant.store.writer import WriteOptions
 

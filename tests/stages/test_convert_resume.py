@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from parquant.stages.convert import export_checkpoint
+from parquant.stages.hf_export import export_checkpoint
 
 from .test_convert_s3 import _big_checkpoint, _kill_when, _start_import
 

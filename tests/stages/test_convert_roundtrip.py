@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from parquant.fs import resolve
-from parquant.stages.convert import export_checkpoint, import_checkpoint
+from parquant.stages.hf_export import export_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.store.reader import ModelReader
 from parquant.store.writer import WriteOptions
 

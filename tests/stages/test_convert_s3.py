@@ -18,7 +18,8 @@ import pytest
 from safetensors.numpy import save_file
 
 from parquant.fs import resolve, s3_filesystem_class
-from parquant.stages.convert import export_checkpoint, import_checkpoint
+from parquant.stages.hf_export import export_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.store.reader import ModelReader
 from parquant.store.writer import WriteOptions
 

@@ -17,11 +17,12 @@ from parquant.quant.angelslim_compat import host_as_cuda, load_angelslim
 from parquant.quant.calibration import prepare_calibration
 from parquant.quant.config import QuantizationConfig, load_config
 from parquant.quant.dequant import dequantized_state_dict
-from parquant.stages.convert import export_checkpoint, import_checkpoint
+from parquant.stages.hf_export import export_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.stages.quantize import quantize
 from parquant.weights import WeightLoader
 
-from ..conftest import EXAMPLE_MODEL, CliResult, S3Env, make_checkpoint
+from ..conftest import EXAMPLE_MODEL, CliResult, S3Env, embedded_model_in, make_checkpoint
 
 Cli = Callable[..., CliResult]
 CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
@@ -31,11 +32,8 @@ SMALL_CALIBRATION = {"calibration.data": str(CALIBRATION), "calibration.num_samp
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("quantize")
-    os.environ["PARQUANT_CACHE_DIR"] = str(root / "cache")
-    import_checkpoint(str(EXAMPLE_MODEL), str(root / "tiny"))
-    yield str(root / "tiny")
-    os.environ.pop("PARQUANT_CACHE_DIR", None)
+    with embedded_model_in(tmp_path_factory.mktemp("quantize"), "tiny") as model:
+        yield str(model)
 
 
 @pytest.fixture(scope="module")

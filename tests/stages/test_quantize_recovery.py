@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from parquant.fs import resolve
-from parquant.stages.convert import import_checkpoint
+from parquant.stages.hf_import import import_checkpoint
 from parquant.store.reader import ModelReader
 
 from ..conftest import EXAMPLE_MODEL, CliResult, embedded_model_in

@@ -19,9 +19,9 @@ import yaml
 from ..errors import JOB_FAIL_CODES, JOB_RETRY_CODES, ConfigError
 from ..pipeline import StageSpec
 from ..quant import methods
+from ..stages.common import PLACEMENT_NOTE_VARIABLE
 
 CONTAINER = "parquant"
-PLACEMENT_NOTE = "PARQUANT_PLACEMENT_NOTE"  # read by `parquant quantize` (the manifest records it)
 LABEL_PREFIX = "parquant.io/"
 MANAGED_BY = {"app.kubernetes.io/name": "parquant", "app.kubernetes.io/component": "stage"}
 # Job fields a server too old to know them would drop or refuse: (field, first version with it).
@@ -195,7 +195,7 @@ def cpu_replacement(stage: StageSpec, backend: str, why: str) -> StageSpec:
             params.update(backend=methods.ANGELSLIM, device="cpu")
         else:
             params.update(backend=methods.PTQ, method=method.fallback, device="cpu")
-    return StageSpec(stage.name, stage.stage, params, gpu=False, env={**stage.env, PLACEMENT_NOTE: why})
+    return StageSpec(stage.name, stage.stage, params, gpu=False, env={**stage.env, PLACEMENT_NOTE_VARIABLE: why})
 
 
 __all__ = [

@@ -7,7 +7,22 @@ from collections.abc import Mapping
 from ..benchmark import BenchmarkResult, BenchmarkRunner
 from ..fs import check_writable, resolve
 from ..progress import ProgressCallback, no_progress
-from .common import write_json
+from .common import StageContext, write_json
+from .options import BenchmarkOptions
+
+
+def run(options: BenchmarkOptions, context: StageContext) -> BenchmarkResult:
+    return benchmark(
+        options.model,
+        output=options.output,
+        batch_sizes=tuple(options.batch_sizes),
+        seq_lens=tuple(options.seq_lens),
+        new_tokens=options.new_tokens,
+        repeats=options.repeats,
+        device=options.device,
+        storage_options=context.storage_options,
+        progress=context.progress,
+    )
 
 
 def benchmark(

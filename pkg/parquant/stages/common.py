@@ -14,12 +14,40 @@ from .. import __version__
 from ..errors import ParquantError
 from ..fs import resolve
 from ..outputs import OutputFolder, write_file_atomically
+from ..progress import ProgressCallback, no_progress
 from ..store.manifest import Manifest, Provenance
 from ..store.schema import MANIFEST_NAME
 
 log = logging.getLogger("parquant")
 
 _REPORTED_LIBRARIES = ("pyarrow", "fsspec", "s3fs", "torch", "transformers", "angelslim")
+
+
+# Set by the Kubernetes executor on a stage it moved from a GPU to the CPU (why, for the manifest).
+PLACEMENT_NOTE_VARIABLE = "PARQUANT_PLACEMENT_NOTE"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage's `run(options, context)` gets besides its options: facts of the process and of
+    the executor, never flags a user types (the executor's travel as environment variables)."""
+
+    storage_options: dict[str, str] = field(default_factory=dict)
+    progress: ProgressCallback = no_progress
+    placement_note: str | None = None  # $PARQUANT_PLACEMENT_NOTE
+    completion_index: int | None = None  # $JOB_COMPLETION_INDEX: an Indexed Job's worker
+
+    @classmethod
+    def from_environment(
+        cls, storage_options: Mapping[str, str], progress: ProgressCallback, environ: Mapping[str, str]
+    ) -> StageContext:
+        index = environ.get("JOB_COMPLETION_INDEX", "")
+        return cls(
+            dict(storage_options),
+            progress,
+            environ.get(PLACEMENT_NOTE_VARIABLE) or None,
+            int(index) if index.isdigit() else None,
+        )
 
 
 @dataclass

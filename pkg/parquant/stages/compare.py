@@ -13,13 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ParquantError
+from ..errors import ParquantError, UsageError
 from ..progress import ProgressCallback, no_progress
-from ..quant.config import QuantizationConfig
+from ..quant.config import QuantizationConfig, load_config
 from ..validate import Thresholds
 from .benchmark import benchmark
-from .common import write_json
-from .quantize import quantize
+from .common import StageContext, write_json
+from .options import QuantizeOptions
+from .quantize import config_flags, quantize
 from .report import report
 from .validate import validate
 
@@ -40,6 +41,25 @@ class CompareSettings:
     notes: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     task_limit: int | None = None
+
+
+def run(options: QuantizeOptions, context: StageContext) -> list[dict[str, Any]]:
+    """`parquant quantize --compare M1,M2 --eval-text T`."""
+    from ..tasks import parse_tasks
+
+    if not options.eval_text:
+        raise UsageError("--compare needs --eval-text URL (held-out text for validation)")
+    flags = config_flags(options)
+    return compare(
+        options.model,
+        options.output,
+        [m.strip() for m in (options.compare or "").split(",") if m.strip()],
+        lambda method: load_config(options.config, {**flags, "method": method, "backend": options.backend}),
+        CompareSettings(eval_text=options.eval_text, tasks=parse_tasks(options.tasks)),
+        force=options.force,
+        storage_options=context.storage_options,
+        progress=context.progress,
+    )
 
 
 def compare(

@@ -9,6 +9,8 @@ from typing import Any
 from ..fs import resolve
 from ..quant.detect import detect_quantization, logical_parameters
 from ..store.reader import ModelReader
+from .common import StageContext
+from .options import InspectOptions
 
 
 @dataclass
@@ -39,6 +41,10 @@ class ModelSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def run(options: InspectOptions, context: StageContext) -> ModelSummary:
+    return inspect_model(options.model, context.storage_options)
 
 
 def inspect_model(url: str, storage_options: Mapping[str, str] | None = None) -> ModelSummary:

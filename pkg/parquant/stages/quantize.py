@@ -22,14 +22,15 @@ from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
 from ..progress import ProgressCallback, no_progress
 from ..quant import methods
 from ..quant.angelslim_compat import INSTALL_HINT, angelslim_available
-from ..quant.config import QuantizationConfig
+from ..quant.config import QuantizationConfig, load_config
 from ..quant.detect import detect_quantization
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
-from .common import StageResult, finished_model, provenance
-from .convert import import_checkpoint
+from .common import StageContext, StageResult, finished_model, provenance
+from .hf_import import import_checkpoint
+from .options import QuantizeOptions
 
 if TYPE_CHECKING:
     from ..quant.angelslim import AngelSlimRun
@@ -110,6 +111,39 @@ def _cuda_available() -> bool:
     import torch
 
     return bool(torch.cuda.is_available())
+
+
+def run(options: QuantizeOptions, context: StageContext) -> StageResult:
+    """`parquant quantize` (without --compare: stages/compare.py runs that)."""
+    from ..store.writer import WriteOptions
+
+    return quantize(
+        options.model,
+        options.output,
+        load_config(options.config, config_flags(options)),
+        write=WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression),
+        force=options.force,
+        dry_run=options.dry_run,
+        storage_options=context.storage_options,
+        progress=context.progress,
+        placement_note=context.placement_note,
+    )
+
+
+def config_flags(options: QuantizeOptions) -> dict[str, object]:
+    """The options that are QuantizationConfig keys (flags override the config file and PARQUANT_*)."""
+    return {
+        "method": options.method,
+        "backend": options.backend,
+        "group_size": options.group_size,
+        "ignore": options.ignore,
+        "calibration.data": options.calibration_data,
+        "calibration.num_samples": options.num_samples,
+        "calibration.seq_len": options.seq_len,
+        "calibration.seed": options.seed,
+        "device": options.device,
+        "fallback": False if options.no_fallback else None,
+    }
 
 
 def quantize(

@@ -9,6 +9,19 @@ from ..errors import InvalidInputError
 from ..fs import resolve
 from ..outputs import OutputFolder
 from ..report import render_report, rows_from_results
+from .common import StageContext
+from .options import ReportOptions
+
+
+def run(options: ReportOptions, context: StageContext) -> list[str]:
+    """`parquant report`: the files written into the output folder."""
+    return report(
+        options.results,
+        options.output,
+        title=options.title,
+        force=options.force,
+        storage_options=context.storage_options,
+    )
 
 
 def report(

@@ -7,7 +7,27 @@ from collections.abc import Mapping
 from ..fs import check_writable, resolve
 from ..progress import ProgressCallback, no_progress
 from ..validate import PrecisionValidator, Thresholds, ValidationResult
-from .common import write_json
+from .common import StageContext, write_json
+from .options import ValidateOptions
+
+
+def run(options: ValidateOptions, context: StageContext) -> ValidationResult:
+    """`parquant validate`; the gate (exit 79) is the caller's: `validate.gate(result)`."""
+    from ..tasks import parse_tasks
+
+    return validate(
+        options.reference,
+        options.candidate,
+        options.eval_text,
+        output=options.output,
+        seq_len=options.seq_len,
+        max_tokens=options.max_tokens,
+        thresholds=Thresholds(options.min_cosine, options.max_ppl_ratio),
+        tasks=parse_tasks(options.tasks),
+        task_limit=options.task_limit,
+        storage_options=context.storage_options,
+        progress=context.progress,
+    )
 
 
 def validate(

@@ -1,4 +1,4 @@
-"""Stages `import` (HF checkpoint -> Parquet model) and `export` (Parquet model -> HF checkpoint)."""
+"""Stage `import`: a Hugging Face checkpoint folder -> a Parquet model, streaming tensor by tensor."""
 
 from __future__ import annotations
 
@@ -8,15 +8,41 @@ from dataclasses import asdict
 
 from ..errors import InvalidInputError, UsageError
 from ..fs import check_separate, ensure_free_space, resolve
-from ..hf import DEFAULT_EXPORT_SHARD_BYTES, HFCheckpoint
-from ..hf_folders import marker_for, write_hf_folder
+from ..hf import HFCheckpoint
 from ..numerics import count_nonfinite
 from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
 from ..progress import ProgressCallback, no_progress
-from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
-from .common import StageResult, finished_model, log, provenance
+from .common import StageContext, StageResult, finished_model, log, provenance
+from .options import ImportOptions
+
+
+def run(options: ImportOptions, context: StageContext) -> StageResult:
+    """`parquant import`: the options as typed, the context as the process found it."""
+    return import_checkpoint(
+        options.source,
+        options.output,
+        write=WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression),
+        strict=options.strict,
+        force=options.force,
+        storage_options=context.storage_options,
+        progress=context.progress,
+        part=fan_out_part(options, context),
+    )
+
+
+def fan_out_part(options: ImportOptions, context: StageContext) -> tuple[int, int] | None:
+    """(index, count) of a fan-out worker; an Indexed Job gives the index as $JOB_COMPLETION_INDEX."""
+    if options.shard_count is None:
+        if options.shard_index is not None:
+            raise UsageError("--shard-index needs --shard-count")
+        return None
+    index = options.shard_index if options.shard_index is not None else context.completion_index
+    if index is None:
+        raise UsageError("--shard-count needs --shard-index, or $JOB_COMPLETION_INDEX (set in an Indexed Job)")
+    return index, options.shard_count
+
 
 # Room for Parquet framing and the manifest on top of the raw bytes.
 _OVERHEAD = 1.02
@@ -110,33 +136,4 @@ def import_checkpoint(
             "shards": len(manifest.shards),
             "bytes": sum(t.nbytes for t in manifest.tensors.values()),
         },
-    )
-
-
-def export_checkpoint(
-    model: str,
-    output: str,
-    *,
-    force: bool = False,
-    shard_bytes: int = DEFAULT_EXPORT_SHARD_BYTES,
-    storage_options: Mapping[str, str] | None = None,
-    progress: ProgressCallback = no_progress,
-) -> StageResult:
-    """Write a Parquet model back as a Hugging Face checkpoint folder (safetensors + its files)."""
-    started = time.monotonic()
-    model_location = resolve(model, storage_options)
-    with ModelReader(model_location) as reader:
-        folder = OutputFolder(resolve(output, storage_options), force=force, marker=marker_for(reader))
-        check_separate(model_location, folder.location, "model")
-        export = write_hf_folder(reader, folder, source=model, shard_bytes=shard_bytes, progress=progress)
-    if export.skipped:
-        log.info("%s already holds this export; skipping (use --force to redo it)", output)
-        return StageResult("export", output, True, time.monotonic() - started)
-    return StageResult(
-        "export",
-        output,
-        False,
-        time.monotonic() - started,
-        [],
-        {"safetensors_files": export.safetensors_files, "files": export.files, "bytes": export.bytes},
     )

@@ -1,0 +1,55 @@
+"""Stage `export`: a Parquet model -> a Hugging Face checkpoint folder (hf_folders.py writes it)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from ..fs import check_separate, resolve
+from ..hf import DEFAULT_EXPORT_SHARD_BYTES
+from ..hf_folders import marker_for, write_hf_folder
+from ..outputs import OutputFolder
+from ..progress import ProgressCallback, no_progress
+from ..store.reader import ModelReader
+from .common import StageContext, StageResult, log
+from .options import ExportOptions
+
+
+def run(options: ExportOptions, context: StageContext) -> StageResult:
+    return export_checkpoint(
+        options.model,
+        options.output,
+        force=options.force,
+        shard_bytes=options.max_shard_size,
+        storage_options=context.storage_options,
+        progress=context.progress,
+    )
+
+
+def export_checkpoint(
+    model: str,
+    output: str,
+    *,
+    force: bool = False,
+    shard_bytes: int = DEFAULT_EXPORT_SHARD_BYTES,
+    storage_options: Mapping[str, str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> StageResult:
+    """Write a Parquet model back as a Hugging Face checkpoint folder (safetensors + its files)."""
+    started = time.monotonic()
+    model_location = resolve(model, storage_options)
+    with ModelReader(model_location) as reader:
+        folder = OutputFolder(resolve(output, storage_options), force=force, marker=marker_for(reader))
+        check_separate(model_location, folder.location, "model")
+        export = write_hf_folder(reader, folder, source=model, shard_bytes=shard_bytes, progress=progress)
+    if export.skipped:
+        log.info("%s already holds this export; skipping (use --force to redo it)", output)
+        return StageResult("export", output, True, time.monotonic() - started)
+    return StageResult(
+        "export",
+        output,
+        False,
+        time.monotonic() - started,
+        [],
+        {"safetensors_files": export.safetensors_files, "files": export.files, "bytes": export.bytes},
+    )
