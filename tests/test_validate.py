@@ -11,9 +11,10 @@ import torch
 
 from parquant.quant.config import load_config
 from parquant.quant.dequant import dequantize_module
+from parquant.results import Thresholds
 from parquant.stages.hf_import import import_checkpoint
 from parquant.stages.quantize import quantize
-from parquant.validate import PrecisionValidator, Thresholds
+from parquant.validate import PrecisionValidator
 from parquant.weights import WeightLoader
 
 from .conftest import EXAMPLE_MODEL, CliResult, embedded_model_in, make_checkpoint

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from parquant.errors import UnavailableError
+from parquant.fs import resolve
 from parquant.stages.hf_import import import_checkpoint
 from parquant.weights import WeightLoader
 
-from .conftest import make_checkpoint
+from .conftest import EXAMPLE_MODEL, make_checkpoint
 from .helpers import checkpoint_tensors, logits
 
 
@@ -40,3 +41,18 @@ def test_unknown_architecture_needs_remote_code(tmp_path: Path) -> None:
     import_checkpoint(str(source), str(tmp_path / "pq"))
     with WeightLoader(str(tmp_path / "pq")) as loader, pytest.raises(UnavailableError, match="trust_remote_code"):
         loader.build_model()
+
+
+def test_a_stale_hf_cache_entry_is_replaced_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry another parquant version left (its export record does not match) is redone."""
+    from parquant.hf_folders import cached_hf_folder
+    from parquant.store.reader import ModelReader
+
+    monkeypatch.setenv("PARQUANT_CACHE_DIR", str(tmp_path / "cache"))
+    import_checkpoint(str(EXAMPLE_MODEL), str(tmp_path / "m"))
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        folder = cached_hf_folder(reader)
+        (folder / ".parquant-export.json").write_text('{"fingerprint": "an older version", "source": "x"}')
+        (folder / "model.safetensors").write_bytes(b"stale")
+        assert cached_hf_folder(reader) == folder
+    assert (folder / "model.safetensors").read_bytes() == (EXAMPLE_MODEL / "model.safetensors").read_bytes()

@@ -115,7 +115,7 @@ def _run_compare(options: QuantizeOptions) -> int:
     from parquant.stages import compare
 
     rows = compare.run(options, _context(options))
-    failed = [row["label"] for row in rows if row.get("error")]
+    failed = [entry.label for entry in rows if entry.error]
     log.info(
         "compare: %d rows, report in %s/report%s",
         len(rows),

@@ -10,7 +10,6 @@ import functools
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -19,49 +18,8 @@ from .errors import UnavailableError, UsageError
 from .logs import third_party_output
 from .memory import peak_rss
 from .progress import ProgressCallback, ProgressEvent, no_progress
+from .results import BenchmarkResult, Timing
 from .weights import WeightLoader
-
-
-@dataclass
-class Timing:
-    median: float
-    minimum: float
-    maximum: float
-    runs: int
-
-
-@dataclass
-class BenchmarkResult:
-    model: str
-    device: str
-    size_on_disk_bytes: int
-    load_seconds: float
-    prefill_seconds: dict[str, Timing] = field(default_factory=dict)  # "batch x seq_len" -> timing
-    decode_tokens_per_second: dict[str, Timing] = field(default_factory=dict)  # "batch" -> tokens/s
-    method: str = "none"  # how the model was quantized (manifest provenance), "none" for full precision
-    backend: str = "-"
-    note: str = ""  # the fallbacks that made the model (manifest provenance), e.g. GPU -> CPU
-    model_memory_bytes: int = 0  # parameters + buffers as loaded (CPU transformers decompresses FP8/INT8)
-    peak_host_rss_bytes: int = 0  # the process's high-water mark (includes anything it ran before)
-    peak_gpu_allocated_bytes: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "benchmark", **asdict(self)}
-
-    def summary(self) -> str:
-        lines = [
-            f"benchmark {self.model} on {self.device}: load {self.load_seconds:.2f}s, "
-            f"{self.size_on_disk_bytes / 1e6:.1f} MB on disk, peak RSS {self.peak_host_rss_bytes / 1e6:.0f} MB"
-        ]
-        lines += [
-            f"  prefill {k}: {t.median * 1000:.1f} ms (min {t.minimum * 1000:.1f}, max {t.maximum * 1000:.1f})"
-            for k, t in self.prefill_seconds.items()
-        ]
-        lines += [
-            f"  decode batch {k}: {t.median:.1f} tokens/s (min {t.minimum:.1f}, max {t.maximum:.1f})"
-            for k, t in self.decode_tokens_per_second.items()
-        ]
-        return "\n".join(lines)
 
 
 class BenchmarkRunner:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import cache_dir
+from .errors import OutputExistsError
 from .fs import ensure_free_space, resolve
 from .hf import (
     DEFAULT_EXPORT_SHARD_BYTES,
@@ -92,14 +93,24 @@ def cached_hf_folder(reader: ModelReader) -> Path:
     """
     root = cache_dir() / "hf"
     path = root / reader.manifest.digest()[:32]
-    folder = OutputFolder(resolve(str(path)), force=False, marker=marker_for(reader))
     started = time.monotonic()
-    result = write_hf_folder(reader, folder, source=reader.location.url)
+    try:
+        result = write_hf_folder(reader, _cache_entry(path, reader), source=reader.location.url)
+    except OutputExistsError:
+        # An entry this version did not write (an older parquant's, or a damaged one): the cache
+        # owns the folder, so it is replaced, never a reason to fail.
+        log.info("replacing the stale HF-folder cache entry %s", path.name)
+        shutil.rmtree(path, ignore_errors=True)
+        result = write_hf_folder(reader, _cache_entry(path, reader), source=reader.location.url)
     if not result.skipped:
         log.info("exported %s to the HF-folder cache in %.1f s", reader.location.url, time.monotonic() - started)
         _evict(root, keep=path)
     os.utime(path)  # last use, for eviction
     return path
+
+
+def _cache_entry(path: Path, reader: ModelReader) -> OutputFolder:
+    return OutputFolder(resolve(str(path)), force=False, marker=marker_for(reader))
 
 
 def _evict(root: Path, keep: Path) -> None:

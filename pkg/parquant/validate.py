@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -25,78 +24,10 @@ from .fs import resolve
 from .logs import third_party_output
 from .progress import ProgressCallback, ProgressEvent, no_progress
 from .quant.dequant import dequantize_module
+from .results import TensorMetric, Thresholds, ValidationResult, WorstToken
 from .weights import WeightLoader
 
-DEFAULT_MIN_COSINE = 0.99
-DEFAULT_MAX_PPL_RATIO = 1.05
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size")
-
-
-@dataclass
-class Thresholds:
-    min_cosine: float = DEFAULT_MIN_COSINE  # mean logits cosine
-    max_ppl_ratio: float = DEFAULT_MAX_PPL_RATIO
-
-
-@dataclass
-class TensorMetric:
-    name: str
-    cosine: float
-    relative_error: float
-    max_abs_error: float
-
-
-@dataclass
-class WorstToken:
-    position: int
-    token: str
-    cosine: float
-
-
-@dataclass
-class ValidationResult:
-    reference: str
-    candidate: str
-    tensors: list[TensorMetric]
-    worst_tensors: list[TensorMetric]
-    logits_cosine_mean: float
-    logits_cosine_worst: float
-    worst_tokens: list[WorstToken]
-    top1_agreement: float
-    kl_divergence: float
-    perplexity_reference: float
-    perplexity_candidate: float
-    perplexity_ratio: float
-    tokens_evaluated: int
-    seconds: float
-    thresholds: Thresholds
-    passed: bool
-    failures: list[str] = field(default_factory=list)
-    tasks: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> reference/candidate accuracy
-    note: str = ""  # how the candidate was made, when it took a fallback (manifest provenance)
-    method: str = "none"  # the method that made the candidate (manifest provenance)
-    backend: str = "-"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": "validation", **asdict(self)}
-
-    def summary(self) -> str:
-        worst = self.worst_tensors[0] if self.worst_tensors else None
-        lines = [
-            f"validate {self.candidate} against {self.reference}: {'PASSED' if self.passed else 'FAILED'}",
-            f"  logits cosine   mean {self.logits_cosine_mean:.5f}  worst token {self.logits_cosine_worst:.5f}",
-            f"  top-1 agreement {self.top1_agreement:.4f}   KL {self.kl_divergence:.5f}",
-            f"  perplexity      {self.perplexity_reference:.3f} -> {self.perplexity_candidate:.3f} "
-            f"(x{self.perplexity_ratio:.4f}) on {self.tokens_evaluated} tokens",
-        ]
-        if worst is not None:
-            lines.append(f"  worst tensor    {worst.name} cosine {worst.cosine:.5f} rel.err {worst.relative_error:.4f}")
-        lines += [
-            f"  task {name:<18} {scores['candidate']:.3f} (reference {scores['reference']:.3f})"
-            for name, scores in self.tasks.items()
-        ]
-        lines += [f"  FAIL: {failure}" for failure in self.failures]
-        return "\n".join(lines)
 
 
 class PrecisionValidator:

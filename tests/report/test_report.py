@@ -10,55 +10,93 @@ from pathlib import Path
 
 import pytest
 
+from parquant.errors import InvalidInputError
 from parquant.report import render_report, rows_from_results
+from parquant.results import (
+    BenchmarkResult,
+    ComparisonEntry,
+    TensorMetric,
+    Thresholds,
+    Timing,
+    ValidationResult,
+    WorstToken,
+    parse_result,
+)
 
 from ..conftest import CliResult
 
 
-def _results() -> list[dict[str, object]]:
-    def row(label: str, size: int, cosine: float, ratio: float, speed: float) -> dict[str, object]:
-        return {
-            "kind": "comparison-row",
-            "label": label,
-            "method": label,
-            "backend": "ptq",
-            "model": f"m/{label}",
-            "quantize_seconds": 1.5,
-            "validation": {
-                "kind": "validation",
-                "logits_cosine_mean": cosine,
-                "logits_cosine_worst": cosine - 0.01,
-                "top1_agreement": 0.95,
-                "perplexity_candidate": 100 * ratio,
-                "perplexity_ratio": ratio,
-                "passed": True,
-            },
-            "benchmark": {
-                "kind": "benchmark",
-                "size_on_disk_bytes": size,
-                "model_memory_bytes": size,
-                "peak_host_rss_bytes": 5 * size,
-                "decode_tokens_per_second": {"1": {"median": speed}},
-                "prefill_seconds": {"1x128": {"median": 0.01}},
-            },
-        }
+def _validation(candidate: str, cosine: float, ratio: float, note: str = "") -> ValidationResult:
+    return ValidationResult(
+        reference="m/reference",
+        candidate=candidate,
+        tensors=[TensorMetric("w", cosine, 0.01, 0.1)],
+        worst_tensors=[TensorMetric("w", cosine, 0.01, 0.1)],
+        logits_cosine_mean=cosine,
+        logits_cosine_worst=cosine - 0.01,
+        worst_tokens=[WorstToken(3, "the", cosine - 0.01)],
+        top1_agreement=0.95,
+        kl_divergence=0.001,
+        perplexity_reference=100.0,
+        perplexity_candidate=100 * ratio,
+        perplexity_ratio=ratio,
+        tokens_evaluated=1024,
+        seconds=1.0,
+        thresholds=Thresholds(),
+        passed=True,
+        note=note,
+    )
 
-    failed = {
-        "kind": "comparison-row",
-        "label": "int4-awq",
-        "method": "int4-awq",
-        "backend": "",
-        "model": "m/awq",
-        "error": "exit 69: the AngelSlim backend needs the angelslim package",
-    }
+
+def _benchmark(model: str, size: int, speed: float, note: str = "") -> BenchmarkResult:
+    return BenchmarkResult(
+        model=model,
+        device="cpu",
+        size_on_disk_bytes=size,
+        load_seconds=0.5,
+        prefill_seconds={"1x128": Timing(0.01, 0.009, 0.012, 3)},
+        decode_tokens_per_second={"1": Timing(speed, speed - 1, speed + 1, 3)},
+        model_memory_bytes=size,
+        peak_host_rss_bytes=5 * size,
+        note=note,
+    )
+
+
+def _results() -> list[ComparisonEntry]:
+    def row(label: str, size: int, cosine: float, ratio: float, speed: float) -> ComparisonEntry:
+        model = f"m/{label}"
+        return ComparisonEntry(
+            label,
+            label,
+            "ptq",
+            model,
+            quantize_seconds=1.5,
+            validation=_validation(model, cosine, ratio),
+            benchmark=_benchmark(model, size, speed),
+        )
+
+    failed = ComparisonEntry(
+        "int4-awq", "int4-awq", "", "m/awq", error="exit 69: the AngelSlim backend needs the angelslim package"
+    )
     reference = row("reference", 8_000_000, 1.0, 1.0, 300.0)
-    reference["method"] = "reference"
+    reference.method = "reference"
     return [
         reference,
         row("int8-weight", 4_000_000, 0.9999, 1.002, 250.0),
         row("fp8", 4_100_000, 0.999, 1.01, 200.0),
         failed,
     ]
+
+
+def test_results_round_trip_through_their_json_typed() -> None:
+    for result in _results():
+        assert parse_result(json.loads(json.dumps(result.to_dict())), "r.json") == result
+    with pytest.raises(InvalidInputError, match=r"r\.json holds no validation"):
+        parse_result({"stage": "quantize"}, "r.json")
+    broken = _results()[1].to_dict()
+    broken["validation"]["logits_cosine_mean"] = "high"
+    with pytest.raises(InvalidInputError, match="missing or wrong fields"):
+        parse_result(broken, "r.json")
 
 
 def test_rows_and_files() -> None:
@@ -83,8 +121,8 @@ def test_rows_and_files() -> None:
 
 def test_fallback_notes_reach_the_report_from_validate_and_benchmark_results() -> None:
     """The Kubernetes GPU -> CPU fallback is recorded in the manifest; both stages carry it on."""
-    validation = {**_results()[1]["validation"], "candidate": "s3://b/q", "note": "GPU pod unschedulable: ran on CPU"}
-    benchmark = {**_results()[1]["benchmark"], "model": "s3://b/other", "note": "cuda requested -> cpu"}
+    validation = _validation("s3://b/q", 0.999, 1.01, note="GPU pod unschedulable: ran on CPU")
+    benchmark = _benchmark("s3://b/other", 4_000_000, 200.0, note="cuda requested -> cpu")
     rows = rows_from_results([validation, benchmark])
     assert [r.note for r in rows] == ["GPU pod unschedulable: ran on CPU", "cuda requested -> cpu"]
     markdown = render_report(rows, "t", [])["report.md"].decode()
@@ -93,7 +131,7 @@ def test_fallback_notes_reach_the_report_from_validate_and_benchmark_results() -
 
 def test_report_cli_and_html_renders_in_chromium(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
     for index, result in enumerate(_results()):
-        (tmp_path / f"r{index}.json").write_text(json.dumps(result))
+        (tmp_path / f"r{index}.json").write_text(json.dumps(result.to_dict()))
     out = cli("report", *sorted(tmp_path.glob("r*.json")), "-o", tmp_path / "report")
     assert out.code == 0, out.err
     assert cli("report", tmp_path / "r0.json", "-o", tmp_path / "report").code == 73

@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..results import BenchmarkResult, ComparisonEntry, Result, ValidationResult
+
 
 @dataclass
 class ComparisonRow:
@@ -33,8 +35,8 @@ class ComparisonRow:
         return asdict(self)
 
 
-def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
-    """Group validation / benchmark / quantize / comparison-row results by the model they describe."""
+def rows_from_results(results: Iterable[Result]) -> list[ComparisonRow]:
+    """Group validation / benchmark / comparison results by the model they describe."""
     rows: dict[str, ComparisonRow] = {}
     order: list[str] = []
 
@@ -51,41 +53,43 @@ def rows_from_results(results: Iterable[dict[str, Any]]) -> list[ComparisonRow]:
         return found
 
     for result in results:
-        kind = result.get("kind")
-        if kind == "comparison-row":
-            target = row(result["model"], result.get("label", ""), result.get("method", ""), result.get("backend", ""))
-            target.note, target.error = result.get("note", ""), result.get("error", "")
-            if result.get("quantize_seconds") is not None:
-                target.quantize_seconds = result["quantize_seconds"]
-            for nested in (result.get("validation"), result.get("benchmark")):
-                if nested:
-                    _apply(target, nested)
-        elif kind == "validation":
-            _apply(row(result["candidate"], method=result.get("method", ""), backend=result.get("backend", "")), result)
-        elif kind == "benchmark":
-            _apply(row(result["model"], method=result.get("method", ""), backend=result.get("backend", "")), result)
+        if isinstance(result, ComparisonEntry):
+            target = row(result.model, result.label, result.method, result.backend)
+            target.note, target.error = result.note, result.error
+            if result.quantize_seconds is not None:
+                target.quantize_seconds = result.quantize_seconds
+            if result.validation is not None:
+                _apply_validation(target, result.validation)
+            if result.benchmark is not None:
+                _apply_benchmark(target, result.benchmark)
+        elif isinstance(result, ValidationResult):
+            _apply_validation(row(result.candidate, method=result.method, backend=result.backend), result)
+        else:
+            _apply_benchmark(row(result.model, method=result.method, backend=result.backend), result)
     table = [rows[m] for m in order]
     _fill_ratios(table)
     return table
 
 
-def _apply(target: ComparisonRow, result: dict[str, Any]) -> None:
-    target.note = target.note or result.get("note", "")  # e.g. a fallback recorded in the manifest
-    if result.get("kind") == "validation":
-        target.logits_cosine = result["logits_cosine_mean"]
-        target.worst_token_cosine = result["logits_cosine_worst"]
-        target.top1_agreement = result["top1_agreement"]
-        target.perplexity = result["perplexity_candidate"]
-        target.perplexity_ratio = result["perplexity_ratio"]
-        target.passed = result["passed"]
-        target.tasks = {name: scores["candidate"] for name, scores in (result.get("tasks") or {}).items()} or None
-    else:
-        target.size_bytes = result["size_on_disk_bytes"]
-        target.peak_memory_bytes = result.get("model_memory_bytes") or result["peak_host_rss_bytes"]
-        decode = result.get("decode_tokens_per_second", {}).get("1")
-        target.decode_tokens_per_second = decode["median"] if decode else None
-        prefill = next(iter(result.get("prefill_seconds", {}).values()), None)
-        target.prefill_ms = round(prefill["median"] * 1000, 2) if prefill else None
+def _apply_validation(target: ComparisonRow, result: ValidationResult) -> None:
+    target.note = target.note or result.note  # e.g. a fallback recorded in the manifest
+    target.logits_cosine = result.logits_cosine_mean
+    target.worst_token_cosine = result.logits_cosine_worst
+    target.top1_agreement = result.top1_agreement
+    target.perplexity = result.perplexity_candidate
+    target.perplexity_ratio = result.perplexity_ratio
+    target.passed = result.passed
+    target.tasks = {name: scores["candidate"] for name, scores in result.tasks.items()} or None
+
+
+def _apply_benchmark(target: ComparisonRow, result: BenchmarkResult) -> None:
+    target.note = target.note or result.note
+    target.size_bytes = result.size_on_disk_bytes
+    target.peak_memory_bytes = result.model_memory_bytes or result.peak_host_rss_bytes
+    decode = result.decode_tokens_per_second.get("1")
+    target.decode_tokens_per_second = decode.median if decode else None
+    prefill = next(iter(result.prefill_seconds.values()), None)
+    target.prefill_ms = round(prefill.median * 1000, 2) if prefill else None
 
 
 def _fill_ratios(table: list[ComparisonRow]) -> None:

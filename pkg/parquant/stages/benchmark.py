@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..benchmark import BenchmarkResult, BenchmarkRunner
+from ..benchmark import BenchmarkRunner
 from ..fs import check_writable, resolve
 from ..progress import ProgressCallback, no_progress
+from ..results import BenchmarkResult
 from .common import StageContext, write_json
 from .options import BenchmarkOptions
 

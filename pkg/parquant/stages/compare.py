@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import ParquantError, UsageError
 from ..progress import ProgressCallback, no_progress
 from ..quant.config import QuantizationConfig, load_config
-from ..validate import Thresholds
+from ..results import BenchmarkResult, ComparisonEntry, Thresholds, ValidationResult
 from .benchmark import benchmark
 from .common import StageContext, write_json
 from .options import QuantizeOptions
@@ -43,7 +42,7 @@ class CompareSettings:
     task_limit: int | None = None
 
 
-def run(options: QuantizeOptions, context: StageContext) -> list[dict[str, Any]]:
+def run(options: QuantizeOptions, context: StageContext) -> list[ComparisonEntry]:
     """`parquant quantize --compare M1,M2 --eval-text T`."""
     from ..tasks import parse_tasks
 
@@ -72,37 +71,29 @@ def compare(
     force: bool = False,
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
-) -> list[dict[str, Any]]:
-    """Run every method (plus reference and PTQ INT8 baseline); returns the rows written."""
+) -> list[ComparisonEntry]:
+    """Run every method (plus reference and PTQ INT8 baseline); returns the entries written."""
     base = output.rstrip("/")
-    rows = [_reference_row(model, base, settings, storage_options)]
+    entries = [_reference_entry(model, base, settings, storage_options)]
     for method in dict.fromkeys([BASELINE, *methods]):
         log.info("compare: %s", method)
-        row: dict[str, Any] = {
-            "kind": "comparison-row",
-            "label": method,
-            "method": method,
-            "backend": "",
-            "model": f"{base}/{method}",
-        }
+        entry = ComparisonEntry(method, method, "", f"{base}/{method}")
         try:
             config = config_for(method)
             quantized = quantize(
-                model, row["model"], config, force=force, storage_options=storage_options, progress=progress
+                model, entry.model, config, force=force, storage_options=storage_options, progress=progress
             )
-            row.update(
-                backend=quantized.details.get("backend", ""),
-                method=quantized.details.get("method", method),
-                quantize_seconds=round(quantized.seconds, 2),
-                note="; ".join(quantized.details.get("fallbacks", [])),
-            )
-            row["validation"] = _validate(model, row["model"], settings, storage_options)
-            row["benchmark"] = _benchmark(row["model"], settings, storage_options)
+            entry.backend = str(quantized.details.get("backend", ""))
+            entry.method = str(quantized.details.get("method", method))
+            entry.quantize_seconds = round(quantized.seconds, 2)
+            entry.note = "; ".join(quantized.details.get("fallbacks", []))
+            entry.validation = _validate(model, entry.model, settings, storage_options)
+            entry.benchmark = _benchmark(entry.model, settings, storage_options)
         except ParquantError as exc:
             log.warning("compare: %s failed: %s", method, exc)
-            row["error"] = f"exit {exc.exit_code}: {exc}"
-        write_json(f"{base}/results/{method}.json", row, storage_options)
-        rows.append(row)
+            entry.error = f"exit {exc.exit_code}: {exc}"
+        write_json(f"{base}/results/{method}.json", entry.to_dict(), storage_options)
+        entries.append(entry)
     report(
         [f"{base}/results/{name}.json" for name in ["reference", *dict.fromkeys([BASELINE, *methods])]],
         f"{base}/report",
@@ -111,12 +102,12 @@ def compare(
         force=True,
         storage_options=storage_options,
     )
-    return rows
+    return entries
 
 
 def _validate(
     reference: str, candidate: str, settings: CompareSettings, storage_options: Mapping[str, str] | None
-) -> dict[str, Any]:
+) -> ValidationResult:
     return validate(
         reference,
         candidate,
@@ -127,10 +118,10 @@ def _validate(
         tasks=settings.tasks,
         task_limit=settings.task_limit,
         storage_options=storage_options,
-    ).to_dict()
+    )
 
 
-def _benchmark(model: str, settings: CompareSettings, storage_options: Mapping[str, str] | None) -> dict[str, Any]:
+def _benchmark(model: str, settings: CompareSettings, storage_options: Mapping[str, str] | None) -> BenchmarkResult:
     return benchmark(
         model,
         batch_sizes=settings.batch_sizes,
@@ -138,20 +129,14 @@ def _benchmark(model: str, settings: CompareSettings, storage_options: Mapping[s
         new_tokens=settings.new_tokens,
         repeats=settings.repeats,
         storage_options=storage_options,
-    ).to_dict()
+    )
 
 
-def _reference_row(
+def _reference_entry(
     model: str, base: str, settings: CompareSettings, storage_options: Mapping[str, str] | None
-) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "kind": "comparison-row",
-        "label": "reference",
-        "method": "reference",
-        "backend": "-",
-        "model": model,
-    }
-    row["validation"] = _validate(model, model, settings, storage_options)
-    row["benchmark"] = _benchmark(model, settings, storage_options)
-    write_json(f"{base}/results/reference.json", row, storage_options)
-    return row
+) -> ComparisonEntry:
+    entry = ComparisonEntry("reference", "reference", "-", model)
+    entry.validation = _validate(model, model, settings, storage_options)
+    entry.benchmark = _benchmark(model, settings, storage_options)
+    write_json(f"{base}/results/reference.json", entry.to_dict(), storage_options)
+    return entry

@@ -9,6 +9,7 @@ from ..errors import InvalidInputError
 from ..fs import resolve
 from ..outputs import OutputFolder
 from ..report import render_report, rows_from_results
+from ..results import parse_result
 from .common import StageContext
 from .options import ReportOptions
 
@@ -41,7 +42,7 @@ def report(
             payload = json.loads(location.read_bytes())
         except ValueError as exc:
             raise InvalidInputError(f"result file {url} is not JSON ({exc})") from None
-        loaded += payload if isinstance(payload, list) else [payload]
+        loaded += [parse_result(item, url) for item in (payload if isinstance(payload, list) else [payload])]
     rows = rows_from_results(loaded)
     if not rows:
         raise InvalidInputError("no validation, benchmark or comparison results in the given files")

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 from ..fs import check_writable, resolve
 from ..progress import ProgressCallback, no_progress
-from ..validate import PrecisionValidator, Thresholds, ValidationResult
+from ..results import Thresholds, ValidationResult
+from ..validate import PrecisionValidator
 from .common import StageContext, write_json
 from .options import ValidateOptions
 
