@@ -27,9 +27,9 @@ sys.path[:0] = [str(REPO / "pkg")]
 
 from parquant.cache import cache_dir  # noqa: E402
 from parquant.quant.config import load_config  # noqa: E402
+from parquant.results import Thresholds  # noqa: E402
 from parquant.stages.compare import CompareSettings, compare  # noqa: E402
 from parquant.stages.hf_import import import_checkpoint  # noqa: E402
-from parquant.results import Thresholds  # noqa: E402
 
 METHODS = ["fp8-static", "fp8-dynamic", "int8-dynamic", "int4-gptq", "int4-awq", "int4-rtn", "int4-rtn-asym"]
 NOTE = (
