@@ -94,3 +94,45 @@ def test_int4_rtn_round_trips_through_the_gptq_dequantizer(weight: torch.Tensor,
     assert bool((error <= bound * 1.01 + 1e-6).all())
     assert float((error / step.clamp(min=1e-12))[step > 0].mean()) < 0.3
     assert method.quantization_config(["lm_head"])["sym"] is symmetric
+
+
+def test_config_blocks_keep_the_bytes_outputs_always_had() -> None:
+    """Built with the compressed-tensors library now, the block is the one parquant always wrote
+    (hand-written before): config.json of every output stays byte for byte the same."""
+    import json
+
+    activations = {
+        "num_bits": 8,
+        "type": "int",
+        "symmetric": True,
+        "strategy": "token",
+        "dynamic": True,
+        "group_size": None,
+        "observer": None,
+    }
+    expected = {
+        "quant_method": "compressed-tensors",
+        "format": "int-quantized",
+        "quantization_status": "compressed",
+        "ignore": ["lm_head", "model.embed"],
+        "kv_cache_scheme": None,
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {
+                    "num_bits": 8,
+                    "type": "int",
+                    "symmetric": True,
+                    "strategy": "channel",
+                    "dynamic": False,
+                    "group_size": None,
+                    "observer": "minmax",
+                },
+                "format": "int-quantized",
+                "input_activations": activations,
+                "output_activations": None,
+            }
+        },
+    }
+    block = channel_method("int8-dynamic").quantization_config(["model.embed", "lm_head"])
+    assert json.dumps(block, sort_keys=True) == json.dumps(expected, sort_keys=True)
