@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..benchmark import BenchmarkRunner
-from ..fs import check_writable, resolve
 from ..progress import ProgressCallback, no_progress
 from ..results import BenchmarkResult
-from .common import StageContext, write_json
+from .common import StageContext, with_json_output
 from .options import BenchmarkOptions
 
 
@@ -38,9 +37,7 @@ def benchmark(
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> BenchmarkResult:
-    if output:
-        check_writable(resolve(output, storage_options), "--output")
-    result = BenchmarkRunner(
+    runner = BenchmarkRunner(
         model,
         batch_sizes=batch_sizes,
         seq_lens=seq_lens,
@@ -49,7 +46,5 @@ def benchmark(
         device=device,
         storage_options=storage_options,
         progress=progress,
-    ).run()
-    if output:
-        write_json(output, result.to_dict(), storage_options)
-    return result
+    )
+    return with_json_output(output, storage_options, runner.run)

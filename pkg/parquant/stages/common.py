@@ -6,13 +6,13 @@ import contextlib
 import importlib.metadata
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .. import __version__
 from ..errors import ParquantError
-from ..fs import resolve
+from ..fs import check_writable, resolve
 from ..outputs import OutputFolder, write_file_atomically
 from ..progress import ProgressCallback, no_progress
 from ..store.manifest import Manifest, Provenance
@@ -92,3 +92,21 @@ def provenance(stage: str, config: dict[str, Any], backend: str | None = None) -
 def write_json(url: str, payload: dict[str, Any], storage_options: Mapping[str, str] | None) -> None:
     """A stage's JSON result, written whole or not at all."""
     write_file_atomically(resolve(url, storage_options), (json.dumps(payload, indent=2) + "\n").encode())
+
+
+R = TypeVar("R", bound="JsonResult")
+
+
+class JsonResult(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def with_json_output(output: str | None, storage_options: Mapping[str, str] | None, produce: Callable[[], R]) -> R:
+    """Run a measuring stage and, when `output` is given, write its result there. The output's
+    folder is checked first, so a long run never ends in an unwritable path."""
+    if output:
+        check_writable(resolve(output, storage_options), "--output")
+    result = produce()
+    if output:
+        write_json(output, result.to_dict(), storage_options)
+    return result

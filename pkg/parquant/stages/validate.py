@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..fs import check_writable, resolve
 from ..progress import ProgressCallback, no_progress
 from ..results import Thresholds, ValidationResult
 from ..validate import PrecisionValidator
-from .common import StageContext, write_json
+from .common import StageContext, with_json_output
 from .options import ValidateOptions
 
 
@@ -45,9 +44,7 @@ def validate(
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
 ) -> ValidationResult:
-    if output:
-        check_writable(resolve(output, storage_options), "--output")
-    result = PrecisionValidator(
+    validator = PrecisionValidator(
         reference,
         candidate,
         eval_text,
@@ -58,7 +55,5 @@ def validate(
         progress=progress,
         tasks=tasks,
         task_limit=task_limit,
-    ).run()
-    if output:
-        write_json(output, result.to_dict(), storage_options)
-    return result
+    )
+    return with_json_output(output, storage_options, validator.run)

@@ -40,7 +40,10 @@ def dequantize_packed(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch
 def dequantize(
     prefix: str, tensors: Mapping[str, torch.Tensor], quantization_config: Mapping[str, Any]
 ) -> torch.Tensor | None:
-    if f"{prefix}.qweight" not in tensors:
+    from .packing import packed_layer
+
+    packed = packed_layer(prefix, tensors)
+    if packed is None:
         return None
-    qweight, qzeros, scales = (tensors[f"{prefix}.{n}"] for n in ("qweight", "qzeros", "scales"))
+    qweight, qzeros, scales = packed
     return dequantize_packed(qweight, qzeros, scales, group_size(quantization_config))

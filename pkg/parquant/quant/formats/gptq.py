@@ -60,7 +60,10 @@ def dequantize_packed(
 def dequantize(
     prefix: str, tensors: Mapping[str, torch.Tensor], quantization_config: Mapping[str, Any]
 ) -> torch.Tensor | None:
-    if f"{prefix}.qweight" not in tensors:
+    from .packing import packed_layer
+
+    packed = packed_layer(prefix, tensors)
+    if packed is None:
         return None
-    qweight, qzeros, scales = (tensors[f"{prefix}.{n}"] for n in ("qweight", "qzeros", "scales"))
+    qweight, qzeros, scales = packed
     return dequantize_packed(qweight, qzeros, scales, tensors.get(f"{prefix}.g_idx"), group_size(quantization_config))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
@@ -42,3 +44,12 @@ def unpack_columns(packed: torch.Tensor, order: tuple[int, ...] | None = None) -
         columns[..., list(order)] = nibbles
         nibbles = columns
     return nibbles.reshape(packed.shape[0], packed.shape[1] * 8)
+
+
+def packed_layer(
+    prefix: str, tensors: Mapping[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(qweight, qzeros, scales) of a layer stored packed (GPTQ, AWQ), or None if it is not."""
+    if f"{prefix}.qweight" not in tensors:
+        return None
+    return tensors[f"{prefix}.qweight"], tensors[f"{prefix}.qzeros"], tensors[f"{prefix}.scales"]
