@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-faults browser lint lint-deploy format bench bench-precision train-example clean \
+.PHONY: venv demo test test-faults browser lint lint-deploy format bench bench-digests bench-precision train-example clean \
         image-cpu image-gpu image-gpu-check test-image control-plane test-k8s
 
 venv: $(STAMP)
@@ -102,6 +102,11 @@ format: venv
 bench: venv
 	$(BIN)/python bench/convert_bench.py
 	$(BIN)/python bench/quantize_bench.py
+
+## bench-digests: every method's exported bytes on the embedded model against bench/results/method_digests.json
+## (a refactoring must leave them identical; `bench/method_digests.py record FILE` re-records them)
+bench-digests: venv
+	$(BIN)/python bench/method_digests.py check bench/results/method_digests.json
 
 ## bench-precision: SmolLM2-135M through every method, one comparison report (long: ~20 min on 2 cores)
 bench-precision: venv
