@@ -76,6 +76,23 @@ def test_bad_specs(raw: dict[str, object], message: str) -> None:
         PipelineSpec.from_dict(raw, "spec.yaml")
 
 
+@pytest.mark.parametrize(
+    ("params", "gpu"),
+    [
+        ({}, False),  # int8-weight, the default: built-in PTQ only
+        ({"method": "fp8-static"}, True),
+        ({"method": "fp8-dynamic", "backend": "ptq"}, False),
+        ({"method": "int4-rtn"}, False),
+        ({"method": "int4-awq", "gpu": False}, False),  # the entry decides
+    ],
+)
+def test_quantize_stages_run_on_a_gpu_only_where_a_gpu_backend_offers_the_method(
+    params: dict[str, object], gpu: bool
+) -> None:
+    spec = PipelineSpec.from_dict({"stages": [{"stage": "quantize", "model": "m", "output": "o", **params}]}, "s")
+    assert spec.stages[0].gpu is gpu
+
+
 def test_fan_out_is_part_of_the_stage_identity_not_its_argv() -> None:
     entry = {"stage": "import", "source": "s3://b/hf", "output": "s3://b/pq"}
     plain = PipelineSpec.from_dict({"stages": [entry]}, "p.yaml").stages[0]
@@ -99,7 +116,8 @@ def test_local_pipeline_runs_resumes_and_stops_on_failure(tmp_path: Path, cli: C
     )
     state = ["--state-dir", tmp_path / "state"]
     dry = cli("pipeline", spec, "--dry-run", *state)
-    assert dry.code == 0 and "2. 02-quantize [gpu]: parquant quantize" in dry.out
+    # int8-weight (the default) is a built-in PTQ method: a CPU stage
+    assert dry.code == 0 and "2. 02-quantize [cpu]: parquant quantize" in dry.out
     first = cli("pipeline", spec, *state)
     assert first.code == 0, first.err
     statuses = [s["status"] for s in json.loads(first.out.strip().splitlines()[-1])["stages"]]

@@ -24,12 +24,23 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ParquantError
+from .quant import methods
 from .stages.options import STAGE_OPTIONS, check_params, stage_argv
 from .yamlfile import read_yaml_file
 
 log = logging.getLogger("parquant")
 
-GPU_STAGES = ("quantize",)
+
+def wants_gpu(stage: str, params: Mapping[str, Any]) -> bool:
+    """A stage runs on a GPU node by default when it can use one: quantize with a method AngelSlim
+    (the GPU backend) offers, unless the entry asks for the built-in PTQ backend. An entry's own
+    `gpu:` overrides it."""
+    if stage != "quantize" or params.get("backend") == methods.PTQ:
+        return False
+    try:
+        return methods.get_method(str(params.get("method") or methods.default_method())).offered_by(methods.ANGELSLIM)
+    except KeyError:
+        return False  # an unknown method fails the stage itself, with the known names
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,7 @@ class PipelineSpec:
             if name in names:
                 raise ConfigError(f"{where}: two stages are named {name!r}")
             names.add(name)
-            gpu = bool(entry.get("gpu", entry["stage"] in GPU_STAGES))
+            gpu = bool(entry.get("gpu", wants_gpu(entry["stage"], params)))
             stages.append(StageSpec(name, entry["stage"], params, gpu, fan_out))
         return cls(str(raw.get("name") or Path(where).stem), stages, dict(options), where)
 
