@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-faults browser lint lint-deploy format bench bench-digests bench-precision train-example clean \
+.PHONY: venv demo docs docs-serve test test-faults browser lint lint-deploy format bench bench-digests bench-precision train-example clean \
         image-cpu image-gpu image-gpu-check test-image control-plane test-k8s
 
 venv: $(STAMP)
@@ -72,9 +72,19 @@ test-image: image-cpu image-gpu-check
 	deploy/image/smoke-test.sh parquant:cpu
 	deploy/image/smoke-test.sh parquant:gpu-check
 
+## docs: the documentation site in out/site (reference pages generated from the code first);
+## --strict: a broken link or a missing API reference fails. docs-serve: the same, served on :8000
+docs: venv
+	$(BIN)/python docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: venv
+	$(BIN)/python docs/generate.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 lint: venv lint-deploy
-	$(BIN)/ruff check pkg cmd tests bench examples
-	$(BIN)/ruff format --check pkg cmd tests bench examples
+	$(BIN)/ruff check pkg cmd tests bench examples docs
+	$(BIN)/ruff format --check pkg cmd tests bench examples docs
 	$(BIN)/mypy
 	PYTHONPATH=pkg:cmd $(BIN)/lint-imports --no-cache
 
@@ -95,7 +105,7 @@ lint-deploy: venv
 	done
 
 format: venv
-	$(BIN)/ruff format pkg cmd tests bench examples
+	$(BIN)/ruff format pkg cmd tests bench examples docs
 	$(BIN)/ruff check --fix pkg cmd tests bench examples
 
 ## bench: conversion and quantization benchmarks (print ratios measured side by side)

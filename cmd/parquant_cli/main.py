@@ -255,6 +255,16 @@ STAGES: dict[str, Stage] = {
 }
 
 
+def stage_help(name: str) -> str:
+    """`parquant <name> --help`, as printed (the docs' CLI reference is made from it)."""
+    stage = STAGES[name]
+    return str(_Parser(stage.options, prog=f"parquant {name}", description=stage.summary).format_help())
+
+
+def top_help() -> str:
+    return _top_help()
+
+
 def _top_help() -> str:
     lines = [
         f"parquant {__version__}: compress LLMs whose weights live in Parquet (local or s3://)",
