@@ -67,3 +67,6 @@ def test_the_batch_pipeline_runs_every_model_locally(tmp_path: Path, cli: Cli) -
     assert [s["status"] for s in summary["stages"]] == ["done"] * 7
     report = (tmp_path / "b" / "report" / "report.md").read_text()
     assert "int8-weight" in report and "int4-rtn" in report
+    # each quantized model's quantize time comes from its manifest, through the validate results
+    rows = json.loads((tmp_path / "b" / "report" / "report.json").read_text())["rows"]
+    assert [row["quantize_seconds"] > 0 for row in rows] == [True, True]

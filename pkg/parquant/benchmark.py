@@ -47,6 +47,7 @@ class BenchmarkRunner:
             size = _size_on_disk(loader)
             made = loader.reader.manifest.created_by
             method, backend, note = made.method, made.backend or "-", made.note
+            quantize_seconds = loader.reader.manifest.quantize_seconds
             started = time.perf_counter()
             model: Any = loader.build_model()
             torch.nn.Module.to(model, self.device)
@@ -54,7 +55,14 @@ class BenchmarkRunner:
         vocab = int(model.config.vocab_size)
         max_positions = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         result = BenchmarkResult(
-            self.model_url, self.device, size, round(load_seconds, 3), method=method, backend=backend, note=note
+            self.model_url,
+            self.device,
+            size,
+            round(load_seconds, 3),
+            method=method,
+            backend=backend,
+            note=note,
+            quantize_seconds=quantize_seconds,
         )
         result.model_memory_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         steps = len(self.batch_sizes) * (len(self.seq_lens) + 1)

@@ -63,6 +63,7 @@ class ValidationResult:
     note: str = ""  # how the candidate was made, when it took a fallback (manifest provenance)
     method: str = "none"  # the method that made the candidate (manifest provenance)
     backend: str = "-"
+    quantize_seconds: float | None = None  # how long making the candidate took (its manifest)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "validation", **asdict(self)}
@@ -108,6 +109,7 @@ class BenchmarkResult:
     model_memory_bytes: int = 0  # parameters + buffers as loaded (CPU transformers decompresses FP8/INT8)
     peak_host_rss_bytes: int = 0  # the process's high-water mark (includes anything it ran before)
     peak_gpu_allocated_bytes: int = 0
+    quantize_seconds: float | None = None  # how long making the model took, when quantize made it
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "benchmark", **asdict(self)}

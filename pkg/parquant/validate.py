@@ -64,7 +64,9 @@ class PrecisionValidator:
             ids, tokenizer = self._eval_tokens(reference)
             model_metrics = self._model_metrics(reference, candidate, ids, tokenizer)
             made = candidate.reader.manifest.created_by
+            quantize_seconds = candidate.reader.manifest.quantize_seconds
         result = ValidationResult(
+            quantize_seconds=quantize_seconds,
             note=made.note,
             method=made.method,
             backend=made.backend or "-",

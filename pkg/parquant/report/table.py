@@ -73,6 +73,7 @@ def rows_from_results(results: Iterable[Result]) -> list[ComparisonRow]:
 
 def _apply_validation(target: ComparisonRow, result: ValidationResult) -> None:
     target.note = target.note or result.note  # e.g. a fallback recorded in the manifest
+    target.quantize_seconds = target.quantize_seconds or result.quantize_seconds
     target.logits_cosine = result.logits_cosine_mean
     target.worst_token_cosine = result.logits_cosine_worst
     target.top1_agreement = result.top1_agreement
@@ -84,6 +85,7 @@ def _apply_validation(target: ComparisonRow, result: ValidationResult) -> None:
 
 def _apply_benchmark(target: ComparisonRow, result: BenchmarkResult) -> None:
     target.note = target.note or result.note
+    target.quantize_seconds = target.quantize_seconds or result.quantize_seconds
     target.size_bytes = result.size_on_disk_bytes
     target.peak_memory_bytes = result.model_memory_bytes or result.peak_host_rss_bytes
     decode = result.decode_tokens_per_second.get("1")

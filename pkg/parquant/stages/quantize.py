@@ -201,7 +201,7 @@ def quantize(
             ensure_free_space(folder.staging, model_bytes + 4 * 2**20, folder.staged_bytes())
             for reason in plan.reasons + plan.fallbacks:
                 log.info("plan: %s", reason)
-            job = _Job(model, output, reader, config, plan, folder, write, identity, storage_options, progress)
+            job = _Job(model, output, reader, config, plan, folder, write, identity, storage_options, progress, started)
             details = _run(job)
     details.update(
         {
@@ -229,6 +229,7 @@ class _Job:
     fingerprint: str
     storage_options: Mapping[str, str] | None
     progress: ProgressCallback
+    started: float  # when quantize started: the manifest's stage_seconds counts from here
 
     def description(self) -> ModelDescription:
         made = provenance("quantize", self.config.to_dict(), backend=self.plan.backend)
@@ -236,7 +237,7 @@ class _Job:
         made.config["effective_method"] = self.plan.method
         made.config["device"] = self.plan.device
         source = {"url": self.model, "fingerprint": self.fingerprint, "kind": "parquant"}
-        return ModelDescription(source=source, created_by=made)
+        return ModelDescription(source=source, created_by=made, started=self.started)
 
 
 def _run(job: _Job) -> dict[str, object]:

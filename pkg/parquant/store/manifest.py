@@ -82,6 +82,12 @@ class Manifest:
     def major_version(self) -> int:
         return major_version(self.format_version)
 
+    @property
+    def quantize_seconds(self) -> float | None:
+        """How long quantizing took, for a model `quantize` made (None for others, or older manifests)."""
+        seconds = self.timings.get("stage_seconds")
+        return float(seconds) if seconds is not None and self.created_by.stage == "quantize" else None
+
     def digest(self) -> str:
         """The model's content identity: equal digests, equal model (every tensor's CRC is in it)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
