@@ -124,3 +124,17 @@ def test_option_defaults_are_the_librarys() -> None:
         written.compression,
     )
     assert ExportOptions(model="m", output="o").max_shard_size == DEFAULT_EXPORT_SHARD_BYTES
+
+
+def test_every_stage_help_shows_examples_that_parse() -> None:
+    """`parquant <stage> --help` ends with examples; each one is a valid command line."""
+    import shlex
+
+    from parquant_cli.main import STAGES, _parser, stage_help
+
+    for name, stage in STAGES.items():
+        assert stage.examples and "examples:" in stage_help(name), name
+        for example in stage.examples:
+            words = shlex.split(example)
+            assert words[:2] == ["parquant", name]
+            _parser(name).parse_args(words[2:])  # a bad flag would raise UsageError (64)

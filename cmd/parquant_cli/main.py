@@ -5,6 +5,7 @@ This is the only place that turns parquant errors into process exit codes (error
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import difflib
 import json
@@ -63,6 +64,7 @@ class Stage:
     options: type[CommonOptions]
     run: Callable[[Any], int]
     summary: str
+    examples: tuple[str, ...] = ()  # shown under --help, on the embedded model (a test runs their parsing)
 
 
 def _context(options: CommonOptions) -> Any:
@@ -244,21 +246,76 @@ def _finish(result: Any) -> int:
 
 
 STAGES: dict[str, Stage] = {
-    "import": Stage(ImportOptions, run_import, "HF checkpoint folder -> Parquet model"),
-    "export": Stage(ExportOptions, run_export, "Parquet model -> HF checkpoint folder (transformers/vLLM)"),
-    "quantize": Stage(QuantizeOptions, run_quantize, "Parquet model -> quantized Parquet model (AngelSlim or PTQ)"),
-    "validate": Stage(ValidateOptions, run_validate, "precision of a quantized model vs its reference (gate: exit 79)"),
-    "benchmark": Stage(BenchmarkOptions, run_benchmark, "load time, prefill latency, decode tokens/s, peak memory"),
-    "report": Stage(ReportOptions, run_report, "comparison report (Markdown, JSON, HTML with plots) from results"),
-    "inspect": Stage(InspectOptions, run_inspect, "show tensors, dtypes, size, quantization, manifest"),
-    "pipeline": Stage(PipelineOptions, run_pipeline, "run a YAML list of stages in order (resumable)"),
+    "import": Stage(
+        ImportOptions,
+        run_import,
+        "HF checkpoint folder -> Parquet model",
+        ("parquant import examples/tiny-llama -o out/m", "parquant import s3://bucket/hf -o s3://bucket/m"),
+    ),
+    "export": Stage(
+        ExportOptions,
+        run_export,
+        "Parquet model -> HF checkpoint folder (transformers/vLLM)",
+        ("parquant export out/m -o out/m-hf",),
+    ),
+    "quantize": Stage(
+        QuantizeOptions,
+        run_quantize,
+        "Parquet model -> quantized Parquet model (AngelSlim or PTQ)",
+        (
+            "parquant quantize out/m -o out/m-int8 --method int8-weight",
+            "parquant quantize out/m -o out/m-fp8 --method fp8-static --calibration-data calib.jsonl",
+            "parquant quantize out/m -o out/cmp --compare fp8-dynamic,int4-rtn --eval-text examples/data/eval.txt",
+        ),
+    ),
+    "validate": Stage(
+        ValidateOptions,
+        run_validate,
+        "precision of a quantized model vs its reference (gate: exit 79)",
+        ("parquant validate out/m out/m-int8 --eval-text examples/data/eval.txt -o out/validate.json",),
+    ),
+    "benchmark": Stage(
+        BenchmarkOptions,
+        run_benchmark,
+        "load time, prefill latency, decode tokens/s, peak memory",
+        ("parquant benchmark out/m-int8 --batch-sizes 1 --seq-lens 128 -o out/bench.json",),
+    ),
+    "report": Stage(
+        ReportOptions,
+        run_report,
+        "comparison report (Markdown, JSON, HTML with plots) from results",
+        ("parquant report out/validate.json out/bench.json -o out/report",),
+    ),
+    "inspect": Stage(
+        InspectOptions, run_inspect, "show tensors, dtypes, size, quantization, manifest", ("parquant inspect out/m",)
+    ),
+    "pipeline": Stage(
+        PipelineOptions,
+        run_pipeline,
+        "run a YAML list of stages in order (resumable)",
+        (
+            "parquant pipeline examples/pipelines/demo.yaml",
+            "parquant pipeline deploy/base/pipeline.yaml --executor kubernetes --dry-run",
+        ),
+    ),
 }
+
+
+def _parser(name: str) -> _Parser:
+    stage = STAGES[name]
+    epilog = "examples:\n" + "\n".join(f"  {example}" for example in stage.examples) if stage.examples else None
+    return _Parser(
+        stage.options,
+        prog=f"parquant {name}",
+        description=stage.summary,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def stage_help(name: str) -> str:
     """`parquant <name> --help`, as printed (the docs' CLI reference is made from it)."""
-    stage = STAGES[name]
-    return str(_Parser(stage.options, prog=f"parquant {name}", description=stage.summary).format_help())
+    return str(_parser(name).format_help())
 
 
 def top_help() -> str:
@@ -310,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             close = difflib.get_close_matches(args[0], list(STAGES), n=1)
             hint = f"did you mean {close[0]}? " if close else ""
             raise UsageError(f"unknown stage {args[0]!r}: {hint}choose one of {', '.join(STAGES)} (parquant --help)")
-        parser = _Parser(stage.options, prog=f"parquant {args[0]}", description=stage.summary)
+        parser = _parser(args[0])
         options = parser.parse_args(_merge_repeated(args[1:], "--storage-option"))
         configure_logging(options.log_format, options.log_level)
         return stage.run(options)
