@@ -172,7 +172,8 @@ def test_interrupt_deletes_the_running_stage_job(admin_api: Any, namespace: str,
     apply_driver_rbac(admin_api, namespace)
     kubeconfig = driver_kubeconfig(admin_api, namespace, tmp_path / "driver.kubeconfig")
     spec = PipelineSpec.from_dict(
-        {"name": "stopped", "stages": [{"stage": "quantize", "model": "s3://b/m", "output": "s3://b/q"}]}, "x.yaml"
+        {"name": "stopped", "stages": [{"stage": "quantize", "model": "s3://b/m", "output": "s3://b/q", "gpu": True}]},
+        "x.yaml",
     )
     settings = KubernetesSettings(
         namespace,

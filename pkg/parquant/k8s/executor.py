@@ -194,11 +194,14 @@ class KubernetesExecutor:
         log.info(
             "pipeline: %s: Job %s on %s: parquant %s", stage.name, name, "GPU" if on_gpu else "CPU", " ".join(args)
         )
+        # Active before it exists: an interrupt that lands while the create call is in flight must
+        # still delete it (deleting a Job that was never made is a 404, which is fine).
+        self._active.add(name)
         try:
             self.batch.create_namespaced_job(self.settings.namespace, job)
         except ApiException as exc:
+            self._active.discard(name)
             raise _api_error(exc, f"create Job {name}") from None
-        self._active.add(name)
 
     def _delete(self, name: str) -> None:
         """Foreground deletion: returns once the Job and its pods are gone (or after a minute)."""
