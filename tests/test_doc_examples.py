@@ -45,6 +45,14 @@ def _commands(body: str) -> list[str]:
     return [line.split("  #")[0].strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def _program(command: str) -> str:
+    """The program a shell line runs, past any `NAME=value` environment assignments."""
+    words = command.split()
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        words.pop(0)
+    return words[0] if words else ""
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p)], ids=lambda p: str(p.relative_to(REPO)))
 def test_doc_page_examples_run(page: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     (tmp_path / "examples").symlink_to(REPO / "examples")
@@ -75,7 +83,7 @@ def test_doc_page_examples_run(page: Path, tmp_path: Path, request: pytest.Fixtu
             assert done.returncode == 0, f"{where}:\n{done.stderr[-3000:]}"
         else:
             commands = _commands(body)
-            others = sorted({c.split()[0] for c in commands if not c.startswith("parquant ")})
+            others = sorted({_program(c) for c in commands if _program(c) != "parquant"})
             if others:
                 skipped.append(f"{where} ({', '.join(others)})")
                 continue
