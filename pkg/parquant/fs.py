@@ -344,13 +344,19 @@ def _remote_error(url: str, exc: Exception) -> ParquantError | None:
     return None
 
 
-def ensure_free_space(location: Location, needed_bytes: int, reusable_bytes: int = 0) -> None:
+# Room on top of an output's content for what every output also writes: the manifest or export
+# record, progress records, Parquet footers.
+FREE_SPACE_SLACK_BYTES = 4 * 2**20
+
+
+def ensure_free_space(location: Location, content_bytes: int, reusable_bytes: int = 0) -> None:
     """Refuse early, before writing anything, when a local disk cannot hold the output.
 
+    `content_bytes`: the output's data (FREE_SPACE_SLACK_BYTES are added for its bookkeeping).
     `reusable_bytes`: what an earlier run left in the staging area, which this run either reuses
     or frees, so it counts as available.
     """
-    needed_bytes -= reusable_bytes
+    needed_bytes = content_bytes + FREE_SPACE_SLACK_BYTES - reusable_bytes
     if not location.is_local or needed_bytes <= 0:
         return
     free = shutil.disk_usage(_nearest_existing(location.path)).free

@@ -36,7 +36,6 @@ from .store.reader import ModelReader
 from .store.schema import TensorSpec
 
 log = logging.getLogger("parquant")
-_SLACK_BYTES = 4 * 1024 * 1024
 # Cached folders beyond this total are removed, least recently used first (PARQUANT_HF_CACHE_BYTES).
 DEFAULT_CACHE_BYTES = 64 * 2**30
 # A folder used this recently may still be open in another process: never removed.
@@ -72,7 +71,7 @@ def write_hf_folder(
             return HFExport(True, len(plan), len(files), total)
         folder.check_free()
         done = folder.begin(identity)
-        ensure_free_space(folder.staging, total + _SLACK_BYTES, folder.staged_bytes())
+        ensure_free_space(folder.staging, total, folder.staged_bytes())
         with cleanup_on_bad_input(folder):
             _write_files(folder, reader, plan, kept_layout, files, done, progress)
             folder.write_bytes(EXPORT_RECORD_NAME, json.dumps({"fingerprint": identity, "source": source}).encode())

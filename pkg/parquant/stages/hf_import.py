@@ -44,9 +44,8 @@ def fan_out_part(options: ImportOptions, context: StageContext) -> tuple[int, in
     return index, options.shard_count
 
 
-# Room for Parquet framing and the manifest on top of the raw bytes.
+# Room for Parquet framing on top of the raw bytes (fs.ensure_free_space adds the manifest's).
 _OVERHEAD = 1.02
-_SLACK_BYTES = 4 * 1024 * 1024
 
 
 class _NonFiniteCounter:
@@ -110,7 +109,7 @@ def import_checkpoint(
             log.warning("skipping pickle file %s: parquant never unpickles", name)
         counter = _NonFiniteCounter(strict)
         items = checkpoint.items(counter)
-        needed = int(sum(i.nbytes for i in items) * _OVERHEAD) + _SLACK_BYTES
+        needed = int(sum(i.nbytes for i in items) * _OVERHEAD)
         ensure_free_space(folder.staging, needed, folder.staged_bytes())
         description = description or ModelDescription(
             source={"url": source, "fingerprint": identity, "kind": "huggingface"},
