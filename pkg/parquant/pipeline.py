@@ -32,15 +32,17 @@ log = logging.getLogger("parquant")
 
 
 def wants_gpu(stage: str, params: Mapping[str, Any]) -> bool:
-    """A stage runs on a GPU node by default when it can use one: quantize with a method AngelSlim
-    (the GPU backend) offers, unless the entry asks for the built-in PTQ backend. An entry's own
-    `gpu:` overrides it."""
-    if stage != "quantize" or params.get("backend") == methods.PTQ:
+    """A stage runs on a GPU node by default when it can use one: a quantize stage whose run would
+    use AngelSlim (the GPU backend), by the same rule the stage applies. An entry's own `gpu:`
+    overrides it."""
+    if stage != "quantize":
         return False
     try:
-        return methods.get_method(str(params.get("method") or methods.default_method())).offered_by(methods.ANGELSLIM)
+        method = methods.get_method(str(params.get("method") or methods.default_method()))
     except KeyError:
         return False  # an unknown method fails the stage itself, with the known names
+    backend = method.backend_for(str(params.get("backend") or "auto"))
+    return backend == methods.ANGELSLIM and method.offered_by(backend)
 
 
 @dataclass(frozen=True)

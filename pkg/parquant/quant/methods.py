@@ -58,6 +58,11 @@ class QuantMethod:
     def offered_by(self, backend: str) -> bool:
         return backend in self.backends
 
+    def backend_for(self, requested: str) -> str:
+        """The backend a run asking for `requested` uses, before anything is found missing:
+        the one asked for, or under `auto` the method's first (preferred) backend."""
+        return self.backends[0] if requested == "auto" else requested
+
     @property
     def fallback(self) -> str:
         """The built-in method that stands in when this one's backend cannot run."""

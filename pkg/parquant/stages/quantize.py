@@ -68,8 +68,7 @@ def choose(config: QuantizationConfig, model_type: str, cuda: bool | None = None
         if not config.fallback:
             raise UnavailableError("device cuda was requested but no CUDA GPU is available (fallback disabled)")
         plan.fallbacks.append("cuda requested but not available -> cpu")
-    preferred = methods.get_method(config.method).backends[0]
-    if config.backend == methods.PTQ or (config.backend == "auto" and preferred == methods.PTQ):
+    if methods.get_method(config.method).backend_for(config.backend) == methods.PTQ:
         plan.backend = "ptq"
         plan.reasons.append(f"{config.method} runs on the built-in PTQ backend")
         return plan
@@ -198,7 +197,7 @@ def quantize(
                 log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
                 return StageResult("quantize", output, True, time.monotonic() - started)
             _check_memory(plan, estimate)
-            ensure_free_space(folder.staging, model_bytes + 4 * 2**20, folder.staged_bytes())
+            ensure_free_space(folder.staging, model_bytes, folder.staged_bytes())
             for reason in plan.reasons + plan.fallbacks:
                 log.info("plan: %s", reason)
             job = _Job(model, output, reader, config, plan, folder, write, identity, storage_options, progress, started)
