@@ -45,3 +45,11 @@ def logits(folder: Path) -> torch.Tensor:
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     with torch.no_grad():
         return model(torch.arange(1, 25).unsqueeze(0)).logits
+
+
+# A calibration set small enough for the CPU: the embedded model's data, 8 samples of 128 tokens.
+SMALL_CALIBRATION: dict[str, object] = {
+    "calibration.data": str(Path(__file__).resolve().parents[1] / "examples" / "data" / "calibration.jsonl"),
+    "calibration.num_samples": 8,
+    "calibration.seq_len": 128,
+}

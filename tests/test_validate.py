@@ -18,10 +18,10 @@ from parquant.validate import PrecisionValidator
 from parquant.weights import WeightLoader
 
 from .conftest import EXAMPLE_MODEL, CliResult, embedded_model_in, make_checkpoint
+from .helpers import SMALL_CALIBRATION
 
 Cli = Callable[..., CliResult]
 EVAL = EXAMPLE_MODEL.parent / "data" / "eval.txt"
-CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
             flags = {
                 "method": method,
                 "backend": backend,
-                "calibration.data": str(CALIBRATION),
-                "calibration.num_samples": 8,
-                "calibration.seq_len": 128,
+                **SMALL_CALIBRATION,
             }
             quantize(paths["ref"], str(root / method), load_config(flags=flags, environ={}))
             paths[method] = str(root / method)

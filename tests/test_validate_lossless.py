@@ -22,9 +22,9 @@ from parquant.validate import PrecisionValidator
 from parquant.weights import WeightLoader, cast_parameters
 
 from .conftest import EXAMPLE_MODEL, TOKENIZER_FILES, embedded_model_in
+from .helpers import SMALL_CALIBRATION
 
 EVAL = EXAMPLE_MODEL.parent / "data" / "eval.txt"
-CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
 # path -> (method, backend) of the candidate: each checkpoint layout validate rebuilds models from
 PATHS = {
     "float": None,
@@ -77,9 +77,7 @@ def test_lossless_candidate_scores_exactly_one(path: str, root: Path) -> None:
         flags = {
             "method": method,
             "backend": backend,
-            "calibration.data": str(CALIBRATION),
-            "calibration.num_samples": 8,
-            "calibration.seq_len": 128,
+            **SMALL_CALIBRATION,
         }
         candidate = str(root / method)
         quantize(str(root / "ref"), candidate, load_config(flags=flags, environ={}))

@@ -23,11 +23,11 @@ from parquant.stages.quantize import quantize
 from parquant.weights import WeightLoader
 
 from ..conftest import EXAMPLE_MODEL, CliResult, S3Env, embedded_model_in, make_checkpoint
+from ..helpers import SMALL_CALIBRATION
 
 Cli = Callable[..., CliResult]
 CALIBRATION = EXAMPLE_MODEL.parent / "data" / "calibration.jsonl"
 EVAL_TEXT = EXAMPLE_MODEL.parent / "data" / "eval.txt"
-SMALL_CALIBRATION = {"calibration.data": str(CALIBRATION), "calibration.num_samples": 8, "calibration.seq_len": 128}
 
 
 @pytest.fixture(scope="module")
