@@ -319,10 +319,7 @@ def stage_help(name: str) -> str:
 
 
 def top_help() -> str:
-    return _top_help()
-
-
-def _top_help() -> str:
+    """`parquant --help`, as printed (the docs' CLI reference starts with it)."""
     lines = [
         f"parquant {__version__}: compress LLMs whose weights live in Parquet (local or s3://)",
         "",
@@ -355,7 +352,7 @@ def _merge_repeated(argv: list[str], flag: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_top_help())
+        print(top_help())
         return 0 if args else 64
     if args[0] == "--version":
         print(f"parquant {__version__}")
