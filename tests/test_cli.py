@@ -57,7 +57,7 @@ def test_inspect_text_and_json(checkpoint: Path, tmp_path: Path, cli: Cli) -> No
     assert summary["parameters"] == sum(
         t["nbytes"] // 4 for t in summary["tensors"]
     )  # float32 checkpoint: 4 bytes a parameter
-    assert summary["format_version"] == "2.0" and summary["created_by"]["stage"] == "import"
+    assert summary["format_version"] == "2.1" and summary["created_by"]["stage"] == "import"
 
 
 def test_console_script_runs_as_a_process(tmp_path: Path) -> None:

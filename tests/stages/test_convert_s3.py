@@ -77,7 +77,7 @@ def test_single_tensor_read_fetches_a_small_fraction(tmp_path: Path, s3: S3Env) 
     tensor_bytes = 256 * 256 * 4
     print(f"single-tensor read: {fetched} bytes fetched; tensor {tensor_bytes} bytes; shard {shard_bytes} bytes")
     assert fetched < 0.1 * shard_bytes
-    assert fetched < 1.5 * tensor_bytes
+    assert fetched <= tensor_bytes + 64 * 1024  # the manifest's data_pages: no footer read
 
 
 def test_no_credentials(tmp_path: Path, s3: S3Env, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ from parquant.fs import resolve
 from parquant.outputs import OutputFolder
 from parquant.store.manifest import Manifest, Provenance
 from parquant.store.reader import ModelReader
-from parquant.store.schema import TensorSpec, shard_name
+from parquant.store.schema import FORMAT_VERSIONS, TensorSpec, shard_name
 from parquant.store.writer import ModelDescription, ModelItem, WriteOptions, plan_shards, write_model
 
 CONFIG = '{"a": "é"}'.encode()
@@ -51,7 +51,7 @@ def _write(folder: Path, version: int, chunk: int = 1000, shard: int = 10**9) ->
 @pytest.mark.parametrize("version", [1, 2])
 def test_written_model_reads_back_exactly(tmp_path: Path, version: int) -> None:
     manifest = _write(tmp_path / "m", version, shard=6000)
-    assert len(manifest.shards) > 1 and manifest.format_version == f"{version}.0"
+    assert len(manifest.shards) > 1 and manifest.format_version == FORMAT_VERSIONS[version]
     with ModelReader(resolve(str(tmp_path / "m"))) as reader:
         assert reader.tensor_names() == ["a.bias", "b.weight", "empty"]
         assert reader.read_tensor("b.weight") == bytes(range(256)) * 40

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any
+
+import msgspec
 
 from ..errors import InvalidInputError, UnavailableError
 from ..names import safe_relative_path
@@ -21,25 +23,37 @@ from .schema import FORMAT_NAME, FORMAT_VERSIONS, SUPPORTED_MAJOR_VERSIONS, Tens
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    shard: int
-    row_groups: tuple[int, int]  # first and last row group (inclusive) in that shard
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    crc32c: int
+_U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_CRC32 = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+# Where each chunk's value lies in its shard: (byte offset, length, the chunk's CRC32C), one per
+# row group. With it a reader fetches exactly one tensor's bytes (one range read per chunk) without
+# parsing the shard's Parquet footer, which for a shard of thousands of small tensors is larger
+# than most of them. Absent (None) in older or compressed models.
+DataPages = tuple[tuple[_U63, _U63, _CRC32], ...]
+
+
+# The index entries are msgspec Structs, decoded and range-checked in one pass of compiled code:
+# opening a model of thousands of tensors was dominated by building them in Python (measured
+# in bench/read_bench.py). Their constraints are the same as MANIFEST_SCHEMA's.
+class TensorEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    shard: _U63
+    row_groups: tuple[_U63, _U63]  # first and last row group (inclusive) in that shard
+    dtype: Annotated[str, msgspec.Meta(max_length=16)]
+    shape: Annotated[tuple[_U63, ...], msgspec.Meta(max_length=16)]
+    nbytes: _U63
+    crc32c: _CRC32
+    data_pages: DataPages | None = None
 
     def spec(self, name: str) -> TensorSpec:
         return TensorSpec(name, self.dtype, self.shape)
 
 
-@dataclass(frozen=True)
-class FileEntry:
-    shard: int
-    row_groups: tuple[int, int] | None  # None in v1: the file lives in the footer metadata
-    nbytes: int
-    crc32c: int
+class FileEntry(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    shard: _U63
+    row_groups: tuple[_U63, _U63] | None = None  # None in v1: the file lives in the footer metadata
+    nbytes: _U63
+    crc32c: _CRC32
+    data_pages: DataPages | None = None
 
 
 @dataclass
@@ -93,7 +107,8 @@ class Manifest:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+        """Compact, keys sorted: one text per model (its digest), quick to parse for big models."""
+        return json.dumps(msgspec.to_builtins(self), separators=(",", ":"), sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> Manifest:
@@ -107,7 +122,7 @@ class Manifest:
                 f"{where} is {len(text)} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may have: "
                 "the model is damaged or not a parquant model"
             )
-        raw = strict_json(text, where)
+        raw, entries = _decode(text, where)
         if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
             raise InvalidInputError(f"{where} is not a parquant manifest (no 'format: {FORMAT_NAME}')")
         version = str(raw.get("format_version", ""))
@@ -119,19 +134,59 @@ class Manifest:
         problem = _schema_problem(raw)
         if problem is not None:
             raise InvalidInputError(f"{where}: {problem}; the model is damaged: re-run the stage that wrote it")
-        for name in [*raw["shards"], *raw["files"], *raw.get("safetensors_layout", {})]:
+        tensors, files = entries if entries is not None else _entries(raw)
+        for name in [*raw["shards"], *files, *raw.get("safetensors_layout", {})]:
             safe_relative_path(name, where)
         known_provenance = {f.name for f in fields(Provenance)}
         return cls(
             format_version=version,
             shards=list(raw["shards"]),
-            tensors={k: tensor_entry(v) for k, v in raw["tensors"].items()},
-            files={k: file_entry(v) for k, v in raw["files"].items()},
+            tensors=tensors,
+            files=files,
             source=dict(raw.get("source", {})),
             created_by=Provenance(**{k: v for k, v in raw["created_by"].items() if k in known_provenance}),
             safetensors_layout=dict(raw.get("safetensors_layout", {})),
             timings=dict(raw.get("timings", {})),
         )
+
+
+class _TypedManifest(msgspec.Struct):
+    """The typed reading of a manifest: the index decoded straight into entries, the rest as plain
+    values (checked against MANIFEST_SCHEMA afterwards, like any manifest)."""
+
+    tensors: dict[str, TensorEntry]
+    files: dict[str, FileEntry]
+    format: Any = None
+    format_version: Any = None
+    shards: Any = None
+    source: Any = None
+    created_by: Any = None
+    safetensors_layout: Any = None
+    timings: Any = None
+
+
+_TYPED_DECODER = msgspec.json.Decoder(_TypedManifest)
+
+
+def _decode(text: str | bytes, where: str) -> tuple[Any, tuple[dict[str, TensorEntry], dict[str, FileEntry]] | None]:
+    """(the manifest without its index, (tensors, files)) when the typed reading accepts it; else
+    (the whole manifest as plain JSON, None), so the schema check names the first problem."""
+    try:
+        typed = _TYPED_DECODER.decode(text)
+    except (msgspec.DecodeError, RecursionError):  # malformed, out of range, too deep: the plain path explains it
+        return strict_json(text, where), None
+    raw = {
+        f: getattr(typed, f)
+        for f in ("format", "format_version", "shards", "source", "created_by", "safetensors_layout", "timings")
+        if getattr(typed, f) is not None
+    }
+    return {**raw, "tensors": {}, "files": {}}, (typed.tensors, typed.files)
+
+
+def _entries(raw: dict[str, Any]) -> tuple[dict[str, TensorEntry], dict[str, FileEntry]]:
+    """The index of a manifest that passed MANIFEST_SCHEMA on the plain path."""
+    tensors = {k: msgspec.convert(v, TensorEntry) for k, v in raw["tensors"].items()}
+    return tensors, {k: msgspec.convert(v, FileEntry) for k, v in raw["files"].items()}
 
 
 def strict_json(text: str | bytes, where: str) -> Any:
@@ -156,6 +211,12 @@ def refuse_non_finite(name: str) -> Any:
 
 _UINT = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _RANGE = {"type": "array", "items": _UINT, "minItems": 2, "maxItems": 2}
+_PAGES = {
+    "oneOf": [
+        {"type": "null"},
+        {"type": "array", "items": {"type": "array", "items": _UINT, "minItems": 3, "maxItems": 3}},
+    ]
+}
 _TENSOR_SCHEMA = {
     "type": "object",
     "required": ["shard", "row_groups", "dtype", "shape", "nbytes", "crc32c"],
@@ -166,6 +227,7 @@ _TENSOR_SCHEMA = {
         "shape": {"type": "array", "items": _UINT, "maxItems": 16},
         "nbytes": _UINT,
         "crc32c": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        "data_pages": _PAGES,
     },
 }
 _FILE_SCHEMA = {
@@ -176,6 +238,7 @@ _FILE_SCHEMA = {
         "row_groups": {"oneOf": [_RANGE, {"type": "null"}]},
         "nbytes": _UINT,
         "crc32c": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+        "data_pages": _PAGES,
     },
 }
 _STRINGS = {"type": "array", "items": {"type": "string"}}
@@ -235,25 +298,3 @@ def _validator() -> Any:
     import jsonschema_rs
 
     return jsonschema_rs.Draft202012Validator(MANIFEST_SCHEMA)
-
-
-def tensor_entry(raw: dict[str, Any]) -> TensorEntry:
-    first, last = raw["row_groups"]
-    return TensorEntry(
-        shard=int(raw["shard"]),
-        row_groups=(int(first), int(last)),
-        dtype=str(raw["dtype"]),
-        shape=tuple(int(d) for d in raw["shape"]),
-        nbytes=int(raw["nbytes"]),
-        crc32c=int(raw["crc32c"]),
-    )
-
-
-def file_entry(raw: dict[str, Any]) -> FileEntry:
-    groups = raw.get("row_groups")
-    return FileEntry(
-        shard=int(raw["shard"]),
-        row_groups=None if groups is None else (int(groups[0]), int(groups[1])),
-        nbytes=int(raw["nbytes"]),
-        crc32c=int(raw["crc32c"]),
-    )

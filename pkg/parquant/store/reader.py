@@ -11,6 +11,9 @@ import base64
 import contextlib
 import itertools
 import json
+import math
+import mmap
+import os
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -50,6 +53,8 @@ class ModelReader:
         self.location = location
         self._shards: dict[int, tuple[IO[bytes], pq.ParquetFile]] = {}
         self._v1_files: dict[int, dict[str, bytes]] = {}
+        self._descriptors: dict[int, int] = {}  # local shards read through data_pages
+        self._maps: dict[int, tuple[mmap.mmap, memoryview]] = {}  # local shards mapped by mapped_tensor
         if _is_file(location):
             self.folder = Location(location.fs, location.path.rsplit("/", 1)[0], location.url)
             self.manifest = self._scan_bare_file()
@@ -85,10 +90,42 @@ class ModelReader:
     def iter_tensor_chunks(self, name: str) -> Iterator[bytes | memoryview]:
         """Yield a tensor's bytes chunk by chunk; checks every chunk and the whole at the end."""
         entry = self._tensor_entry(name)
-        yield from self._verified_chunks(name, entry.shard, entry.row_groups, entry.nbytes, entry.crc32c)
+        yield from self._verified_chunks(name, entry)
 
     def read_tensor(self, name: str) -> bytes:
         return b"".join(self.iter_tensor_chunks(name))
+
+    def read_tensor_into(self, name: str, target: memoryview) -> None:
+        """A tensor's bytes, checked, into `target` (exactly its size)."""
+        entry = self._tensor_entry(name)
+        if len(target) != entry.nbytes:
+            raise ValueError(f"{name} has {entry.nbytes} bytes, the target {len(target)}")
+        position, target = 0, target.cast("B")
+        for piece in self._verified_chunks(name, entry):
+            target[position : position + len(piece)] = memoryview(piece).cast("B")
+            position += len(piece)
+
+    def mapped_tensor(self, name: str) -> list[memoryview] | None:
+        """A local tensor's chunks as checked views of the memory-mapped shard (no copy made here:
+        the caller copies them where it wants them, e.g. with torch's multi-threaded copy), or None
+        where that does not apply (remote, older models, a page that does not check out: then read
+        it with `read_tensor_into`, which judges it). The views are valid until `close()`."""
+        entry = self._tensor_entry(name)
+        pages = entry.data_pages
+        if not self.folder.is_local or self.version != V2 or pages is None:
+            return None
+        if len(pages) != entry.row_groups[1] - entry.row_groups[0] + 1:
+            return None
+        mapped = self._mapped(entry.shard)
+        views, running, total = [], 0, 0
+        for offset, length, chunk_crc in pages:
+            view = mapped[offset : offset + length]
+            if len(view) != length or crc32c.crc32c(view) != chunk_crc:
+                return None
+            views.append(view)
+            running = chunk_crc if len(pages) == 1 else crc32c_combine(running, chunk_crc, length)
+            total += length
+        return views if total == entry.nbytes and running == entry.crc32c else None
 
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file_chunks(name))
@@ -103,12 +140,20 @@ class ModelReader:
             _check_crc(name, data, entry.crc32c, self._shard_url(entry.shard))
             yield data
             return
-        yield from self._verified_chunks(name, entry.shard, entry.row_groups, entry.nbytes, entry.crc32c)
+        yield from self._verified_chunks(name, entry)
 
     def close(self) -> None:
         for handle, _ in self._shards.values():
             handle.close()
         self._shards.clear()
+        for descriptor in self._descriptors.values():
+            os.close(descriptor)
+        self._descriptors.clear()
+        for mapped, view in self._maps.values():
+            with contextlib.suppress(BufferError):  # a caller still holds a view: the map goes with it
+                view.release()
+                mapped.close()
+        self._maps.clear()
 
     def __enter__(self) -> ModelReader:
         return self
@@ -141,22 +186,30 @@ class ModelReader:
         return Manifest.from_json(manifest_location.read_bytes(), manifest_location.url)
 
     def _check_entries(self) -> None:
+        """Every entry is checked before any is used (a loop of plain operations: it runs over every
+        tensor of the model each time one is opened)."""
         for name in self.manifest.files:
             safe_relative_path(name, self.location.url)
+        v2, shards, sizes = self.version == V2, len(self.manifest.shards), DTYPE_SIZES
         for name, entry in self.manifest.tensors.items():
-            if entry.dtype not in DTYPE_SIZES:
+            size = sizes.get(entry.dtype)
+            if size is None:
                 raise UnavailableError(f"tensor {name} has dtype {entry.dtype!r}, which parquant does not know")
-            if TensorSpec(name, entry.dtype, entry.shape).nbytes != entry.nbytes:
+            if math.prod(entry.shape) * size != entry.nbytes:
                 raise InvalidInputError(f"tensor {name}: shape {list(entry.shape)} and {entry.nbytes} bytes disagree")
-            if not 0 <= entry.shard < len(self.manifest.shards):
+            if not 0 <= entry.shard < shards:
                 raise InvalidInputError(f"tensor {name} points at shard {entry.shard}, which the manifest lacks")
             first, last = entry.row_groups
             # A v2 chunk holds at most 64 MiB: more bytes than the row groups can hold is a lie
             # (e.g. a 2^40 x 2^40 tensor in one row group), and invalid input, not a space problem.
-            if first > last or (self.version == V2 and entry.nbytes > (last - first + 1) * MAX_CHUNK_BYTES):
+            if first > last or (v2 and entry.nbytes > (last - first + 1) * MAX_CHUNK_BYTES):
                 raise InvalidInputError(
                     f"tensor {name}: {entry.nbytes} bytes cannot be stored in row groups {first}-{last}; "
                     "the manifest is damaged: re-create the model"
+                )
+            if entry.data_pages is not None and len(entry.data_pages) != last - first + 1:
+                raise InvalidInputError(
+                    f"tensor {name}: data_pages do not match its row groups; the manifest is damaged"
                 )
 
     def _tensor_entry(self, name: str) -> TensorEntry:
@@ -185,12 +238,21 @@ class ModelReader:
             self._shards[shard] = (handle, parquet)
         return self._shards[shard][1]
 
-    def _verified_chunks(
-        self, name: str, shard: int, row_groups: tuple[int, int], nbytes: int, crc: int
-    ) -> Iterator[bytes | memoryview]:
+    def _verified_chunks(self, name: str, entry: TensorEntry | FileEntry) -> Iterator[bytes | memoryview]:
+        assert entry.row_groups is not None
+        first, last = entry.row_groups
+        if self.version == V2 and entry.data_pages is not None and len(entry.data_pages) == last - first + 1:
+            yield from self._paged_chunks(name, entry)
+            return
+        yield from self._decoded_chunks(name, entry)
+
+    def _decoded_chunks(self, name: str, entry: TensorEntry | FileEntry) -> Iterator[bytes | memoryview]:
+        """Chunks found through the shard's Parquet footer, each row's chunk number and CRC checked."""
+        shard, nbytes, crc = entry.shard, entry.nbytes, entry.crc32c
+        assert entry.row_groups is not None
+        first, last = entry.row_groups
         url = self._shard_url(shard)
         parquet = self._parquet(shard)
-        first, last = row_groups
         if not 0 <= first <= last < parquet.num_row_groups:
             raise InvalidInputError(f"{name}: row groups {first}-{last} are outside {url}; the model is damaged")
         if self.version == V1:
@@ -217,6 +279,56 @@ class ModelReader:
         _check_length(name, total, nbytes, url)
         if crc != _UNKNOWN_CRC and running != crc:
             raise InvalidInputError(f"checksum mismatch in {name} in {url}: the file is corrupt; re-create it")
+
+    def _paged_chunks(self, name: str, entry: TensorEntry | FileEntry) -> Iterator[bytes | memoryview]:
+        """Chunks read by their manifest byte ranges (one range read each, no footer); a chunk whose
+        page does not parse or match its CRC is decoded by pyarrow instead, which judges it."""
+        assert entry.row_groups is not None and entry.data_pages is not None
+        url = self._shard_url(entry.shard)
+        total, running = 0, 0
+        for index, (offset, length, chunk_crc) in enumerate(entry.data_pages):
+            data = self._read_page(entry.shard, offset, length, url)
+            if len(data) != length or crc32c.crc32c(data) != chunk_crc:
+                # the footer's view of the shard judges it, from this chunk on
+                yield from itertools.islice(self._decoded_chunks(name, entry), index, None)
+                return
+            total += len(data)
+            running = crc32c_combine(running, chunk_crc, len(data))
+            yield data
+        _check_length(name, total, entry.nbytes, url)
+        if running != entry.crc32c:
+            raise InvalidInputError(f"checksum mismatch in {name} in {url}: the file is corrupt; re-create it")
+
+    def _read_page(self, shard: int, offset: int, size: int, url: str) -> bytes:
+        if size > MAX_CHUNK_BYTES:
+            raise InvalidInputError(f"{url}: a chunk of {size} bytes in the manifest; the manifest is damaged")
+        if not self.folder.is_local:
+            location = self.folder.child(self.manifest.shards[shard])
+            try:
+                return location.read_range(offset, offset + size)
+            except InputNotFoundError:
+                raise InvalidInputError(f"shard {url} listed in the manifest is missing: re-create the model") from None
+        with storage_errors(url):
+            return os.pread(self._descriptor(shard, url), size, offset)
+
+    def _descriptor(self, shard: int, url: str) -> int:
+        if shard not in self._descriptors:
+            path = self.folder.child(self.manifest.shards[shard]).path
+            try:
+                self._descriptors[shard] = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                raise InvalidInputError(f"shard {url} listed in the manifest is missing: re-create the model") from None
+        return self._descriptors[shard]
+
+    def _mapped(self, shard: int) -> memoryview:
+        if shard not in self._maps:
+            url = self._shard_url(shard)
+            with storage_errors(url):
+                descriptor = self._descriptor(shard, url)
+                # ACCESS_COPY: a private, writable view (torch wants one), never written back
+                mapped = mmap.mmap(descriptor, 0, access=mmap.ACCESS_COPY)
+                self._maps[shard] = (mapped, memoryview(mapped))
+        return self._maps[shard][1]
 
     def _rows(self, shard: int, first: int, last: int, url: str) -> Iterator[tuple[int, int, memoryview, int, bool]]:
         """(chunk, num_chunks, data, stored crc, crc already verified) of each row in row groups first..last."""
@@ -297,7 +409,8 @@ class ModelReader:
                 _index_bare_row(row, group, version, tensors, files, parquet)
         if version == V1:
             for name, blob in json.loads(metadata.get(META_V1_FILES, b"{}")).items():
-                files[name] = FileEntry(0, None, len(base64.b64decode(blob)), _UNKNOWN_CRC)
+                size = len(base64.b64decode(blob))
+                files[name] = FileEntry(shard=0, row_groups=None, nbytes=size, crc32c=_UNKNOWN_CRC)
         return Manifest(
             FORMAT_VERSIONS[version],
             [shard_file],
@@ -339,12 +452,20 @@ def _raw_value(parquet: pq.ParquetFile, handle: pa.NativeFile, group: int, crc: 
     if buffer.size != total:
         return None
     view = memoryview(buffer)
-    for header in range(2, min(_MAX_PAGE_HEADER, total - 4)):
-        length = int.from_bytes(view[header : header + 4], "little")
-        if length == total - header - 4:
-            value = view[header + 4 :]
-            return value if crc32c.crc32c(value) == crc else None
-    return None
+    start = _value_start(view[: _MAX_PAGE_HEADER + 4], total)
+    if start < 0:
+        return None
+    value = view[start:]
+    return value if crc32c.crc32c(value) == crc else None
+
+
+def _value_start(head: bytes | memoryview, size: int) -> int:
+    """Where the value starts in a one-value PLAIN page of `size` bytes whose first bytes are `head`
+    ([page header][4-byte length][value]); -1 when no length field fits."""
+    for header in range(2, min(_MAX_PAGE_HEADER, len(head) - 4)):
+        if int.from_bytes(head[header : header + 4], "little") == size - header - 4:
+            return header + 4
+    return -1
 
 
 def _binary_values(column: pa.ChunkedArray) -> list[memoryview]:
@@ -376,18 +497,18 @@ def _index_bare_row(
     if version == V2 and row["kind"] == KIND_FILE:
         previous = files.get(name)
         start = previous.row_groups[0] if previous and previous.row_groups else group
-        files[name] = FileEntry(0, (start, group), -1, _UNKNOWN_CRC)
+        files[name] = FileEntry(shard=0, row_groups=(start, group), nbytes=-1, crc32c=_UNKNOWN_CRC)
         return
     shape = tuple(row["shape"] or ())
     previous_tensor = tensors.get(name)
     start = previous_tensor.row_groups[0] if previous_tensor else group
     tensors[name] = TensorEntry(
-        0,
-        (start, group),
-        row["dtype"],
-        shape,
-        TensorSpec(name, row["dtype"], shape).nbytes if row["dtype"] in DTYPE_SIZES else -1,
-        _UNKNOWN_CRC,
+        shard=0,
+        row_groups=(start, group),
+        dtype=row["dtype"],
+        shape=shape,
+        nbytes=TensorSpec(name, row["dtype"], shape).nbytes if row["dtype"] in DTYPE_SIZES else -1,
+        crc32c=_UNKNOWN_CRC,
     )
 
 

@@ -16,7 +16,7 @@ V1 = 1
 V2 = 2
 SUPPORTED_MAJOR_VERSIONS = (V1, V2)
 DEFAULT_VERSION = V2
-FORMAT_VERSIONS = {V1: "1.0", V2: "2.0"}
+FORMAT_VERSIONS = {V1: "1.0", V2: "2.1"}  # 2.1: data_pages in the manifest (optional)
 
 MANIFEST_NAME = "parquant.json"
 SINGLE_SHARD_NAME = "model.parquet"

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 import crc32c
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -25,7 +26,7 @@ from ..outputs import OutputFolder
 from ..prefetch import prefetched
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from .crc import crc32c_combine
-from .manifest import FileEntry, Manifest, Provenance, TensorEntry, file_entry, tensor_entry
+from .manifest import FileEntry, Manifest, Provenance, TensorEntry
 from .schema import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_SHARD_BYTES,
@@ -181,8 +182,8 @@ def write_model(
             entries["size"] = output.staged_size(name)
             output.record(name, entries)
         sizes[name] = entries.get("size")
-        tensors.update({k: tensor_entry(v) for k, v in entries["tensors"].items()})
-        files.update({k: file_entry(v) for k, v in entries["files"].items()})
+        tensors.update({k: msgspec.convert(v, TensorEntry) for k, v in entries["tensors"].items()})
+        files.update({k: msgspec.convert(v, FileEntry) for k, v in entries["files"].items()})
     manifest = Manifest(
         format_version=FORMAT_VERSIONS[options.version],
         shards=names,
@@ -273,12 +274,14 @@ def _write_shard(
     )
     tensors: dict[str, Any] = {}
     files: dict[str, Any] = {}
+    chunks: list[tuple[int, int]] = []  # (length, CRC32C) of each row group's chunk
     row_group = first = 0
     try:
         for piece in prefetched(_pieces(items, options.chunk_bytes)):
             item = piece.item
             first = row_group if piece.index == 0 else first
             writer.write_table(_v2_row(item, piece.index, piece.count, piece.data, piece.crc), row_group_size=1)
+            chunks.append((len(piece.data), piece.crc))
             row_group += 1
             if piece.index < piece.count - 1:
                 continue
@@ -295,7 +298,24 @@ def _write_shard(
             tracker.advance(item)
     finally:
         writer.close()
+    if options.compression == "none":
+        pages = _data_pages(writer.writer.metadata, chunks)
+        for entry in [*tensors.values(), *files.values()]:
+            entry["data_pages"] = pages[entry["row_groups"][0] : entry["row_groups"][1] + 1]
     return {"tensors": tensors, "files": files}
+
+
+def _data_pages(metadata: pq.FileMetaData, chunks: list[tuple[int, int]]) -> list[list[int]]:
+    """[offset, length, crc] of the chunk value in every row group (the manifest's data_pages).
+
+    The `data` column chunk of a row group is one uncompressed PLAIN page holding one value, and a
+    page's values come last in it: the value is the last `length` bytes of the column chunk."""
+    column = metadata.schema.to_arrow_schema().get_field_index("data")
+    pages = []
+    for group, (length, crc) in enumerate(chunks):
+        chunk = metadata.row_group(group).column(column)
+        pages.append([chunk.data_page_offset + chunk.total_compressed_size - length, length, crc])
+    return pages
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,91 @@
+"""The manifest's data_pages: one tensor read by its byte ranges, exactly, with every fallback judged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from parquant.errors import InvalidInputError
+from parquant.fs import resolve
+from parquant.store.reader import ModelReader
+from parquant.weights import WeightLoader
+
+from .test_reader_writer import _write
+
+WEIGHT = bytes(range(256)) * 40  # b.weight, 10240 bytes: 11 chunks of 1000 bytes
+
+
+def _without_pages(folder: Path) -> None:
+    """Make the model look like one written before data_pages existed (format 2.0)."""
+    manifest = json.loads((folder / "parquant.json").read_text())
+    for section in ("tensors", "files"):
+        for entry in manifest[section].values():
+            entry.pop("data_pages", None)
+    manifest["format_version"] = "2.0"
+    (folder / "parquant.json").write_text(json.dumps(manifest))
+
+
+def test_pages_point_at_each_chunk_value(tmp_path: Path) -> None:
+    manifest = _write(tmp_path / "m", 2)
+    pages = manifest.tensors["b.weight"].data_pages
+    assert pages is not None and len(pages) == 11
+    shard = (tmp_path / "m" / manifest.shards[0]).read_bytes()
+    assert b"".join(shard[offset : offset + length] for offset, length, _ in pages) == WEIGHT
+    assert [length for _, length, _ in pages] == [1000] * 10 + [240]
+
+
+@pytest.mark.parametrize("with_pages", [True, False])
+def test_reads_are_the_same_with_and_without_pages(tmp_path: Path, with_pages: bool) -> None:
+    _write(tmp_path / "m", 2)
+    if not with_pages:
+        _without_pages(tmp_path / "m")
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        assert reader.read_tensor("b.weight") == WEIGHT
+        assert (reader.mapped_tensor("b.weight") is not None) is with_pages
+        target = bytearray(len(WEIGHT))
+        reader.read_tensor_into("b.weight", memoryview(target))
+        assert bytes(target) == WEIGHT
+    with WeightLoader(str(tmp_path / "m")) as loader:
+        loaded = loader.load("b.weight")
+        assert loaded.dtype == torch.uint8 and loaded.shape == (40, 256)
+        assert bytes(loaded.reshape(-1).numpy()) == WEIGHT
+
+
+def test_a_corrupt_chunk_is_still_named(tmp_path: Path) -> None:
+    manifest = _write(tmp_path / "m", 2)
+    offset, _, _ = manifest.tensors["b.weight"].data_pages[3]  # type: ignore[index]
+    shard = tmp_path / "m" / manifest.shards[0]
+    data = bytearray(shard.read_bytes())
+    data[offset + 10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        assert reader.mapped_tensor("b.weight") is None  # the fast path trusts nothing it cannot check
+        with pytest.raises(InvalidInputError, match=r"checksum mismatch in b\.weight \(chunk 3\)"):
+            reader.read_tensor("b.weight")
+    with WeightLoader(str(tmp_path / "m")) as loader, pytest.raises(InvalidInputError, match=r"b\.weight"):
+        loader.load("b.weight")
+
+
+def test_pages_that_lie_are_judged_by_the_footer(tmp_path: Path) -> None:
+    """A manifest whose pages point at the wrong bytes reads through the Parquet footer instead,
+    which finds the right ones (the per-chunk CRC tells them apart)."""
+    _write(tmp_path / "m", 2)
+    manifest = json.loads((tmp_path / "m" / "parquant.json").read_text())
+    pages = manifest["tensors"]["b.weight"]["data_pages"]
+    pages[2][0] += 7
+    (tmp_path / "m" / "parquant.json").write_text(json.dumps(manifest))
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        assert reader.mapped_tensor("b.weight") is None
+        assert reader.read_tensor("b.weight") == WEIGHT
+
+
+def test_pages_that_do_not_match_the_row_groups_are_invalid(tmp_path: Path) -> None:
+    _write(tmp_path / "m", 2)
+    manifest = json.loads((tmp_path / "m" / "parquant.json").read_text())
+    manifest["tensors"]["b.weight"]["data_pages"].pop()
+    (tmp_path / "m" / "parquant.json").write_text(json.dumps(manifest))
+    with pytest.raises(InvalidInputError, match="data_pages do not match"):
+        ModelReader(resolve(str(tmp_path / "m")))
