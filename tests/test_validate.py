@@ -121,9 +121,10 @@ def test_candidate_missing_a_tensor(models: dict[str, str], tmp_path: Path) -> N
     from parquant.errors import InvalidInputError
     from parquant.fs import resolve
     from parquant.outputs import OutputFolder
+    from parquant.store.items import ModelItem
     from parquant.store.manifest import Provenance
     from parquant.store.reader import ModelReader
-    from parquant.store.writer import ModelDescription, ModelItem, WriteOptions, write_model
+    from parquant.store.writer import ModelDescription, WriteOptions, write_model
 
     with ModelReader(resolve(models["int8-weight"])) as reader:
         items = []

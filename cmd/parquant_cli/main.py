@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import argparse_dataclass
-import yaml
 
 from parquant import __version__
 from parquant.errors import EXIT_CODES, OutOfMemoryError, ParquantError, UsageError
@@ -166,6 +165,8 @@ def run_pipeline(options: PipelineOptions) -> int:
             print(line)
         if options.executor == "kubernetes":
             from parquant.k8s.executor import planned_jobs
+
+            import yaml
 
             print(yaml.safe_dump_all(planned_jobs(_kubernetes_settings(options, shared), spec), sort_keys=False))
         return 0

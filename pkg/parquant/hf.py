@@ -17,14 +17,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-import pyarrow as pa
-
 from .errors import InputNotFoundError, InvalidInputError, UnavailableError
 from .fs import Location, storage_errors
 from .names import safe_relative_path
+from .store.items import ModelItem
 from .store.manifest import refuse_non_finite
 from .store.schema import DTYPE_SIZES, KIND_FILE, KIND_TENSOR, TensorSpec
-from .store.writer import ModelItem
 
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -277,13 +275,15 @@ def _open_for_chunks(location: Location) -> Any:
     """Local files through Arrow: its pool reuses freed chunk buffers, where a fresh bytes object
     per chunk page-faults in all of its memory again (measured: half the import's page faults)."""
     if location.is_local:
+        import pyarrow as pa
+
         with storage_errors(location.url):
             return pa.OSFile(location.path, "rb")
     return location.open_read()
 
 
 def _read_exactly(handle: Any, count: int, what: str) -> bytes:
-    if isinstance(handle, pa.NativeFile):
+    if hasattr(handle, "read_buffer"):  # an Arrow file: read into its buffer pool
         buffer = handle.read_buffer(count)
         if buffer.size < count:  # a local file never reads short but at its end
             raise InvalidInputError(f"{what} is truncated")

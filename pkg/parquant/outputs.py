@@ -19,8 +19,6 @@ import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
-import pyarrow as pa
-
 from .errors import OutputExistsError, ParquantError, StorageIOError, TemporaryFailure
 from .fs import Location, storage_errors
 from .locks import check_lock_held, live_worker_locks, output_lock
@@ -380,6 +378,12 @@ def _writeback(path: str, every_seconds: float = 0.1) -> Iterator[None]:
         os.close(fd)
 
 
+def _native_file(path: str) -> Any:
+    import pyarrow as pa  # only the Parquet writer asks for a native sink
+
+    return pa.OSFile(path, "wb")
+
+
 def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -411,7 +415,7 @@ def _local_atomic(path: str, native: bool = False) -> Iterator[IO[bytes]]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = path + ".part"
     try:
-        with pa.OSFile(partial, "wb") if native else open(partial, "wb") as handle, _writeback(partial):
+        with _native_file(partial) if native else open(partial, "wb") as handle, _writeback(partial):
             yield handle
         _fsync_file(partial)  # the bytes are on disk before the name says they are there
         os.replace(partial, path)

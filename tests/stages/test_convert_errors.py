@@ -14,8 +14,9 @@ from safetensors.numpy import save_file
 
 from parquant.fs import resolve
 from parquant.outputs import OutputFolder
+from parquant.store.items import ModelItem
 from parquant.store.manifest import Provenance
-from parquant.store.writer import ModelDescription, ModelItem, WriteOptions, write_model
+from parquant.store.writer import ModelDescription, WriteOptions, write_model
 
 from ..conftest import CliResult, make_checkpoint
 

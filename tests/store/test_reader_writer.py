@@ -13,10 +13,11 @@ import pytest
 from parquant.errors import InvalidInputError, UnavailableError
 from parquant.fs import resolve
 from parquant.outputs import OutputFolder
+from parquant.store.items import ModelItem
 from parquant.store.manifest import Manifest, Provenance
 from parquant.store.reader import ModelReader
 from parquant.store.schema import FORMAT_VERSIONS, TensorSpec, shard_name
-from parquant.store.writer import ModelDescription, ModelItem, WriteOptions, plan_shards, write_model
+from parquant.store.writer import ModelDescription, WriteOptions, plan_shards, write_model
 
 CONFIG = '{"a": "é"}'.encode()
 

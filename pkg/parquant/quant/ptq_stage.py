@@ -19,9 +19,9 @@ from ..errors import InvalidInputError, UnavailableError
 from ..hf import INDEX_NAME
 from ..memory import release_free_memory
 from ..numerics import count_nonfinite
+from ..store.items import ModelItem, rechunked, sliced
 from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
-from ..store.writer import ModelItem, rechunked, sliced
 from .dtypes import torch_dtype
 from .linear_layers import is_ignored, linear_modules_isolated
 from .methods import get_method

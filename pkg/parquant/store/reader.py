@@ -15,12 +15,9 @@ import math
 import mmap
 import os
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import crc32c
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
 from ..fs import Location, storage_errors
@@ -41,6 +38,10 @@ from .schema import (
     TensorSpec,
     major_version,
 )
+
+if TYPE_CHECKING:  # imported where used: opening a model and reading by data_pages needs neither
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 _V2_READ_COLUMNS = ["chunk", "num_chunks", "data", "crc32c"]
 _UNKNOWN_CRC = -1  # bare Parquet files (no manifest) carry no whole-tensor checksum
@@ -223,6 +224,9 @@ class ModelReader:
         return self.folder.child(self.manifest.shards[shard]).url
 
     def _parquet(self, shard: int) -> pq.ParquetFile:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         if shard not in self._shards:
             location = self.folder.child(self.manifest.shards[shard])
             if not location.exists():
@@ -332,6 +336,8 @@ class ModelReader:
 
     def _rows(self, shard: int, first: int, last: int, url: str) -> Iterator[tuple[int, int, memoryview, int, bool]]:
         """(chunk, num_chunks, data, stored crc, crc already verified) of each row in row groups first..last."""
+        import pyarrow as pa
+
         parquet = self._parquet(shard)
         handle = self._shards[shard][0]
         raw = self.folder.is_local and isinstance(handle, pa.NativeFile)
@@ -470,6 +476,9 @@ def _value_start(head: bytes | memoryview, size: int) -> int:
 
 def _binary_values(column: pa.ChunkedArray) -> list[memoryview]:
     """Zero-copy views of a (large_)binary column's values (a scalar's as_buffer() copies)."""
+    import numpy as np
+    import pyarrow as pa
+
     views: list[memoryview] = []
     for array in column.chunks:
         _, offsets_buffer, data_buffer = array.buffers()
@@ -525,6 +534,8 @@ def _check_crc(name: str, data: bytes, crc: int, url: str) -> None:
 @contextlib.contextmanager
 def _corrupt_is_invalid(url: str) -> Iterator[None]:
     """pyarrow's complaints about bytes it cannot parse mean a corrupt or truncated shard (exit 65)."""
+    import pyarrow as pa
+
     try:
         yield
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pyarrow as pa
-
 FORMAT_NAME = "parquant-model"
 V1 = 1
 V2 = 2
@@ -54,28 +52,6 @@ DTYPE_SIZES: dict[str, int] = {
     "F64": 8,
 }
 FLOAT_DTYPES = frozenset({"F8_E4M3", "F8_E5M2", "F16", "BF16", "F32", "F64"})
-
-V2_SCHEMA = pa.schema(
-    [
-        pa.field("kind", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-        pa.field("name", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-        pa.field("chunk", pa.int32(), nullable=False),
-        pa.field("num_chunks", pa.int32(), nullable=False),
-        pa.field("dtype", pa.dictionary(pa.int32(), pa.string())),
-        pa.field("shape", pa.list_(pa.int64())),
-        pa.field("data", pa.binary(), nullable=False),
-        pa.field("crc32c", pa.uint32(), nullable=False),
-    ]
-)
-
-V1_SCHEMA = pa.schema(
-    [
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("dtype", pa.string(), nullable=False),
-        pa.field("shape", pa.list_(pa.int64()), nullable=False),
-        pa.field("data", pa.large_binary(), nullable=False),
-    ]
-)
 
 
 @dataclass(frozen=True)

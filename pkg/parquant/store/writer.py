@@ -12,7 +12,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -26,6 +26,7 @@ from ..outputs import OutputFolder
 from ..prefetch import prefetched
 from ..progress import ProgressCallback, ProgressEvent, no_progress
 from .crc import crc32c_combine
+from .items import ModelItem
 from .manifest import FileEntry, Manifest, Provenance, TensorEntry
 from .schema import (
     DEFAULT_CHUNK_BYTES,
@@ -41,17 +42,36 @@ from .schema import (
     META_V1_FILES,
     META_VERSION,
     V1,
-    V1_SCHEMA,
     V2,
-    V2_SCHEMA,
-    TensorSpec,
     shard_name,
 )
 
 log = logging.getLogger("parquant")
 MAX_V1_FILE_BYTES = 64 * 2**20
 COMPRESSIONS = ("none", "zstd", "snappy", "lz4", "gzip", "brotli")
-ChunkSource = Callable[[int], Iterator[bytes | memoryview | bytearray]]
+
+# The Arrow schemas of the two layouts (docs/FORMAT.md); only writing needs pyarrow's view of them.
+V2_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("name", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("chunk", pa.int32(), nullable=False),
+        pa.field("num_chunks", pa.int32(), nullable=False),
+        pa.field("dtype", pa.dictionary(pa.int32(), pa.string())),
+        pa.field("shape", pa.list_(pa.int64())),
+        pa.field("data", pa.binary(), nullable=False),
+        pa.field("crc32c", pa.uint32(), nullable=False),
+    ]
+)
+
+V1_SCHEMA = pa.schema(
+    [
+        pa.field("name", pa.string(), nullable=False),
+        pa.field("dtype", pa.string(), nullable=False),
+        pa.field("shape", pa.list_(pa.int64()), nullable=False),
+        pa.field("data", pa.large_binary(), nullable=False),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -74,21 +94,6 @@ class WriteOptions:
             raise UsageError(f"--compression {self.compression!r} is unknown: use one of {', '.join(COMPRESSIONS)}")
 
 
-@dataclass(frozen=True)
-class ModelItem:
-    """One tensor or one file to store.
-
-    `chunks(n)` yields its bytes in pieces of exactly n bytes, the last one shorter. Pieces must be
-    independent objects (no refilled buffer): the writer reads ahead on another thread.
-    """
-
-    kind: str
-    name: str
-    nbytes: int
-    chunks: ChunkSource
-    spec: TensorSpec | None = None
-
-
 @dataclass
 class ModelDescription:
     """Everything the manifest says besides the index the writer builds."""
@@ -100,32 +105,6 @@ class ModelDescription:
     # When the stage that makes the model started (this process's monotonic clock): the manifest
     # records `stage_seconds`, how long making the model took (quantize time in reports).
     started: float = field(default_factory=time.monotonic)
-
-
-def sliced(data: bytes | memoryview, size: int) -> Iterator[memoryview]:
-    """Zero-copy pieces of `size` bytes (the last shorter), as ModelItem.chunks must yield them."""
-    view = memoryview(data)
-    for start in range(0, len(view), size):
-        yield view[start : start + size]
-
-
-def rechunked(pieces: Iterator[bytes | memoryview], size: int) -> Iterator[bytes | memoryview]:
-    """Re-cut a stream into pieces of exactly `size` bytes (the last shorter), copying only when needed."""
-    pending = bytearray()
-    for piece in pieces:
-        if not pending and len(piece) == size:
-            yield piece
-            continue
-        view = memoryview(piece)
-        while len(view):
-            take = min(size - len(pending), len(view))
-            pending += view[:take]
-            view = view[take:]
-            if len(pending) == size:
-                yield bytes(pending)
-                pending.clear()
-    if pending:
-        yield bytes(pending)
 
 
 def plan_shards(items: list[ModelItem], shard_bytes: int) -> list[list[ModelItem]]:
