@@ -94,6 +94,11 @@ class Timing:
     maximum: float
     runs: int
 
+    @property
+    def spread(self) -> float:
+        """(max - min) / median: how far apart the runs were."""
+        return (self.maximum - self.minimum) / self.median if self.median else 0.0
+
 
 @dataclass
 class BenchmarkResult:
@@ -106,10 +111,11 @@ class BenchmarkResult:
     method: str = "none"  # how the model was quantized (manifest provenance), "none" for full precision
     backend: str = "-"
     note: str = ""  # the fallbacks that made the model (manifest provenance), e.g. GPU -> CPU
-    model_memory_bytes: int = 0  # parameters + buffers as loaded (CPU transformers decompresses FP8/INT8)
+    model_memory_bytes: int = 0  # parameters + buffers after the first forward pass (CPU decompresses FP8/INT8)
     peak_host_rss_bytes: int = 0  # the process's high-water mark (includes anything it ran before)
     peak_gpu_allocated_bytes: int = 0
     quantize_seconds: float | None = None  # how long making the model took, when quantize made it
+    environment: dict[str, str] = field(default_factory=dict)  # device, threads, versions, kernels
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "benchmark", **asdict(self)}

@@ -59,6 +59,14 @@ def _benchmark(model: str, size: int, speed: float, note: str = "") -> Benchmark
         model_memory_bytes=size,
         peak_host_rss_bytes=5 * size,
         note=note,
+        environment={
+            "device": "cpu",
+            "device_name": "Test CPU",
+            "torch_threads": "2",
+            "torch": "2.13.0+cpu",
+            "transformers": "5.23.0",
+            "kernels": "native" if model.endswith("reference") else "simulated: weights decompressed on CPU",
+        },
     )
 
 
@@ -116,6 +124,10 @@ def test_rows_and_files() -> None:
     assert "| int8-weight | int8-weight | ptq | 4.0 | 2.00 |" in markdown  # one precision per column
     assert "## Failed methods" in markdown and "int4-awq" in markdown and "4-bit before" in markdown
     assert json.loads(files["report.json"])["rows"][3]["error"]
+    # the environment and the kind of kernels next to every speed figure
+    assert "| 250.0 ±0% | simulated |" in markdown and "| 300.0 ±0% | native |" in markdown
+    assert "benchmarks ran on cpu (Test CPU), 2 torch threads, torch 2.13.0+cpu, transformers 5.23.0" in markdown
+    assert "kernels simulated: weights decompressed on CPU" in markdown
     assert all(files[name].startswith(b"\x89PNG") for name in files if name.endswith(".png"))
 
 

@@ -25,6 +25,7 @@ COLUMNS: list[tuple[str, str]] = [
     ("perplexity_ratio", "ppl ratio"),
     ("top1_agreement", "top-1"),
     ("decode_tokens_per_second", "decode tok/s"),
+    ("kernels", "kernels"),
     ("tasks", "task accuracy"),
     ("passed", "gate"),
 ]
@@ -42,6 +43,10 @@ def _cell(row: ComparisonRow, key: str) -> str:
         return ", ".join(f"{name} {score:.3f}" for name, score in value.items())
     if key == "passed":
         return "pass" if value else "FAIL"
+    if key == "decode_tokens_per_second" and row.decode_spread is not None:
+        return f"{value:.1f} ±{row.decode_spread * 50:.0f}%"  # half the max-min range, as a share of the median
+    if key == "kernels":
+        return value or "-"
     if isinstance(value, float):
         return f"{value:.{_DECIMALS.get(key, 1)}f}"
     return str(value)
@@ -56,6 +61,26 @@ _DECIMALS = {
     "top1_agreement": 4,
     "compression_ratio": 2,
 }
+
+
+def environment_notes(rows: list[ComparisonRow]) -> list[str]:
+    """Where the speed figures were measured, once per distinct environment, and what `kernels` means."""
+    seen: list[str] = []
+    for row in rows:
+        env = row.environment
+        if env:
+            text = (
+                f"benchmarks ran on {env.get('device', '?')} ({env.get('device_name', '?')}), "
+                f"{env.get('torch_threads', '?')} torch threads, torch {env.get('torch', '?')}, "
+                f"transformers {env.get('transformers', '?')}"
+            )
+            if text not in seen:
+                seen.append(text)
+    kinds = {row.environment.get("kernels", "") for row in rows if row.environment}
+    seen += sorted(f"kernels {k}" for k in kinds if k.startswith(("simulated", "real")))
+    if any(row.decode_spread is not None for row in rows):
+        seen.append("decode tok/s: median of the runs, ± half their max-min range as a share of the median")
+    return seen
 
 
 def markdown(rows: list[ComparisonRow], title: str, notes: list[str]) -> str:
@@ -145,7 +170,7 @@ def render_report(
     rows: list[ComparisonRow], title: str = "parquant comparison", notes: list[str] | None = None
 ) -> dict[str, bytes]:
     """Every file of a report, by name: report.md, report.html, the PNG plots, and report.json last."""
-    notes = notes or []
+    notes = (notes or []) + environment_notes(rows)
     images = plots(rows)
     files: dict[str, bytes] = dict(images)
     files["report.md"] = markdown(rows, title, notes).encode()

@@ -25,7 +25,10 @@ class ComparisonRow:
     perplexity: float | None = None
     perplexity_ratio: float | None = None
     decode_tokens_per_second: float | None = None
+    decode_spread: float | None = None  # (max - min) / median of the decode runs
     prefill_ms: float | None = None
+    kernels: str = ""  # native, simulated (CPU) or real (GPU): what the speed figures measured
+    environment: dict[str, str] | None = None  # the benchmark's device, threads and versions
     passed: bool | None = None
     tasks: dict[str, float] | None = None  # task -> candidate accuracy
     note: str = ""
@@ -90,6 +93,9 @@ def _apply_benchmark(target: ComparisonRow, result: BenchmarkResult) -> None:
     target.peak_memory_bytes = result.model_memory_bytes or result.peak_host_rss_bytes
     decode = result.decode_tokens_per_second.get("1")
     target.decode_tokens_per_second = decode.median if decode else None
+    target.decode_spread = round(decode.spread, 3) if decode else None
+    target.environment = result.environment or None
+    target.kernels = result.environment.get("kernels", "").split(":", 1)[0]
     prefill = next(iter(result.prefill_seconds.values()), None)
     target.prefill_ms = round(prefill.median * 1000, 2) if prefill else None
 

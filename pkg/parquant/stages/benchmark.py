@@ -32,7 +32,7 @@ def benchmark(
     batch_sizes: tuple[int, ...] = (1, 4),
     seq_lens: tuple[int, ...] = (128, 512),
     new_tokens: int = 32,
-    repeats: int = 3,
+    repeats: int = 5,
     device: str = "cpu",
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,

@@ -36,7 +36,7 @@ class CompareSettings:
     batch_sizes: tuple[int, ...] = (1,)
     bench_seq_lens: tuple[int, ...] = (128,)
     new_tokens: int = 16
-    repeats: int = 3
+    repeats: int = 5
     notes: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     task_limit: int | None = None

@@ -213,7 +213,12 @@ class BenchmarkOptions(CommonOptions):
         metadata={"nargs": "+", "type": int, "help": "prefill lengths in tokens (default 128 512)"},
     )
     new_tokens: int = field(default=32, metadata={"help": "decoded tokens per run (default 32)"})
-    repeats: int = field(default=3, metadata={"help": "timed runs after one warm-up; median reported"})
+    repeats: int = field(
+        default=5,
+        metadata={
+            "help": "timed runs after one warm-up, more while they spread over a quarter of the median; median reported"
+        },
+    )
     device: str = field(default="cpu", metadata={"choices": ["cpu", "cuda"], "help": "where to run (default cpu)"})
     output: str | None = field(
         default=None, metadata={"args": ["-o", "--output"], "type": str, "help": "write the JSON result here"}
