@@ -108,10 +108,11 @@ format: venv
 	$(BIN)/ruff format pkg cmd tests bench examples docs
 	$(BIN)/ruff check --fix pkg cmd tests bench examples
 
-## bench: conversion and quantization benchmarks (print ratios measured side by side)
+## bench: every performance target (start-up, tensor reads, conversion warm/cold, PTQ, AngelSlim
+## overhead, S3, benchmark honesty) measured side by side, printed with PASS/FAIL; results go to
+## bench/results/performance-<host>.{json,md}. ~30 min on 2 cores. BENCH_ONLY="read_bench ..." for a subset.
 bench: venv
-	$(BIN)/python bench/convert_bench.py
-	$(BIN)/python bench/quantize_bench.py
+	$(BIN)/python bench/run_all.py $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 ## bench-digests: every method's exported bytes on the embedded model against bench/results/method_digests.json
 ## (a refactoring must leave them identical; `bench/method_digests.py record FILE` re-records them)

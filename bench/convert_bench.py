@@ -1,15 +1,15 @@
-"""Conversion benchmark: import/export throughput vs. a plain copy of the same bytes, and peak RSS.
+"""Conversion benchmark: import/export throughput vs a copy of the same bytes, warm and cold, and peak RSS.
 
 Everything is measured side by side in one run on the same disk (`--workdir`): copy, import and
 export of the same bytes, several rounds in rotating order (medians), each step in a fresh
-process that starts from the same state (see `run`; peak RSS is the process's own VmHWM). Two
-model sizes share the same largest tensor, which shows whether memory grows with the number of
-layers. Two baselines copy the same bytes: `stream` (read 64 MiB into a buffer, write it out: a
-plain copy through user space, the least any converter that checks the bytes must do) and `cp`
-(shutil: in-kernel sendfile, the bytes never reach user space). Prints ratios against both;
-exits 1 if a target from the spine issue is missed:
-  import and export throughput >= 0.5x the streaming copy (the ratio to `cp` is printed too);
-  peak RSS <= 2 x largest tensor + 400 MB, and not growing with the number of layers.
+process that starts from the same state (see `run`; peak RSS is the process's own VmHWM). Warm:
+the step's input is in the page cache; cold: the page cache is dropped before the step (root
+only). Three baselines copy the same bytes: `cp` (shutil: in-kernel copy, the bytes never reach
+user space, and nothing is flushed to disk), `cp+fsync` (the same, then every file fsynced: the
+durability parquant's commit gives, since an output that is renamed into place before its bytes
+are on disk is not committed) and `stream` (64 MiB through user space). Targets (performance
+issue): import and export >= 0.8x `cp`, warm and cold; peak RSS <= 2 x largest tensor + 400 MB, and
+flat in the number of layers. Model sizes: `--layers` (0 layers = 0.27 GB, 30 = 3.9 GB).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "pkg"))
+sys.path[:0] = [str(REPO / "pkg"), str(REPO / "bench")]
+
+from figures import Figure, table  # noqa: E402
 
 from parquant.hf import safetensors_header  # noqa: E402
 from parquant.store.schema import TensorSpec  # noqa: E402
@@ -37,6 +39,16 @@ MB = 1_000_000
 HIDDEN = 2048
 VOCAB = 32768  # embedding 32768 x 2048 BF16 = 134 MB: the largest tensor at both sizes
 
+
+# `cp`, then every copied file fsynced: the same durability as parquant's atomic commit.
+DURABLE_COPY = """
+import os, shutil, sys
+shutil.copytree(sys.argv[1], sys.argv[2])
+for name in os.listdir(sys.argv[2]):
+    descriptor = os.open(os.path.join(sys.argv[2], name), os.O_RDONLY)
+    os.fsync(descriptor)
+    os.close(descriptor)
+"""
 
 # A user-space copy: read 64 MiB into a buffer, write it out. Any converter must at least do this;
 # `cp` (shutil/sendfile) copies inside the kernel and never touches user memory.
@@ -96,19 +108,19 @@ def make_checkpoint(folder: Path, layers: int) -> tuple[int, int]:
     return sum(s.nbytes for s in specs), max(s.nbytes for s in specs)
 
 
-def run(argv: list[str], warm: Path | None = None) -> Step:
+def run(argv: list[str], warm: Path | None = None, cold: bool = False) -> Step:
     """Run one step in a fresh process, from the same starting state as every other step.
 
-    Before each step: dirty pages are flushed; as root, the page cache is dropped and the step's
-    input read back in, so every step starts with its input cached and the same free memory (when
-    earlier steps had filled memory, the kernel reclaimed pages during whichever step came next and
-    made it 2-5x slower: measured); and the disk is left to go idle (it is mounted with `discard`).
+    Before each step: dirty pages are flushed; as root, the page cache is dropped and (warm) the
+    step's input read back in, so every step starts with its input cached and the same free memory
+    (when earlier steps had filled memory, the kernel reclaimed pages during whichever step came
+    next and made it 2-5x slower: measured), or (cold) not; and the disk is left to go idle (it is
+    mounted with `discard`).
     """
     os.sync()
-    drop = Path("/proc/sys/vm/drop_caches")
-    if os.access(drop, os.W_OK):
-        drop.write_text("1")
-    if warm is not None:
+    if can_drop_caches():
+        Path("/proc/sys/vm/drop_caches").write_text("1")
+    if warm is not None and not cold:
         for path in sorted(warm.rglob("*")):
             if path.is_file():
                 with open(path, "rb", buffering=0) as handle:
@@ -122,6 +134,10 @@ def run(argv: list[str], warm: Path | None = None) -> Step:
         raise SystemExit(f"step failed: {' '.join(argv)}\n{done.stderr}")
     peaks = [int(line.split("=")[1]) for line in done.stderr.splitlines() if line.startswith("peak_rss_bytes=")]
     return Step(seconds, peaks[-1] if peaks else 0)
+
+
+def can_drop_caches() -> bool:
+    return os.access("/proc/sys/vm/drop_caches", os.W_OK)
 
 
 def wait_for_idle_disk(quiet_seconds: float = 0.5, limit: float = 15.0) -> None:
@@ -150,8 +166,9 @@ def same_bytes(left: Path, right: Path) -> bool:
                 return True
 
 
-def measure(workdir: Path, layers: int, rounds: int) -> dict[str, float]:
-    """Copy, stream-copy, import and export the same checkpoint, `rounds` times in rotating order; medians."""
+def measure(workdir: Path, layers: int, rounds: int, cold: bool) -> dict[str, float]:
+    """Copy, durable copy, stream-copy, import and export the same checkpoint, `rounds` times in
+    rotating order; medians."""
     source = workdir / f"hf-{layers}"
     total, largest = make_checkpoint(source, layers)
     parquant = [sys.executable, str(REPO / "bench" / "peak_rss.py")]
@@ -159,18 +176,20 @@ def measure(workdir: Path, layers: int, rounds: int) -> dict[str, float]:
     pq, back = workdir / "pq", workdir / "back"
     commands = {
         "copy": [sys.executable, "-c", copy_code, str(source), str(workdir / "copy")],
+        "durable": [sys.executable, "-c", DURABLE_COPY, str(source), str(workdir / "durable")],
         "stream": [sys.executable, "-c", STREAM_COPY, str(source), str(workdir / "stream")],
         "import": [*parquant, "import", str(source), "-o", str(workdir / "pq-timed"), "--quiet"],
         "export": [*parquant, "export", str(pq), "-o", str(back), "--quiet"],
     }
-    outputs = {"copy": "copy", "stream": "stream", "import": "pq-timed", "export": "back"}
+    outputs = {"copy": "copy", "durable": "durable", "stream": "stream", "import": "pq-timed", "export": "back"}
     run([*parquant, "import", str(source), "-o", str(pq), "--quiet"])  # export's input
     steps: dict[str, list[Step]] = {name: [] for name in commands}
     for round_ in range(rounds):
-        order = list(commands)[round_ % 4 :] + list(commands)[: round_ % 4]  # no step always follows another
+        shift = round_ % len(commands)
+        order = list(commands)[shift:] + list(commands)[:shift]  # no step always follows another
         for name in order:
             shutil.rmtree(workdir / outputs[name], ignore_errors=True)
-            steps[name].append(run(commands[name], warm=pq if name == "export" else source))
+            steps[name].append(run(commands[name], warm=pq if name == "export" else source, cold=cold))
     if not same_bytes(workdir / "back" / "model.safetensors", source / "model.safetensors"):
         raise SystemExit("round trip is not byte-identical")
     for name in (*outputs.values(), "pq", f"hf-{layers}"):
@@ -179,48 +198,86 @@ def measure(workdir: Path, layers: int, rounds: int) -> dict[str, float]:
     return {
         "bytes": total,
         "largest": largest,
-        "copy_mbps": total / seconds["copy"] / MB,
-        "stream_mbps": total / seconds["stream"] / MB,
-        "import_mbps": total / seconds["import"] / MB,
-        "export_mbps": total / seconds["export"] / MB,
+        **{f"{name}_mbps": total / seconds[name] / MB for name in commands},
         "import_rss": max(s.peak_rss for s in steps["import"]),
         "export_rss": max(s.peak_rss for s in steps["export"]),
     }
 
 
+def figures(work: Path, layers: tuple[int, ...] = (0, 6, 30), rounds: int = 3) -> list[Figure]:
+    modes = ["warm", "cold"] if can_drop_caches() else ["warm"]
+    results = {(n, mode): measure(work, n, rounds, mode == "cold") for n in layers for mode in modes}
+    found = []
+    for (_, mode), r in results.items():
+        size = f"{r['bytes'] / 1e9:.2f} GB, {mode}"
+        for stage in ("import", "export"):
+            detail = (
+                f"{r[stage + '_mbps']:.0f} MB/s; cp {r['copy_mbps']:.0f}, cp+fsync {r['durable_mbps']:.0f}, "
+                f"stream {r['stream_mbps']:.0f} MB/s"
+            )
+            found.append(
+                Figure(
+                    "1 conversion",
+                    f"{stage} / cp ({size})",
+                    r[stage + "_mbps"] / r["copy_mbps"],
+                    0.8,
+                    True,
+                    "x",
+                    detail,
+                )
+            )
+            found.append(
+                Figure(
+                    "1 conversion",
+                    f"{stage} / cp+fsync ({size})",
+                    r[stage + "_mbps"] / r["durable_mbps"],
+                    0.8,
+                    True,
+                    "x",
+                    "same durability as parquant's commit",
+                )
+            )
+        budget = 2 * r["largest"] + 400 * MB
+        worst = max(r["import_rss"], r["export_rss"])
+        found.append(
+            Figure(
+                "1 conversion",
+                f"peak RSS / budget ({size})",
+                worst / budget,
+                1.0,
+                False,
+                "x",
+                f"{worst / MB:.0f} MB; budget 2 x largest tensor ({r['largest'] / MB:.0f} MB) + 400 MB",
+            )
+        )
+    warm = [results[(n, "warm")] for n in layers]
+    growth = max(max(r["import_rss"], r["export_rss"]) for r in warm) / min(
+        max(r["import_rss"], r["export_rss"]) for r in warm
+    )
+    found.append(
+        Figure(
+            "1 conversion",
+            f"peak RSS, largest / smallest model ({warm[-1]['bytes'] / warm[0]['bytes']:.0f}x the bytes)",
+            growth,
+            1.2,
+            False,
+            "x",
+            "flat in depth",
+        )
+    )
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--layers", type=int, nargs=2, default=[2, 6], help="small and large model")
-    parser.add_argument("--rounds", type=int, default=4, help="repetitions, each in another order; medians")
+    parser.add_argument("--layers", type=int, nargs="+", default=[0, 6, 30], help="model sizes (layers)")
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions, each in another order; medians")
     args = parser.parse_args()
-    os.environ["PYTHONPATH"] = f"{REPO / 'pkg'}:{REPO / 'cmd'}"
-    results = {}
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="parquant-bench-") as folder:
-        for layers in args.layers:
-            results[layers] = measure(Path(folder), layers, args.rounds)
-    ok = True
-    print(
-        f"{'layers':>6} {'GB':>5} {'cp MB/s':>8} {'stream':>7} {'import':>7} {'export':>7} {'imp/cp':>7} "
-        f"{'exp/cp':>7} {'imp/stream':>10} {'exp/stream':>10} {'RSS imp MB':>10} {'RSS exp MB':>10} {'RSS/largest':>11}"
-    )
-    for layers, r in results.items():
-        budget = 2 * r["largest"] + 400 * MB
-        worst_rss = max(r["import_rss"], r["export_rss"])
-        vs_stream = (r["import_mbps"] / r["stream_mbps"], r["export_mbps"] / r["stream_mbps"])
-        print(
-            f"{layers:>6} {r['bytes'] / 1e9:>5.2f} {r['copy_mbps']:>8.0f} {r['stream_mbps']:>7.0f} "
-            f"{r['import_mbps']:>7.0f} {r['export_mbps']:>7.0f} {r['import_mbps'] / r['copy_mbps']:>7.2f} "
-            f"{r['export_mbps'] / r['copy_mbps']:>7.2f} {vs_stream[0]:>10.2f} {vs_stream[1]:>10.2f} "
-            f"{r['import_rss'] / MB:>10.0f} {r['export_rss'] / MB:>10.0f} {worst_rss / r['largest']:>11.2f}"
-        )
-        ok &= min(vs_stream) >= 0.5 and worst_rss <= budget
-    small, large = (results[n] for n in args.layers)
-    growth = max(large["import_rss"], large["export_rss"]) / max(small["import_rss"], small["export_rss"])
-    print(f"peak RSS, large/small model ({large['bytes'] / small['bytes']:.1f}x the bytes): {growth:.2f}x")
-    ok &= growth < 1.2
-    print("targets met" if ok else "TARGETS MISSED")
-    return 0 if ok else 1
+        measured = figures(Path(folder), tuple(args.layers), args.rounds)
+    print(table(measured))
+    return 0 if all(f.passed for f in measured) else 1
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def test_environment_and_memory_after_a_forward_pass(tmp_path: Path, cli: Callab
     """A quantized model's memory is what it holds while it runs (CPU decompresses the weights on the
     first forward pass), and the result says where it ran and that its kernels were simulated."""
     import_checkpoint(str(EXAMPLE_MODEL), str(tmp_path / "m"))
-    assert cli("quantize", tmp_path / "m", "-o", tmp_path / "q", "--method", "int8-weight", "--backend", "ptq").code == 0
+    assert (
+        cli("quantize", tmp_path / "m", "-o", tmp_path / "q", "--method", "int8-weight", "--backend", "ptq").code == 0
+    )
     settings = {"batch_sizes": (1,), "seq_lens": (16,), "new_tokens": 2, "repeats": 1}
     reference = BenchmarkRunner(str(tmp_path / "m"), **settings).run()  # type: ignore[arg-type]
     quantized = BenchmarkRunner(str(tmp_path / "q"), **settings).run()  # type: ignore[arg-type]

@@ -84,14 +84,14 @@ class WeightLoader:
         if not spec.nbytes:
             return tensor
         flat = tensor.view(-1).view(torch.uint8)
-        views = self.reader.mapped_tensor(name)
-        if views is None:
-            self.reader.read_tensor_into(name, flat.numpy().data)
-            return tensor
-        position = 0
-        for view in views:  # one copy from the page cache, by torch's threads
-            flat[position : position + len(view)].copy_(torch.frombuffer(view, dtype=torch.uint8))
-            position += len(view)
+        with self.reader.mapped_tensor(name) as views:
+            if views is None:
+                self.reader.read_tensor_into(name, flat.numpy().data)
+                return tensor
+            position = 0
+            for view in views:  # one copy from the page cache, by torch's threads
+                flat[position : position + len(view)].copy_(torch.frombuffer(view, dtype=torch.uint8))
+                position += len(view)
         return tensor
 
     def state_dict(self) -> LazyStateDict:

@@ -136,3 +136,14 @@ def test_config_blocks_keep_the_bytes_outputs_always_had() -> None:
     }
     block = channel_method("int8-dynamic").quantization_config(["model.embed", "lm_head"])
     assert json.dumps(block, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_found_by_the_row_maxima(weight: torch.Tensor, bad: float) -> None:
+    from parquant.quant.ptq import NonFiniteWeightError
+
+    spoiled = weight.clone()
+    spoiled[7, 3] = bad
+    for method in map(channel_method, CHANNEL_METHODS):
+        with pytest.raises(NonFiniteWeightError):
+            quantize_rows(method, spoiled, block_bytes=256 * 4 * 5)

@@ -44,7 +44,9 @@ def test_reads_are_the_same_with_and_without_pages(tmp_path: Path, with_pages: b
         _without_pages(tmp_path / "m")
     with ModelReader(resolve(str(tmp_path / "m"))) as reader:
         assert reader.read_tensor("b.weight") == WEIGHT
-        assert (reader.mapped_tensor("b.weight") is not None) is with_pages
+        with reader.mapped_tensor("b.weight") as views:
+            assert (views is not None) is with_pages
+            assert views is None or b"".join(views) == WEIGHT
         target = bytearray(len(WEIGHT))
         reader.read_tensor_into("b.weight", memoryview(target))
         assert bytes(target) == WEIGHT
@@ -62,7 +64,8 @@ def test_a_corrupt_chunk_is_still_named(tmp_path: Path) -> None:
     data[offset + 10] ^= 0xFF
     shard.write_bytes(bytes(data))
     with ModelReader(resolve(str(tmp_path / "m"))) as reader:
-        assert reader.mapped_tensor("b.weight") is None  # the fast path trusts nothing it cannot check
+        with reader.mapped_tensor("b.weight") as views:
+            assert views is None  # the fast path trusts nothing it cannot check
         with pytest.raises(InvalidInputError, match=r"checksum mismatch in b\.weight \(chunk 3\)"):
             reader.read_tensor("b.weight")
     with WeightLoader(str(tmp_path / "m")) as loader, pytest.raises(InvalidInputError, match=r"b\.weight"):
@@ -78,8 +81,12 @@ def test_pages_that_lie_are_judged_by_the_footer(tmp_path: Path) -> None:
     pages[2][0] += 7
     (tmp_path / "m" / "parquant.json").write_text(json.dumps(manifest))
     with ModelReader(resolve(str(tmp_path / "m"))) as reader:
-        assert reader.mapped_tensor("b.weight") is None
+        with reader.mapped_tensor("b.weight") as views:
+            assert views is None
         assert reader.read_tensor("b.weight") == WEIGHT
+        target = bytearray(len(WEIGHT))
+        reader.read_tensor_into("b.weight", memoryview(target))  # the kernel-read path falls back too
+        assert bytes(target) == WEIGHT
 
 
 def test_pages_that_do_not_match_the_row_groups_are_invalid(tmp_path: Path) -> None:

@@ -9,16 +9,9 @@ refused.
 from __future__ import annotations
 
 import fnmatch
-import functools
-import hashlib
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
-from ..errors import InternalError, UnavailableError
+from ..errors import UnavailableError
 
 
 def plain_config(config: dict[str, Any]) -> Any:
@@ -50,53 +43,21 @@ def linear_modules(config: dict[str, Any]) -> set[str]:
     return {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
-_CHILD = """
-import json, sys
-from parquant.errors import ParquantError
-from parquant.quant.linear_layers import linear_modules
-try:
-    print(json.dumps({"modules": sorted(linear_modules(json.load(sys.stdin)))}))
-except ParquantError as exc:
-    print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
-"""
-
-
-@functools.lru_cache(maxsize=32)
-def _isolated(config_json: str) -> frozenset[str]:
-    """Asks a child once per architecture config; the answer is cached on disk (it never changes)."""
-    from ..cache import cache_dir
-
-    cached = cache_dir() / "layouts" / f"{hashlib.sha256(config_json.encode()).hexdigest()[:32]}.json"
-    if cached.exists():
-        return frozenset(json.loads(cached.read_text()))
-    modules = _ask_child(config_json)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(".part")
-    partial.write_text(json.dumps(sorted(modules)))
-    partial.replace(cached)
-    return modules
-
-
-def _ask_child(config_json: str) -> frozenset[str]:
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _CHILD], input=config_json, capture_output=True, text=True, env=env)
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise InternalError(f"inspecting the architecture failed: {done.stderr.strip()[-300:]}")
-    answer = json.loads(lines[-1])
-    if "error" in answer:
-        raise UnavailableError(answer["error"])
-    return frozenset(answer["modules"])
+def linear_module_list(config: dict[str, Any]) -> list[str]:
+    """`linear_modules`, sorted, as JSON can carry it (what the isolated child answers)."""
+    return sorted(linear_modules(config))
 
 
 def linear_modules_isolated(config: dict[str, Any]) -> set[str]:
-    """`linear_modules` in a short-lived child process.
+    """`linear_modules` answered by a short-lived child process, once per architecture config.
 
     Importing transformers costs ~120 MB of resident memory that a streaming stage never gives
     back; asking a child keeps the quantizing process at torch's footprint (peak RSS budget).
     """
-    return set(_isolated(json.dumps(config, sort_keys=True)))
+    from .isolated import isolated_call
+
+    answer = isolated_call("parquant.quant.linear_layers.linear_module_list", [config], ("transformers",))
+    return set(answer)
 
 
 def is_ignored(module: str, patterns: list[str]) -> bool:

@@ -101,14 +101,43 @@ def quantize_fp8_per_channel(weight: torch.Tensor) -> QuantizedWeight:
     return QuantizedWeight(values, stored)
 
 
-def quantize_rows(method: ChannelMethod, weight: torch.Tensor, block_bytes: int = 8 * 2**20) -> QuantizedWeight:
-    """`method.quantize` in blocks of rows, so float32 temporaries stay bounded for huge tensors.
+class NonFiniteWeightError(ValueError):
+    """The weight holds NaN or Inf: there is no scale that represents it."""
 
-    Per-channel quantization treats each output row alone, so the result is bit-identical to
-    quantizing the whole tensor at once.
+
+def quantize_rows(method: ChannelMethod, weight: torch.Tensor, block_bytes: int = 8 * 2**20) -> QuantizedWeight:
+    """`method.quantize` in blocks of rows, bit-identical to quantizing the whole tensor at once
+    (per-channel quantization treats each output row alone), and much cheaper: one float32 block
+    buffer is reused in place, the outputs are written where they end up, and the NaN/Inf check
+    comes free from each row's max and min (both propagate NaN) instead of a pass of its own.
+    Measured on the 1 GB benchmark model: see bench/quantize_bench.py.
     """
-    rows_per_block = max(1, block_bytes // max(1, weight.shape[1] * 4))
-    parts = [
-        method.quantize(weight[start : start + rows_per_block]) for start in range(0, weight.shape[0], rows_per_block)
-    ]
-    return QuantizedWeight(torch.cat([p.weight for p in parts]), torch.cat([p.weight_scale for p in parts]))
+    rows, columns = weight.shape
+    rows_per_block = max(1, min(rows, block_bytes // max(1, columns * 4)))
+    if type(method).quantize is not ChannelMethod.quantize:  # a subclass with its own math: call it per block
+        if not bool(torch.isfinite(weight).all()):
+            raise NonFiniteWeightError("the weight contains NaN/Inf values")
+        parts = [method.quantize(weight[start : start + rows_per_block]) for start in range(0, rows, rows_per_block)]
+        return QuantizedWeight(torch.cat([p.weight for p in parts]), torch.cat([p.weight_scale for p in parts]))
+    integer = method.weight_type == "int"
+    qmax = INT8_MAX if integer else FP8_MAX
+    values = torch.empty((rows, columns), dtype=torch.int8 if integer else torch.float8_e4m3fn)
+    stored = torch.empty((rows, 1), dtype=weight.dtype)
+    buffer = torch.empty((rows_per_block, columns), dtype=torch.float32)
+    for start in range(0, rows, rows_per_block):
+        count = min(rows_per_block, rows - start)
+        block = buffer[:count]
+        block.copy_(weight[start : start + count])
+        absmax = torch.maximum(block.amax(dim=1, keepdim=True), block.amin(dim=1, keepdim=True).neg_())
+        if not bool(torch.isfinite(absmax).all()):
+            raise NonFiniteWeightError("the weight contains NaN/Inf values")
+        scale = (absmax / qmax).to(weight.dtype)
+        stored[start : start + count] = scale
+        divisor = scale.float()
+        block.div_(torch.where(divisor > 0, divisor, torch.ones_like(divisor)))  # all-zero rows stay zero
+        if integer:
+            block.round_().clamp_(-INT8_MAX - 1, INT8_MAX)
+        else:
+            block.clamp_(-FP8_MAX, FP8_MAX)
+        values[start : start + count] = block  # the cast to int8 / float8 happens in the copy
+    return QuantizedWeight(values, stored)

@@ -25,7 +25,7 @@ from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
 from .dtypes import torch_dtype
 from .linear_layers import is_ignored, linear_modules_isolated
 from .methods import get_method
-from .ptq import Method
+from .ptq import ChannelMethod, Method, NonFiniteWeightError
 
 
 @dataclass(frozen=True)
@@ -93,16 +93,27 @@ class _OneTensorCache:
         if module != self.module or not self.result:
             self.result = {}  # free the previous one before loading the next
             release_free_memory()
-            data = bytearray(spec.nbytes)  # filled chunk by chunk: one copy of the tensor in memory, not two
-            position = 0
-            for piece in self.reader.iter_tensor_chunks(spec.name):
-                data[position : position + len(piece)] = piece
-                position += len(piece)
-            weight = torch.frombuffer(data, dtype=torch_dtype(spec.dtype)).reshape(spec.shape)
-            if not bool(torch.isfinite(weight).all()):
-                raise InvalidInputError(f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it")
-            self.result, self.module = self.method.quantize_tensors(weight), module
+            with self.reader.mapped_tensor(spec.name) as views:
+                weight = self._load(spec, views)
+                # ChannelMethod finds NaN/Inf in its row maxima for free; other methods get a pass of their own
+                if not isinstance(self.method, ChannelMethod) and not bool(torch.isfinite(weight).all()):
+                    raise InvalidInputError(f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it")
+                try:
+                    self.result, self.module = self.method.quantize_tensors(weight), module
+                except NonFiniteWeightError:
+                    message = f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it"
+                    raise InvalidInputError(message) from None
         return self.result
+
+    def _load(self, spec: TensorSpec, views: list[memoryview] | None) -> torch.Tensor:
+        """The weight, read once: the mapped shard itself when it is one local chunk (no copy), else
+        one uninitialised tensor filled chunk by chunk (by the kernel, where it can)."""
+        dtype = torch_dtype(spec.dtype)
+        if views is not None and len(views) == 1:
+            return torch.frombuffer(views[0], dtype=dtype).reshape(spec.shape)
+        weight = torch.empty(spec.shape, dtype=dtype)
+        self.reader.read_tensor_into(spec.name, weight.view(-1).view(torch.uint8).numpy().data)
+        return weight
 
 
 def _output_chunks(

@@ -101,17 +101,57 @@ class ModelReader:
         entry = self._tensor_entry(name)
         if len(target) != entry.nbytes:
             raise ValueError(f"{name} has {entry.nbytes} bytes, the target {len(target)}")
-        position, target = 0, target.cast("B")
+        target = target.cast("B")
+        if self.folder.is_local and self.version == V2 and self._pread_into(entry, target):
+            return
+        position = 0
         for piece in self._verified_chunks(name, entry):
             target[position : position + len(piece)] = memoryview(piece).cast("B")
             position += len(piece)
 
-    def mapped_tensor(self, name: str) -> list[memoryview] | None:
+    def _pread_into(self, entry: TensorEntry, target: memoryview) -> bool:
+        """Each chunk read by the kernel straight into its place; False (nothing trusted) when the
+        manifest has no data_pages or a range does not check out."""
+        pages = entry.data_pages
+        if pages is None or len(pages) != entry.row_groups[1] - entry.row_groups[0] + 1:
+            return False
+        url = self._shard_url(entry.shard)
+        position, running = 0, 0
+        with storage_errors(url):
+            descriptor = self._descriptor(entry.shard, url)
+            for offset, length, chunk_crc in pages:
+                place = target[position : position + length]
+                if len(place) != length or os.preadv(descriptor, [place], offset) != length:
+                    return False
+                if crc32c.crc32c(place) != chunk_crc:
+                    return False
+                running = chunk_crc if len(pages) == 1 else crc32c_combine(running, chunk_crc, length)
+                position += length
+        return position == len(target) and running == entry.crc32c
+
+    @contextlib.contextmanager
+    def mapped_tensor(self, name: str) -> Iterator[list[memoryview] | None]:
         """A local tensor's chunks as checked views of the memory-mapped shard (no copy made here:
         the caller copies them where it wants them, e.g. with torch's multi-threaded copy), or None
-        where that does not apply (remote, older models, a page that does not check out: then read
-        it with `read_tensor_into`, which judges it). The views are valid until `close()`."""
+        where that does not apply (remote, older models, a range that does not check out: then read
+        it with `read_tensor_into`, which judges it).
+
+        On leaving the block the views' pages leave this process's resident set (the page cache
+        keeps them), so reading a whole model through the map does not grow the RSS by the model's
+        size; a view used later reads the file again."""
         entry = self._tensor_entry(name)
+        views = self._checked_views(entry)
+        try:
+            yield views
+        finally:
+            if views is not None and entry.data_pages is not None:
+                mapped = self._maps[entry.shard][0]
+                for offset, length, _ in entry.data_pages:
+                    start = offset - offset % mmap.PAGESIZE
+                    with contextlib.suppress(OSError, ValueError):
+                        mapped.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
+
+    def _checked_views(self, entry: TensorEntry) -> list[memoryview] | None:
         pages = entry.data_pages
         if not self.folder.is_local or self.version != V2 or pages is None:
             return None

@@ -23,7 +23,28 @@ def matches(quantization_config: Mapping[str, Any]) -> bool:
 
 
 def config_block(weight_type: str, activations_dynamic: bool, ignore: list[str]) -> dict[str, Any]:
-    """The `quantization_config` of a per-channel 8-bit method (weights `int` or `float`)."""
+    """The `quantization_config` of a per-channel 8-bit method (weights `int` or `float`).
+
+    Built by the library in a child process once per library version (importing it costs a
+    streaming stage 3.5 s and its memory: see quant/isolated.py); the ignore list is filled in here."""
+    from ..isolated import isolated_call
+
+    blocks = isolated_call("parquant.quant.formats.compressed_tensors.library_blocks", [], ("compressed-tensors",))
+    block: dict[str, Any] = blocks[f"{weight_type}-{'dynamic' if activations_dynamic else 'weight-only'}"]
+    block["ignore"] = sorted(ignore)
+    return block
+
+
+def library_blocks() -> dict[str, dict[str, Any]]:
+    """Every per-channel 8-bit block, built by the compressed-tensors library (no ignore list)."""
+    return {
+        f"{weight_type}-{'dynamic' if dynamic else 'weight-only'}": library_block(weight_type, dynamic)
+        for weight_type in ("int", "float")
+        for dynamic in (False, True)
+    }
+
+
+def library_block(weight_type: str, activations_dynamic: bool) -> dict[str, Any]:
     from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
     layout = "float-quantized" if weight_type == "float" else "int-quantized"
@@ -51,7 +72,7 @@ def config_block(weight_type: str, activations_dynamic: bool, ignore: list[str])
         quant_method=NAME,
         format=layout,
         quantization_status="compressed",
-        ignore=sorted(ignore),
+        ignore=[],
         kv_cache_scheme=None,
         # The per-group format matters: without it, weight-only int8 is read as packed int4-style.
         config_groups={
@@ -73,22 +94,13 @@ def config_block(weight_type: str, activations_dynamic: bool, ignore: list[str])
 
 
 def describe(quantization_config: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
-    """(format and weight type, bits, group size) of the first config group: read by the library,
-    or field by field when the block is one the library refuses (a newer or hand-made one)."""
-    from compressed_tensors.quantization import QuantizationConfig
-    from pydantic import ValidationError
-
-    try:
-        parsed = QuantizationConfig.model_validate(dict(quantization_config))
-        scheme = next(iter(parsed.config_groups.values()), None)
-        weights = scheme.weights if scheme is not None else None
-        fields = {} if weights is None else weights.model_dump(mode="json")
-        layout = parsed.format
-    except (ValidationError, TypeError, ValueError, AttributeError):
-        groups = quantization_config.get("config_groups") or {}
-        first: Any = next(iter(groups.values()), {}) if isinstance(groups, Mapping) else {}
-        fields = (first.get("weights") or {}) if isinstance(first, Mapping) else {}
-        layout = quantization_config.get("format")
+    """(format and weight type, bits, group size) of the first config group, read field by field:
+    describing a model (inspect, validate) must not import the library and transformers with it
+    (3.5 s, measured). The blocks parquant writes are built by the library; loaders validate them."""
+    groups = quantization_config.get("config_groups") or {}
+    first: Any = next(iter(groups.values()), {}) if isinstance(groups, Mapping) else {}
+    fields = (first.get("weights") or {}) if isinstance(first, Mapping) else {}
+    layout = quantization_config.get("format")
     return (
         f"{layout or ''} {fields.get('type', '')}".strip(),
         _int(fields.get("num_bits")),

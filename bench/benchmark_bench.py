@@ -1,0 +1,121 @@
+"""`benchmark` stage honesty: its figures against a direct transformers timing of the same model.
+
+A ~40M-parameter Llama (random bf16 weights) is saved by transformers and imported. In one process,
+with the same torch thread count (the one the stage sets and reports), side by side:
+  parquant: `BenchmarkRunner` (batch 1, prefill 128 tokens, decode 32 new tokens, median of >= 5)
+  direct:   `from_pretrained` of the HF folder, then the same `model(ids)` and `model.generate`
+            calls timed by hand (one warm-up, median of 7)
+Targets: decode tokens/s and prefill latency within 10% of the direct figures.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "pkg"), str(REPO / "bench")]
+
+from figures import Figure, table  # noqa: E402
+
+NEW_TOKENS, PROMPT, PREFILL = 32, 16, 128
+
+
+def make_model(folder: Path) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
+
+
+def direct(folder: Path) -> tuple[float, float]:
+    """(decode tokens/s, prefill seconds) timed by hand on transformers' own load of the folder."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto").eval()
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 32000, (1, PREFILL), generator=generator)
+    prompt = torch.randint(0, 32000, (1, PROMPT), generator=generator)
+
+    def timed(action: object, runs: int = 7) -> float:
+        action()  # type: ignore[operator]
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            action()  # type: ignore[operator]
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
+    with torch.no_grad():
+        prefill = timed(lambda: model(ids))
+        decode = timed(
+            lambda: model.generate(
+                prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
+            )
+        )
+    return NEW_TOKENS / decode, prefill
+
+
+def figures(work: Path) -> list[Figure]:
+    import torch
+
+    from parquant.benchmark import BenchmarkRunner
+    from parquant.cpus import compute_threads
+    from parquant.stages.hf_import import import_checkpoint
+
+    make_model(work / "hf")
+    import_checkpoint(str(work / "hf"), str(work / "pq"))
+    result = BenchmarkRunner(
+        str(work / "pq"), batch_sizes=(1,), seq_lens=(PREFILL,), new_tokens=NEW_TOKENS, repeats=5
+    ).run()
+    threads = compute_threads(helper_threads=0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tokens_per_second, prefill = direct(work / "hf")
+    finally:
+        torch.set_num_threads(previous)
+    ours_decode = result.decode_tokens_per_second["1"]
+    ours_prefill = result.prefill_seconds[f"1x{PREFILL}"]
+    return [
+        Figure(
+            "6 benchmark honesty",
+            "decode tokens/s, benchmark stage vs direct transformers generate (difference)",
+            100 * abs(ours_decode.median / tokens_per_second - 1),
+            10.0,
+            False,
+            "%",
+            f"{ours_decode.median:.1f} vs {tokens_per_second:.1f} tok/s, {threads} threads, "
+            f"spread {ours_decode.spread:.0%} over {ours_decode.runs} runs",
+        ),
+        Figure(
+            "6 benchmark honesty",
+            f"prefill 1x{PREFILL} latency, benchmark stage vs direct forward (difference)",
+            100 * abs(ours_prefill.median / prefill - 1),
+            10.0,
+            False,
+            "%",
+            f"{ours_prefill.median * 1000:.1f} vs {prefill * 1000:.1f} ms, spread {ours_prefill.spread:.0%}",
+        ),
+    ]
+
+
+if __name__ == "__main__":
+    with tempfile.TemporaryDirectory(prefix="parquant-bbench-") as folder:
+        measured = figures(Path(folder))
+    print(table(measured))
+    sys.exit(0 if all(f.passed for f in measured) else 1)
