@@ -93,6 +93,7 @@ def run_export(options: ExportOptions) -> int:
 def run_quantize(options: QuantizeOptions) -> int:
     if options.compare:
         return _run_compare(options)
+    from parquant.quant.estimate import duration
     from parquant.stages import quantize
 
     result = quantize.run(options, _context(options))
@@ -102,10 +103,11 @@ def run_quantize(options: QuantizeOptions) -> int:
         for line in plan["reasons"] + plan["fallbacks"]:
             log.info("plan: %s", line)
         log.info(
-            "estimate: peak memory %.2f GB, disk %.2f GB, about %.0f s",
+            "estimate: peak memory %.2f GB, disk %.2f GB, about %s (%s)",
             estimate["peak_memory_gb"],
             estimate["disk_gb"],
-            estimate["seconds"],
+            duration(estimate["seconds"]),
+            estimate["basis"],
         )
         print(json.dumps(asdict(result)))
         return 0
@@ -164,9 +166,9 @@ def run_pipeline(options: PipelineOptions) -> int:
         for line in plan_lines(spec):
             print(line)
         if options.executor == "kubernetes":
-            from parquant.k8s.executor import planned_jobs
-
             import yaml
+
+            from parquant.k8s.executor import planned_jobs
 
             print(yaml.safe_dump_all(planned_jobs(_kubernetes_settings(options, shared), spec), sort_keys=False))
         return 0

@@ -74,6 +74,7 @@ def compare(
 ) -> list[ComparisonEntry]:
     """Run every method (plus reference and PTQ INT8 baseline); returns the entries written."""
     base = output.rstrip("/")
+    _announce(model, [BASELINE, *methods], config_for, storage_options)
     entries = [_reference_entry(model, base, settings, storage_options)]
     for method in dict.fromkeys([BASELINE, *methods]):
         log.info("compare: %s", method)
@@ -130,6 +131,28 @@ def _benchmark(model: str, settings: CompareSettings, storage_options: Mapping[s
         repeats=settings.repeats,
         storage_options=storage_options,
     )
+
+
+def _announce(
+    model: str,
+    methods: list[str],
+    config_for: Callable[[str], QuantizationConfig],
+    storage_options: Mapping[str, str] | None,
+) -> None:
+    """Say up front how long the quantizations are estimated to take (each method's dry run)."""
+    from ..quant.estimate import duration
+
+    parts, total = [], 0.0
+    for method in dict.fromkeys(methods):
+        try:
+            planned = quantize(model, "unused", config_for(method), dry_run=True, storage_options=storage_options)
+        except ParquantError:
+            continue  # the real run reports it
+        seconds = float(planned.details["estimate"]["seconds"])
+        total += seconds
+        parts.append(f"{method} {duration(seconds)} on {planned.details['plan']['device']}")
+    if parts:
+        log.info("compare: quantizing is estimated to take about %s (%s)", duration(total), ", ".join(parts))
 
 
 def _reference_entry(

@@ -8,6 +8,7 @@ closest method (unless fallback is off: exit 69); CUDA asked for but absent -> C
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ..quant import methods
 from ..quant.angelslim_compat import INSTALL_HINT, angelslim_available
 from ..quant.config import QuantizationConfig, load_config
 from ..quant.detect import detect_quantization
+from ..quant.estimate import Estimate, duration, estimate
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME
 from ..store.writer import ModelDescription, WriteOptions, write_model
@@ -36,10 +38,6 @@ if TYPE_CHECKING:
     from ..quant.angelslim import AngelSlimRun
 
 log = logging.getLogger("parquant")
-# Rough peak host memory per byte of model for each backend (measured on the embedded model and
-# AngelSlim's recipes): AngelSlim loads the model plus calibration activations; PTQ streams.
-_MEMORY_FACTOR = {"angelslim": 3.0, "ptq": 0.0}
-_SECONDS_PER_GB = {"angelslim": 60.0, "ptq": 4.0}
 # AngelSlim failures that the built-in PTQ may not share: missing or broken AngelSlim (69), its
 # own bugs (70), its memory use (71, PTQ streams). Bad input, storage and credentials fail PTQ too.
 _ANGELSLIM_FAILURES = (69, 70, 71)
@@ -180,7 +178,26 @@ def quantize(
             plan.reasons.append(f"calibration data {config.calibration.data} is not used: {plan.method} is data-free")
             log.warning("%s", plan.reasons[-1])
         model_bytes = sum(e.nbytes for e in reader.manifest.tensors.values())
-        estimate = _estimate(plan, model_bytes)
+        parameters = sum(math.prod(e.shape) for e in reader.manifest.tensors.values())
+        calibration = config.calibration
+        guess = estimate(
+            plan.backend,
+            plan.method,
+            plan.device,
+            model_bytes,
+            parameters,
+            calibration.num_samples,
+            calibration.seq_len,
+        )
+        if guess.long_cpu_run(plan.device):
+            log.warning(
+                "%s on the CPU is estimated to take about %s (%s parameters x %s calibration tokens): use a GPU, "
+                "fewer --num-samples / a shorter --seq-len, or a data-free method such as fp8-dynamic",
+                plan.method,
+                duration(guess.seconds),
+                f"{parameters:,}",
+                f"{guess.calibration_tokens:,}",
+            )
         if dry_run:
             return StageResult(
                 "quantize",
@@ -188,7 +205,7 @@ def quantize(
                 True,
                 time.monotonic() - started,
                 [],
-                {"dry_run": True, "plan": plan.__dict__, "estimate": estimate},
+                {"dry_run": True, "plan": plan.__dict__, "estimate": guess.to_dict()},
             )
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
         identity = fingerprint("quantize", reader.manifest.digest(), config.to_dict(), write.__dict__)
@@ -196,7 +213,7 @@ def quantize(
             if finished_model(folder, identity) is not None:
                 log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
                 return StageResult("quantize", output, True, time.monotonic() - started)
-            _check_memory(plan, estimate)
+            _check_memory(plan, guess)
             ensure_free_space(folder.staging, model_bytes, folder.staged_bytes())
             for reason in plan.reasons + plan.fallbacks:
                 log.info("plan: %s", reason)
@@ -208,7 +225,7 @@ def quantize(
             "method": plan.method,
             "device": plan.device,
             "fallbacks": plan.fallbacks,
-            "estimate": estimate,
+            "estimate": guess.to_dict(),
         }
     )
     return StageResult("quantize", output, False, time.monotonic() - started, list(plan.fallbacks), details)
@@ -325,19 +342,8 @@ def _run_ptq(job: _Job) -> dict[str, object]:
     }
 
 
-def _estimate(plan: Plan, model_bytes: int) -> dict[str, float]:
-    streaming = 512 * 2**20
-    memory = model_bytes * _MEMORY_FACTOR[plan.backend] + streaming
-    return {
-        "model_gb": round(model_bytes / 1e9, 3),
-        "peak_memory_gb": round(memory / 1e9, 3),
-        "disk_gb": round(model_bytes / 1e9, 3),
-        "seconds": round(max(1.0, model_bytes / 1e9 * _SECONDS_PER_GB[plan.backend]), 1),
-    }
-
-
-def _check_memory(plan: Plan, estimate: dict[str, float]) -> None:
-    needed = estimate["peak_memory_gb"] * 1e9
+def _check_memory(plan: Plan, guess: Estimate) -> None:
+    needed = guess.peak_memory_gb * 1e9
     available = available_memory()
     if plan.device == "cpu" and needed > available:
         raise OutOfMemoryError(
