@@ -130,7 +130,7 @@ def calibration(work: Path) -> list[str]:
                 "--calibration-data", CALIBRATION, "--num-samples", samples, "--seq-len", 128,
             )  # fmt: skip
             _, checked = parquant("validate", work / "tiny", out, "--eval-text", EVAL, "--json")
-            result = json.loads(checked.strip().splitlines()[-1])
+            result = json.loads(checked)
             rows.append(
                 f"| {method} | {samples} x 128 | {seconds:.1f} | {result['logits_cosine_mean']:.4f} | "
                 f"{result['perplexity_ratio']:.4f} |"
@@ -146,11 +146,12 @@ def main() -> int:
         work = Path(folder)
         env_cache = {"PARQUANT_CACHE_DIR": str(work / "cache")}
         os.environ.update(env_cache)
-        for title, rows in (
-            ("Chunk size, shard size, fan-out (import, 0.54 GB)", conversion(work, args.rounds)),
-            ("Threads (built-in PTQ, 0.54 GB)", threads(work, args.rounds)),
-            ("Calibration samples (embedded model, AngelSlim on CPU)", calibration(work)),
+        for title, measure in (
+            ("Chunk size, shard size, fan-out (import, 0.54 GB)", lambda: conversion(work, args.rounds)),
+            ("Threads (built-in PTQ, 0.54 GB)", lambda: threads(work, args.rounds)),
+            ("Calibration samples (embedded model, AngelSlim on CPU)", lambda: calibration(work)),
         ):
+            rows = measure()
             print(f"\n### {title}\n")
             print("\n".join(rows), flush=True)
     return 0

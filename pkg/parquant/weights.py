@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+_TORCH_COPY_BYTES = 2**20
+
+
 def cast_parameters(model: Any, dtype: torch.dtype) -> None:
     """Cast the weights only. `Module.to(dtype)` would also cast float buffers such as RoPE's
     `inv_freq`, which a reference model keeps in float32: validate would then measure an error
@@ -87,11 +90,13 @@ class WeightLoader:
         with self.reader.mapped_tensor(name) as views:
             if views is None:
                 self.reader.read_tensor_into(name, flat.numpy().data)
-                return tensor
-            position = 0
-            for view in views:  # one copy from the page cache, by torch's threads
-                flat[position : position + len(view)].copy_(torch.frombuffer(view, dtype=torch.uint8))
-                position += len(view)
+            elif spec.nbytes < _TORCH_COPY_BYTES:  # small: a plain memory copy costs less than torch's dispatch
+                flat.numpy().data[:] = views[0] if len(views) == 1 else b"".join(views)
+            else:
+                position = 0
+                for view in views:  # one copy from the page cache, by torch's threads
+                    flat[position : position + len(view)].copy_(torch.frombuffer(view, dtype=torch.uint8))
+                    position += len(view)
         return tensor
 
     def state_dict(self) -> LazyStateDict:

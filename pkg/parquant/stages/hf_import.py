@@ -55,7 +55,7 @@ class _NonFiniteCounter:
         self.strict = strict
         self.found: dict[str, int] = {}
 
-    def __call__(self, spec: TensorSpec, data: bytes) -> None:
+    def __call__(self, spec: TensorSpec, data: bytes | memoryview) -> None:
         bad = count_nonfinite(data, spec.dtype)
         if bad:
             if self.strict:

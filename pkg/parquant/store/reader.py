@@ -23,7 +23,7 @@ from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
 from ..fs import Location, storage_errors
 from ..names import safe_relative_path
 from .crc import crc32c_combine
-from .manifest import MAX_MANIFEST_BYTES, FileEntry, Manifest, Provenance, TensorEntry
+from .manifest import MAX_MANIFEST_BYTES, DataPages, FileEntry, Manifest, Provenance, TensorEntry
 from .schema import (
     DTYPE_SIZES,
     FORMAT_VERSIONS,
@@ -129,27 +129,19 @@ class ModelReader:
                 position += length
         return position == len(target) and running == entry.crc32c
 
-    @contextlib.contextmanager
-    def mapped_tensor(self, name: str) -> Iterator[list[memoryview] | None]:
-        """A local tensor's chunks as checked views of the memory-mapped shard (no copy made here:
-        the caller copies them where it wants them, e.g. with torch's multi-threaded copy), or None
-        where that does not apply (remote, older models, a range that does not check out: then read
-        it with `read_tensor_into`, which judges it).
+    def mapped_tensor(self, name: str) -> MappedTensor:
+        """`with reader.mapped_tensor(name) as views:` a local tensor's chunks as checked views of the
+        memory-mapped shard (no copy made here: the caller copies them where it wants them, e.g. with
+        torch's multi-threaded copy), or None where that does not apply (remote, older models, a
+        range that does not check out: then read it with `read_tensor_into`, which judges it).
 
-        On leaving the block the views' pages leave this process's resident set (the page cache
-        keeps them), so reading a whole model through the map does not grow the RSS by the model's
-        size; a view used later reads the file again."""
+        On leaving the block the pages of a big tensor leave this process's resident set (the page
+        cache keeps them), so reading a whole model through the map does not grow the RSS by the
+        model's size; a view used later reads the file again."""
         entry = self._tensor_entry(name)
         views = self._checked_views(entry)
-        try:
-            yield views
-        finally:
-            if views is not None and entry.data_pages is not None:
-                mapped = self._maps[entry.shard][0]
-                for offset, length, _ in entry.data_pages:
-                    start = offset - offset % mmap.PAGESIZE
-                    with contextlib.suppress(OSError, ValueError):
-                        mapped.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
+        mapped = self._maps[entry.shard][0] if views is not None else None
+        return MappedTensor(views, mapped, entry.data_pages if entry.nbytes >= _RELEASE_BYTES else None)
 
     def _checked_views(self, entry: TensorEntry) -> list[memoryview] | None:
         pages = entry.data_pages
@@ -477,6 +469,27 @@ class ModelReader:
 
 
 _MAX_PAGE_HEADER = 256
+_RELEASE_BYTES = 2**20  # tensors from this size on leave the resident set after use (mapped_tensor)
+
+
+class MappedTensor:
+    """The context manager `ModelReader.mapped_tensor` returns (a class: it runs for every tensor)."""
+
+    __slots__ = ("_mapped", "_pages", "views")
+
+    def __init__(self, views: list[memoryview] | None, mapped: mmap.mmap | None, pages: DataPages | None) -> None:
+        self.views, self._mapped, self._pages = views, mapped, pages
+
+    def __enter__(self) -> list[memoryview] | None:
+        return self.views
+
+    def __exit__(self, *exc: object) -> None:
+        if self._mapped is None or self._pages is None:
+            return
+        for offset, length, _ in self._pages:
+            start = offset - offset % mmap.PAGESIZE
+            with contextlib.suppress(OSError, ValueError):
+                self._mapped.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
 
 
 def _raw_value(parquet: pq.ParquetFile, handle: pa.NativeFile, group: int, crc: int) -> memoryview | None:
