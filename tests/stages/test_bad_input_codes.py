@@ -49,6 +49,9 @@ MANIFEST_DAMAGE: dict[str, Callable[[dict[str, Any]], Any]] = {
         '{"format": "parquant-model", "format_version": "2.0", "x": ' + "[" * 100000 + "]" * 100000 + "}"
     ),
     "negative-dimension": lambda m: _first_tensor(m).update(shape=[-64, -128]),
+    # JSON Schema counts 1.0 as an integer; the typed index does not (found by the fuzzer)
+    "float-row-group": lambda m: _first_tensor(m).update(row_groups=[float(g) for g in _first_tensor(m)["row_groups"]]),
+    "float-data-page": lambda m: _first_tensor(m)["data_pages"][0].__setitem__(0, 1.0),
     "layout-of-wrong-type": lambda m: m.update(safetensors_layout={"model.safetensors": {"tensors": 5}}),
     "files-entry-a-string": lambda m: m.update(files={"config.json": "here"}),
     "shard-escapes": lambda m: m.update(shards=["../other/model.parquet"]),

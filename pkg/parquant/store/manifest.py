@@ -134,7 +134,7 @@ class Manifest:
         problem = _schema_problem(raw)
         if problem is not None:
             raise InvalidInputError(f"{where}: {problem}; the model is damaged: re-run the stage that wrote it")
-        tensors, files = entries if entries is not None else _entries(raw)
+        tensors, files = entries if entries is not None else _entries(raw, where)
         for name in [*raw["shards"], *files, *raw.get("safetensors_layout", {})]:
             safe_relative_path(name, where)
         known_provenance = {f.name for f in fields(Provenance)}
@@ -183,10 +183,17 @@ def _decode(text: str | bytes, where: str) -> tuple[Any, tuple[dict[str, TensorE
     return {**raw, "tensors": {}, "files": {}}, (typed.tensors, typed.files)
 
 
-def _entries(raw: dict[str, Any]) -> tuple[dict[str, TensorEntry], dict[str, FileEntry]]:
-    """The index of a manifest that passed MANIFEST_SCHEMA on the plain path."""
-    tensors = {k: msgspec.convert(v, TensorEntry) for k, v in raw["tensors"].items()}
-    return tensors, {k: msgspec.convert(v, FileEntry) for k, v in raw["files"].items()}
+def _entries(raw: dict[str, Any], where: str) -> tuple[dict[str, TensorEntry], dict[str, FileEntry]]:
+    """The index of a manifest that passed MANIFEST_SCHEMA on the plain path. JSON Schema counts
+    1.0 as an integer; parquant never writes one, and an entry msgspec cannot type is damage (65)."""
+    try:
+        tensors = {k: msgspec.convert(v, TensorEntry) for k, v in raw["tensors"].items()}
+        return tensors, {k: msgspec.convert(v, FileEntry) for k, v in raw["files"].items()}
+    except msgspec.ValidationError as exc:
+        raise InvalidInputError(
+            f"{where}: an index entry is invalid ({' '.join(str(exc).split())[:120]}); the model is damaged: "
+            "re-run the stage that wrote it"
+        ) from None
 
 
 def strict_json(text: str | bytes, where: str) -> Any:
