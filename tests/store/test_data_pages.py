@@ -96,3 +96,18 @@ def test_pages_that_do_not_match_the_row_groups_are_invalid(tmp_path: Path) -> N
     (tmp_path / "m" / "parquant.json").write_text(json.dumps(manifest))
     with pytest.raises(InvalidInputError, match="data_pages do not match"):
         ModelReader(resolve(str(tmp_path / "m")))
+
+
+def test_a_model_without_pages_keeps_the_identity_older_versions_gave_it(tmp_path: Path) -> None:
+    """The digest is taken over format 2.0's text (indented, no data_pages): outputs made from a
+    model an older parquant wrote are still recognised as done after an upgrade."""
+    import hashlib
+
+    from parquant.store.manifest import Manifest
+
+    _write(tmp_path / "m", 2)
+    _without_pages(tmp_path / "m")
+    text = (tmp_path / "m" / "parquant.json").read_text()
+    as_older_versions_hashed = json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
+    manifest = Manifest.from_json(text, "m")
+    assert manifest.digest() == hashlib.sha256(as_older_versions_hashed.encode()).hexdigest()

@@ -103,8 +103,17 @@ class Manifest:
         return float(seconds) if seconds is not None and self.created_by.stage == "quantize" else None
 
     def digest(self) -> str:
-        """The model's content identity: equal digests, equal model (every tensor's CRC is in it)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()
+        """The model's content identity: equal digests, equal model (every tensor's CRC is in it).
+
+        Hashed over the text format 2.0 wrote (indented, and without `data_pages` where an entry has
+        none), so a model written by an older parquant keeps its identity: the outputs made from it
+        are still recognised as done, instead of being refused as someone else's (exit 73)."""
+        canonical = msgspec.to_builtins(self)
+        for section in ("tensors", "files"):
+            for entry in canonical[section].values():
+                if entry.get("data_pages") is None:
+                    entry.pop("data_pages", None)
+        return hashlib.sha256((json.dumps(canonical, indent=1, sort_keys=True) + "\n").encode()).hexdigest()
 
     def to_json(self) -> str:
         """Compact, keys sorted: one text per model (its digest), quick to parse for big models."""
