@@ -106,14 +106,16 @@ class _OneTensorCache:
         return self.result
 
     def _load(self, spec: TensorSpec, views: list[memoryview] | None) -> torch.Tensor:
-        """The weight, read once: the mapped shard itself when it is one local chunk (no copy), else
-        one uninitialised tensor filled chunk by chunk (by the kernel, where it can)."""
+        """The weight, read once: the mapped shard itself when it is one local chunk (no copy), its
+        checked chunks joined into one tensor when several, else read chunk by chunk."""
         dtype = torch_dtype(spec.dtype)
-        if views is not None and len(views) == 1:
-            return torch.frombuffer(views[0], dtype=dtype).reshape(spec.shape)
-        weight = torch.empty(spec.shape, dtype=dtype)
-        self.reader.read_tensor_into(spec.name, weight.view(-1).view(torch.uint8).numpy().data)
-        return weight
+        if views is None:
+            weight = torch.empty(spec.shape, dtype=dtype)
+            self.reader.read_tensor_into(spec.name, weight.view(-1).view(torch.uint8).numpy().data)
+            return weight
+        parts = [torch.frombuffer(view, dtype=torch.uint8) for view in views]
+        joined = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return joined.view(dtype).reshape(spec.shape)
 
 
 def _output_chunks(

@@ -101,33 +101,10 @@ class ModelReader:
         entry = self._tensor_entry(name)
         if len(target) != entry.nbytes:
             raise ValueError(f"{name} has {entry.nbytes} bytes, the target {len(target)}")
-        target = target.cast("B")
-        if self.folder.is_local and self.version == V2 and self._pread_into(entry, target):
-            return
-        position = 0
+        position, target = 0, target.cast("B")
         for piece in self._verified_chunks(name, entry):
             target[position : position + len(piece)] = memoryview(piece).cast("B")
             position += len(piece)
-
-    def _pread_into(self, entry: TensorEntry, target: memoryview) -> bool:
-        """Each chunk read by the kernel straight into its place; False (nothing trusted) when the
-        manifest has no data_pages or a range does not check out."""
-        pages = entry.data_pages
-        if pages is None or len(pages) != entry.row_groups[1] - entry.row_groups[0] + 1:
-            return False
-        url = self._shard_url(entry.shard)
-        position, running = 0, 0
-        with storage_errors(url):
-            descriptor = self._descriptor(entry.shard, url)
-            for offset, length, chunk_crc in pages:
-                place = target[position : position + length]
-                if len(place) != length or os.preadv(descriptor, [place], offset) != length:
-                    return False
-                if crc32c.crc32c(place) != chunk_crc:
-                    return False
-                running = chunk_crc if len(pages) == 1 else crc32c_combine(running, chunk_crc, length)
-                position += length
-        return position == len(target) and running == entry.crc32c
 
     def mapped_tensor(self, name: str) -> MappedTensor:
         """`with reader.mapped_tensor(name) as views:` a local tensor's chunks as checked views of the
@@ -147,8 +124,6 @@ class ModelReader:
         pages = entry.data_pages
         if not self.folder.is_local or self.version != V2 or pages is None:
             return None
-        if len(pages) != entry.row_groups[1] - entry.row_groups[0] + 1:
-            return None
         mapped = self._mapped(entry.shard)
         views, running, total = [], 0, 0
         for offset, length, chunk_crc in pages:
@@ -156,7 +131,7 @@ class ModelReader:
             if len(view) != length or crc32c.crc32c(view) != chunk_crc:
                 return None
             views.append(view)
-            running = chunk_crc if len(pages) == 1 else crc32c_combine(running, chunk_crc, length)
+            running = crc32c_combine(running, chunk_crc, length)
             total += length
         return views if total == entry.nbytes and running == entry.crc32c else None
 
@@ -221,8 +196,9 @@ class ModelReader:
     def _check_entries(self) -> None:
         """Every entry is checked before any is used (a loop of plain operations: it runs over every
         tensor of the model each time one is opened)."""
-        for name in self.manifest.files:
+        for name, file in self.manifest.files.items():
             safe_relative_path(name, self.location.url)
+            _check_pages(name, file)
         v2, shards, sizes = self.version == V2, len(self.manifest.shards), DTYPE_SIZES
         for name, entry in self.manifest.tensors.items():
             size = sizes.get(entry.dtype)
@@ -240,10 +216,7 @@ class ModelReader:
                     f"tensor {name}: {entry.nbytes} bytes cannot be stored in row groups {first}-{last}; "
                     "the manifest is damaged: re-create the model"
                 )
-            if entry.data_pages is not None and len(entry.data_pages) != last - first + 1:
-                raise InvalidInputError(
-                    f"tensor {name}: data_pages do not match its row groups; the manifest is damaged"
-                )
+            _check_pages(name, entry)
 
     def _tensor_entry(self, name: str) -> TensorEntry:
         entry = self.manifest.tensors.get(name)
@@ -275,9 +248,7 @@ class ModelReader:
         return self._shards[shard][1]
 
     def _verified_chunks(self, name: str, entry: TensorEntry | FileEntry) -> Iterator[bytes | memoryview]:
-        assert entry.row_groups is not None
-        first, last = entry.row_groups
-        if self.version == V2 and entry.data_pages is not None and len(entry.data_pages) == last - first + 1:
+        if self.version == V2 and entry.data_pages is not None:  # one per row group: _check_entries
             yield from self._paged_chunks(name, entry)
             return
         yield from self._decoded_chunks(name, entry)
@@ -572,6 +543,15 @@ def _index_bare_row(
         nbytes=TensorSpec(name, row["dtype"], shape).nbytes if row["dtype"] in DTYPE_SIZES else -1,
         crc32c=_UNKNOWN_CRC,
     )
+
+
+def _check_pages(name: str, entry: TensorEntry | FileEntry) -> None:
+    """data_pages, where present, hold one range per row group of the entry."""
+    if entry.data_pages is None:
+        return
+    first, last = entry.row_groups or (0, -1)
+    if len(entry.data_pages) != last - first + 1:
+        raise InvalidInputError(f"{name}: data_pages do not match its row groups; the manifest is damaged")
 
 
 def _check_length(name: str, got: int, expected: int, url: str) -> None:
