@@ -22,25 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "pkg"), str(REPO / "bench")]
 
 from figures import Figure, table  # noqa: E402
+from quantize_bench import make_llama  # noqa: E402
 
 NEW_TOKENS, PROMPT, PREFILL = 32, 16, 128
-
-
-def make_model(folder: Path) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1536,
-        num_hidden_layers=6,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        tie_word_embeddings=False,
-    )
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(folder)
 
 
 def direct(folder: Path) -> tuple[float, float]:
@@ -79,7 +63,7 @@ def figures(work: Path) -> list[Figure]:
     from parquant.cpus import compute_threads
     from parquant.stages.hf_import import import_checkpoint
 
-    make_model(work / "hf")
+    make_llama(work / "hf", hidden=512, intermediate=1536, layers=6, heads=8)
     import_checkpoint(str(work / "hf"), str(work / "pq"))
     threads = compute_threads(helper_threads=0)
     ours: list[tuple[float, float]] = []

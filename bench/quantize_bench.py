@@ -46,18 +46,19 @@ def parquant(*args: str, env: dict[str, str]) -> tuple[float, dict[str, object],
     return seconds, json.loads(done.stdout.strip().splitlines()[-1]), peak[-1]
 
 
-def make_llama(folder: Path) -> int:
+def make_llama(folder: Path, hidden: int = 768, intermediate: int = 2048, layers: int = 12, heads: int = 12) -> int:
+    """A random bf16 Llama saved by transformers, with the embedded tokenizer; its parameter count."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=32000,
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        num_key_value_heads=12,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).to(torch.bfloat16)

@@ -12,7 +12,6 @@ simulated, because a tokens/s figure means nothing without them.
 from __future__ import annotations
 
 import functools
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -117,7 +116,7 @@ class BenchmarkRunner:
             action()
         samples: list[float] = []
         while len(samples) < self.repeats or (
-            len(samples) < MORE_RUNS_FACTOR * self.repeats and _spread(samples) > WIDE_SPREAD
+            len(samples) < MORE_RUNS_FACTOR * self.repeats and Timing.of(samples).spread > WIDE_SPREAD
         ):
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -126,18 +125,12 @@ class BenchmarkRunner:
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
             samples.append(time.perf_counter() - started)
-        return Timing(
-            round(statistics.median(samples), 6), round(min(samples), 6), round(max(samples), 6), len(samples)
-        )
+        return Timing.of(samples)
 
 
 # A spread (max - min) / median above 25% adds runs, up to three times the asked-for repeats.
 WIDE_SPREAD = 0.25
 MORE_RUNS_FACTOR = 3
-
-
-def _spread(samples: list[float]) -> float:
-    return (max(samples) - min(samples)) / statistics.median(samples)
 
 
 def _model_bytes(model: Any) -> int:

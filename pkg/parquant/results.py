@@ -8,6 +8,7 @@ never a KeyError. Fields added later have defaults, so results written by older 
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -93,6 +94,11 @@ class Timing:
     minimum: float
     maximum: float
     runs: int
+
+    @classmethod
+    def of(cls, seconds: list[float]) -> Timing:
+        """The timing of these runs (microsecond precision)."""
+        return cls(round(statistics.median(seconds), 6), round(min(seconds), 6), round(max(seconds), 6), len(seconds))
 
     @property
     def spread(self) -> float:
