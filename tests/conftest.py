@@ -30,7 +30,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def tiny_config(arch: str) -> Any:
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        DeepseekV3Config,
+        GPT2Config,
+        LlamaConfig,
+        MistralConfig,
+        MixtralConfig,
+        Qwen2Config,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
     common = dict(
         vocab_size=256,
@@ -41,27 +50,66 @@ def tiny_config(arch: str) -> Any:
         num_key_value_heads=2,
         max_position_embeddings=128,
     )
+    moe = {**common, "vocab_size": 4096}
     configs = {
         "llama": lambda: LlamaConfig(**common),
         "qwen3": lambda: Qwen3Config(**common, head_dim=16),
         "qwen2": lambda: Qwen2Config(**common),
         "mistral": lambda: MistralConfig(**common),
         "gpt2": lambda: GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128),
+        # mixture-of-experts: 4 experts, 2 per token, in both layers (DeepSeek-V3: the first layer
+        # dense); the embedded model's vocabulary, so its tokenizer and data drive them
+        "qwen3_moe": lambda: Qwen3MoeConfig(
+            **moe, head_dim=16, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2
+        ),
+        "mixtral": lambda: MixtralConfig(**moe, num_local_experts=4, num_experts_per_tok=2),
+        "deepseek_v3": lambda: DeepseekV3Config(
+            **moe,
+            moe_intermediate_size=32,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            kv_lora_rank=16,
+            q_lora_rank=32,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+            n_group=1,
+            topk_group=1,
+        ),
     }
     return configs[arch]()
 
 
 def make_checkpoint(
-    folder: Path, arch: str = "llama", *, shard_size: str | None = None, dtype: str = "float32", seed: int = 0
+    folder: Path,
+    arch: str = "llama",
+    *,
+    shard_size: str | None = None,
+    dtype: str = "float32",
+    seed: int = 0,
+    fused: bool = False,
 ) -> Path:
-    """A random-weight checkpoint saved by transformers itself, plus tokenizer and extra files."""
+    """A random-weight checkpoint saved by transformers itself, plus tokenizer and extra files.
+
+    `fused=True` writes the parameters as transformers holds them in memory (an MoE layer's experts
+    as one 3-D tensor each), the layout some checkpoints ship in."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch)).to(getattr(torch, dtype))
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
-    model.save_pretrained(folder, **kwargs)
+    if fused:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(folder)
+        state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        model.save_pretrained(folder, **kwargs)
     for name in TOKENIZER_FILES:
         if (EXAMPLE_MODEL / name).exists():
             shutil.copy(EXAMPLE_MODEL / name, folder / name)

@@ -18,7 +18,11 @@ def write(tmp_path: Path, text: str) -> str:
 
 def test_defaults() -> None:
     config = load_config(environ={})
-    assert config.method == "int8-weight" and config.backend == "auto" and config.ignore == ["lm_head"]
+    assert (
+        config.method == "int8-weight"
+        and config.backend == "auto"
+        and config.ignore == ["lm_head", "*.gate", "*.router"]
+    )
     assert config.fallback is True and not config.needs_calibration
 
 

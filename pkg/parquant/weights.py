@@ -8,6 +8,7 @@ compressed-tensors quantized models.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from .errors import InvalidInputError, UnavailableError
 from .fs import resolve
 from .hf_folders import cached_hf_folder
 from .logs import third_party_output
-from .quant.detect import QuantizationScheme, detect_quantization
+from .quant.detect import QuantizationScheme, detect_quantization, has_quantized_experts
 from .quant.dtypes import torch_dtype
 from .quant.formats import format_for
 from .store.reader import ModelReader
@@ -105,8 +106,10 @@ class WeightLoader:
     def build_model(self, dtype: Any = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
         """A transformers model with these weights, in eval mode, on CPU.
 
-        GPTQ and AWQ checkpoints need GPU kernel libraries in transformers; they are dequantized
-        here instead (parquant's own dequantizers), giving the float model they stand for.
+        GPTQ and AWQ checkpoints need GPU kernel libraries in transformers, and transformers 5
+        holds an MoE layer's experts fused (no `nn.Linear` for compressed-tensors to replace), so
+        quantized experts do not load either: both are dequantized here instead (parquant's own
+        dequantizers), giving the float model they stand for.
         """
         from transformers import AutoModelForCausalLM
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -118,7 +121,9 @@ class WeightLoader:
                 "by default (trust_remote_code is off)"
             )
         quantization = self.config().get("quantization_config")
-        if quantization and not format_for(quantization).LOADS_IN_TRANSFORMERS_ON_CPU:
+        if quantization and (
+            not format_for(quantization).LOADS_IN_TRANSFORMERS_ON_CPU or has_quantized_experts(self.names())
+        ):
             return self._dequantized_model()
         folder = cached_hf_folder(self.reader)
         with third_party_output("transformers", stdout=False):  # its loading bars: debug log
@@ -141,27 +146,36 @@ class WeightLoader:
                 raise UnavailableError(f"{self.url} has no usable tokenizer files ({exc})") from None
 
     def _dequantized_model(self) -> PreTrainedModel:
+        """The float model a quantized checkpoint stands for: its dequantized weights, written as a
+        plain checkpoint and loaded by `from_pretrained`, whose weight conversions put per-expert
+        tensors into the fused experts transformers 5 holds."""
         import torch
+        from safetensors.torch import save_file
         from transformers import AutoModelForCausalLM
 
         from .quant.dequant import dequantized_state_dict
-        from .quant.linear_layers import plain_config
 
         config = self.config()
-        dtype = next((self.spec(n).dtype for n in self.names() if n.endswith(".scales")), "BF16")
-        target = torch.float16 if dtype == "F16" else torch.bfloat16
-        model: PreTrainedModel = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-            plain_config(config)
-        )
+        scale_dtypes = {self.spec(n).dtype for n in self.names() if n.endswith((".scales", ".weight_scale"))}
+        target = {"F16": torch.float16, "F32": torch.float32}.get(min(scale_dtypes, default="BF16"), torch.bfloat16)
         state = dequantized_state_dict({n: self.load(n) for n in self.names()}, config["quantization_config"], target)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-        if unexpected or set(missing) - tied:
+        plain = {k: v for k, v in config.items() if k != "quantization_config"}
+        with work_folder("dequantized") as folder:
+            (Path(folder) / "config.json").write_text(json.dumps(plain))
+            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(folder) / "model.safetensors"))
+            del state
+            try:
+                with third_party_output("transformers", stdout=False):
+                    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=target, output_loading_info=True)
+            except (RuntimeError, ValueError) as exc:  # weights that do not fit the architecture
+                raise InvalidInputError(
+                    f"{self.url}: dequantized weights do not fit the architecture ({exc})"
+                ) from None
+        if info.get("missing_keys") or info.get("unexpected_keys"):
             raise InvalidInputError(
-                f"{self.url}: dequantized weights do not fit the architecture (missing {sorted(missing)[:3]}, "
-                f"unexpected {sorted(unexpected)[:3]})"
+                f"{self.url}: dequantized weights do not fit the architecture (missing "
+                f"{sorted(info.get('missing_keys', ()))[:3]}, unexpected {sorted(info.get('unexpected_keys', ()))[:3]})"
             )
-        model.tie_weights()
         cast_parameters(model, target)
         model.train(False)
         return model

@@ -26,7 +26,7 @@ from ..logs import third_party_output
 from ..store.reader import ModelReader
 from .angelslim_compat import host_as_cuda, load_angelslim
 from .calibration import CalibrationSet, prepare_calibration
-from .config import QuantizationConfig
+from .config import DEFAULT_IGNORE, QuantizationConfig
 from .methods import get_method
 
 log = logging.getLogger("parquant")
@@ -51,12 +51,23 @@ def quantization_section(config: QuantizationConfig) -> dict[str, Any]:
     if recipe is None:
         raise UnavailableError(f"method {config.method} is not an AngelSlim method: use --backend ptq")
     section = recipe(config.group_size)
-    section.update({"ignore_layers": list(config.ignore)})
+    section.update({"ignore_layers": angelslim_ignore(config.ignore)})
     overrides = dict(config.angelslim)
     if "quant_method" in overrides:
         section["quant_method"] = {**section["quant_method"], **overrides.pop("quant_method")}
     section.update(overrides)
     return section
+
+
+def angelslim_ignore(patterns: list[str]) -> list[str]:
+    """The ignore list as AngelSlim reads it: it skips a layer whose name *contains* an entry, so a
+    glob cannot be passed on. The default router globs need no counterpart (AngelSlim's model
+    classes never quantize MoE routers); any other glob is named in a warning."""
+    kept = [p for p in patterns if not any(ch in p for ch in "*?[")]
+    for pattern in patterns:
+        if pattern not in kept and pattern not in DEFAULT_IGNORE:
+            log.warning("AngelSlim matches --ignore by substring: the glob %r is not passed to it", pattern)
+    return kept
 
 
 def angelslim_config(

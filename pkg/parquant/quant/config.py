@@ -30,6 +30,11 @@ ANGELSLIM_PASSTHROUGH = (
     "cpu_convert",
 )
 
+# Kept in full precision unless the config says otherwise: the output head, and the routers of
+# mixture-of-experts layers (`mlp.gate`, Mixtral's `block_sparse_moe.gate`, `router`), which pick
+# experts from a few logits and which no serving engine loads quantized.
+DEFAULT_IGNORE = ("lm_head", "*.gate", "*.router")
+
 ENVIRONMENT = {
     "PARQUANT_BACKEND": "backend",
     "PARQUANT_METHOD": "method",
@@ -57,7 +62,7 @@ class QuantizationConfig:
     method: str = field(default_factory=methods.default_method)
     backend: str = "auto"
     group_size: int = 128
-    ignore: list[str] = field(default_factory=lambda: ["lm_head"])
+    ignore: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     device: str = "auto"
     fallback: bool = True

@@ -6,6 +6,7 @@ quantize twice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +75,14 @@ def detect_quantization(config: dict[str, Any], tensor_names: Iterable[str]) -> 
     if any(n.endswith(AUXILIARY_SUFFIXES) for n in names):
         return QuantizationScheme("unknown", "scale tensors present (no quantization_config)")
     return QuantizationScheme("none")
+
+
+_EXPERT = re.compile(r"\.experts\.\d+\.")
+
+
+def has_quantized_experts(tensor_names: Iterable[str]) -> bool:
+    """Whether per-expert weights of an MoE layer are stored quantized (scales or packed words)."""
+    return any(_EXPERT.search(n) and n.endswith(AUXILIARY_SUFFIXES + PACKED_SUFFIXES) for n in tensor_names)
 
 
 def _compressed_tensors(qconfig: dict[str, Any]) -> QuantizationScheme:

@@ -1,17 +1,50 @@
-"""Which tensors of a checkpoint are weights of `nn.Linear` layers, and which of those to skip.
+"""Which tensors of a checkpoint are weights a method quantizes, and which of those to skip.
 
 Name heuristics break on real models (GPT-2 uses Conv1D, some models tie or fuse layers), so the
 model is instantiated from its config on the meta device (no memory, no weights) and its modules
 are asked directly. trust_remote_code stays off: an architecture transformers does not ship is
 refused.
+
+Mixture-of-experts models need one more step. transformers 5 holds a layer's experts fused (one
+3-D parameter such as `mlp.experts.gate_up_proj`, no `nn.Linear`), but writes checkpoints in the
+original per-expert layout (`mlp.experts.0.gate_proj.weight`, or Mixtral's
+`block_sparse_moe.experts.0.w1.weight`). transformers' own reverse conversion, run on the meta
+parameters, gives the names a checkpoint stores: the experts are found by what transformers does,
+not by a table of names that the next architecture breaks.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnavailableError
+
+LINEAR = "linear"
+EXPERT = "expert"
+ROUTER = "router"
+FUSED_EXPERT = "fused_expert"  # a 3-D experts tensor stored as such (names without `.weight`)
+ROLES = (LINEAR, EXPERT, ROUTER, FUSED_EXPERT)
+
+
+@dataclass(frozen=True)
+class ModelLayers:
+    """The modules whose `.weight` a method may quantize, by role (checkpoint names), and what an
+    MoE model's config says about its experts."""
+
+    linear: frozenset[str]
+    experts: frozenset[str]
+    routers: frozenset[str]
+    fused_experts: frozenset[str]  # full tensor names, e.g. model.layers.0.mlp.experts.gate_up_proj
+
+    @property
+    def candidates(self) -> frozenset[str]:
+        return self.linear | self.experts | self.routers
+
+    @classmethod
+    def from_answer(cls, answer: dict[str, list[str]]) -> ModelLayers:
+        return cls(*(frozenset(answer.get(role, ())) for role in ROLES))
 
 
 def plain_config(config: dict[str, Any]) -> Any:
@@ -22,8 +55,8 @@ def plain_config(config: dict[str, Any]) -> Any:
     return AutoConfig.for_model(str(config.get("model_type")), **settings)
 
 
-def linear_modules(config: dict[str, Any]) -> set[str]:
-    """Names of the model's nn.Linear modules (e.g. `model.layers.0.mlp.down_proj`, `lm_head`)."""
+def meta_model(config: dict[str, Any]) -> Any:
+    """The causal LM of `config` on the meta device (no memory, no weights)."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -37,27 +70,73 @@ def linear_modules(config: dict[str, Any]) -> set[str]:
     hf_config = plain_config(config)
     try:
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(hf_config)  # type: ignore[no-untyped-call]
+            return AutoModelForCausalLM.from_config(hf_config)  # type: ignore[no-untyped-call]
     except ValueError as exc:
         raise UnavailableError(f"unsupported architecture {model_type!r} for causal LM quantization ({exc})") from None
-    return {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
-def linear_module_list(config: dict[str, Any]) -> list[str]:
-    """`linear_modules`, sorted, as JSON can carry it (what the isolated child answers)."""
-    return sorted(linear_modules(config))
+def _is_experts(module: Any) -> bool:
+    """A fused experts module: transformers 5 names these classes `...Experts` and gives them 3-D weights."""
+    return type(module).__name__.endswith("Experts") and any(p.ndim == 3 for p in module.parameters(recurse=False))
 
 
-def linear_modules_isolated(config: dict[str, Any]) -> set[str]:
-    """`linear_modules` answered by a short-lived child process, once per architecture config.
+def layer_roles(config: dict[str, Any]) -> dict[str, list[str]]:
+    """{role: sorted checkpoint module names} (see ModelLayers); JSON, as the isolated child answers."""
+    import torch
+
+    model = meta_model(config)
+    modules = dict(model.named_modules())
+    roles: dict[str, set[str]] = {role: set() for role in ROLES}
+    in_memory: dict[str, tuple[str, Any]] = {}
+    for name, module in modules.items():
+        children = dict(module.named_children())
+        if _is_experts(module):
+            for pname, param in module.named_parameters(recurse=False):
+                if param.ndim == 3:
+                    in_memory[f"{name}.{pname}"] = (EXPERT, param)
+                    roles[FUSED_EXPERT].add(f"{name}.{pname}")
+        moe_block = any(_is_experts(child) for child in children.values())
+        for cname, child in children.items():
+            weight = getattr(child, "weight", None)
+            full = f"{name}.{cname}" if name else cname
+            if moe_block and isinstance(weight, torch.Tensor) and weight.ndim == 2 and not _is_experts(child):
+                if cname in ("gate", "router") or "Router" in type(child).__name__:
+                    in_memory[f"{full}.weight"] = (ROUTER, weight)
+        if isinstance(module, torch.nn.Linear) and f"{name}.weight" not in in_memory:
+            in_memory[f"{name}.weight"] = (LINEAR, module.weight)
+    for key, (role, tensor) in in_memory.items():
+        if role == LINEAR or role == ROUTER:
+            roles[role].add(key.removesuffix(".weight"))  # the in-memory name, for checkpoints saved that way
+        for saved, value in _saved_names(model, key, tensor).items():
+            if saved.endswith(".weight") and value.ndim == 2:
+                roles[role].add(saved.removesuffix(".weight"))
+    return {role: sorted(names) for role, names in roles.items()}
+
+
+def _saved_names(model: Any, key: str, tensor: Any) -> dict[str, Any]:
+    """The tensors a checkpoint stores for the in-memory parameter `key` (transformers' reverse
+    conversion; meta tensors, so no memory is touched)."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # a transformers without weight conversions stores parameters as they are
+        return {key: tensor}
+    try:
+        return dict(revert_weight_conversion(model, {key: tensor}))
+    except Exception:  # a conversion that needs its sibling tensors: the in-memory name is all we know
+        return {key: tensor}
+
+
+def model_layers(config: dict[str, Any]) -> ModelLayers:
+    """`layer_roles` answered by a short-lived child process, once per architecture config.
 
     Importing transformers costs ~120 MB of resident memory that a streaming stage never gives
     back; asking a child keeps the quantizing process at torch's footprint (peak RSS budget).
     """
     from .isolated import isolated_call
 
-    answer = isolated_call("parquant.quant.linear_layers.linear_module_list", [config], ("transformers",))
-    return set(answer)
+    return ModelLayers.from_answer(
+        isolated_call("parquant.quant.linear_layers.layer_roles", [config], ("transformers",))
+    )
 
 
 def is_ignored(module: str, patterns: list[str]) -> bool:

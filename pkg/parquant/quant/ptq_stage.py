@@ -23,7 +23,7 @@ from ..store.items import ModelItem, rechunked, sliced
 from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
 from .dtypes import torch_dtype
-from .linear_layers import is_ignored, linear_modules_isolated
+from .linear_layers import ModelLayers, is_ignored, model_layers
 from .methods import get_method
 from .ptq import ChannelMethod, Method, NonFiniteWeightError
 
@@ -33,12 +33,19 @@ class PTQPlan:
     items: list[ModelItem]
     quantized: list[str]  # module names
     skipped: list[str]  # linear modules left in full precision (ignored, or a shape the method cannot take)
+    layers: ModelLayers
+    kept_fused: list[str]  # fused 3-D expert tensors in the checkpoint, copied unquantized (named in a warning)
+
+    @property
+    def quantized_experts(self) -> list[str]:
+        return [m for m in self.quantized if m in self.layers.experts]
 
 
 def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_size: int = 128) -> PTQPlan:
     method = get_method(method_name).build(group_size)
     config = reader.config()
-    linear = linear_modules_isolated(config)
+    layers = model_layers(config)
+    linear = layers.candidates
     names = set(reader.tensor_names())
     targets = {
         m
@@ -65,7 +72,9 @@ def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_siz
             ]
         else:
             items.append(ModelItem(KIND_TENSOR, name, spec.nbytes, _checked_copy(reader, spec), spec))
-    skipped = sorted(linear - targets)
+    # every nn.Linear left out is named (as before MoE support, so dense outputs keep their bytes);
+    # routers and experts only where the checkpoint has them under that name
+    skipped = sorted((layers.linear - targets) | {m for m in linear - targets if f"{m}.weight" in names})
     quantization = method.quantization_config(ignore=skipped)
     for file in reader.file_names():
         if file == INDEX_NAME:
@@ -73,7 +82,8 @@ def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_siz
         data = _with_quantization_config(reader.read_file(file), quantization) if file == "config.json" else None
         items.append(_file_item(reader, file, data))
     items.sort(key=lambda item: (item.kind != KIND_FILE, item.name))
-    return PTQPlan(items, sorted(targets), skipped)
+    kept_fused = sorted(layers.fused_experts & names)
+    return PTQPlan(items, sorted(targets), skipped, layers, kept_fused)
 
 
 def _quantizable(spec: TensorSpec) -> bool:

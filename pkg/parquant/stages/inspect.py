@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..fs import resolve
+from ..moe import summarize_experts
 from ..quant.detect import detect_quantization, logical_parameters
 from ..store.reader import ModelReader
 from .common import StageContext
@@ -38,6 +39,7 @@ class ModelSummary:
     created_by: dict[str, Any]
     source: dict[str, str]
     tensors: list[TensorRow]
+    experts: dict[str, Any] | None = None  # MoE models: experts per layer, experts per token, active parameters
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,10 +56,12 @@ def inspect_model(url: str, storage_options: Mapping[str, str] | None = None) ->
         scheme = detect_quantization(config, manifest.tensors)
         rows = [TensorRow(n, e.dtype, list(e.shape), e.nbytes) for n, e in manifest.tensors.items()]
         by_dtype: dict[str, int] = {}
-        parameters = 0
+        counted: dict[str, tuple[int, tuple[int, ...]]] = {}
         for name, entry in manifest.tensors.items():
             by_dtype[entry.dtype] = by_dtype.get(entry.dtype, 0) + entry.nbytes
-            parameters += logical_parameters(name, entry.dtype, entry.spec(name).numel, scheme.bits)
+            counted[name] = (logical_parameters(name, entry.dtype, entry.spec(name).numel, scheme.bits), entry.shape)
+        parameters = sum(count for count, _ in counted.values())
+        experts = summarize_experts(config, counted)
         architectures = config.get("architectures") or ["unknown"]
         return ModelSummary(
             url=url,
@@ -75,6 +79,7 @@ def inspect_model(url: str, storage_options: Mapping[str, str] | None = None) ->
             created_by=asdict(manifest.created_by),
             source=manifest.source,
             tensors=rows,
+            experts=experts.to_dict() if experts else None,
         )
 
 
@@ -86,6 +91,7 @@ def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
         f"format       parquant v{summary.format_version}, {len(summary.shards)} shard(s)",
         f"architecture {summary.architecture} ({summary.model_type})",
         f"parameters   {summary.parameters:,}",
+        *_expert_lines(summary.experts),
         f"size         {summary.total_bytes:,} bytes in {summary.tensor_count} tensors",
         f"quantization {summary.quantization}",
         f"made by      {made_by.get('stage', '?')} (parquant {made_by.get('parquant_version', '?')})",
@@ -99,3 +105,23 @@ def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
     if len(summary.tensors) > max_tensors:
         lines.append(f"... {len(summary.tensors) - max_tensors} more (use --json for all)")
     return "\n".join(lines)
+
+
+def _expert_lines(experts: dict[str, Any] | None) -> list[str]:
+    """An MoE model's experts: per layer (runs of equal layers folded), and active vs total parameters."""
+    if not experts:
+        return []
+    per_layer: dict[str, int] = experts["experts_per_layer"]
+    counts = sorted(set(per_layer.values()))
+    top_k = experts["experts_per_token"]
+    lines = [
+        f"experts      {'/'.join(map(str, counts))} per layer in {len(per_layer)} MoE layer(s)"
+        + (f", {top_k} per token" if top_k else "")
+    ]
+    if top_k:
+        share = experts["active_parameters"] / max(1, experts["total_parameters"])
+        lines.append(
+            f"active       {experts['active_parameters']:,} of {experts['total_parameters']:,} per token ({share:.0%})"
+        )
+    lines += [f"             {layer}: {count} experts" for layer, count in per_layer.items()]
+    return lines

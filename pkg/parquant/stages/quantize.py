@@ -334,12 +334,21 @@ def _run_ptq(job: _Job) -> dict[str, object]:
             lambda: write_model(job.folder, ptq.items, job.write, description, job.fingerprint, job.progress),
             job.plan,
         )
-    return {
+    for fused in ptq.kept_fused:
+        log.warning(
+            "%s holds fused experts (3-D) and is copied unquantized: re-export the checkpoint with transformers "
+            "(save_pretrained writes one 2-D weight per expert) to quantize it",
+            fused,
+        )
+    details: dict[str, object] = {
         "quantize_seconds": round(time.monotonic() - started, 3),
         "quantized_layers": len(ptq.quantized),
         "skipped_layers": ptq.skipped,
         "torch_threads": threads,
     }
+    if ptq.layers.experts:
+        details["quantized_experts"] = len(ptq.quantized_experts)
+    return details
 
 
 def _check_memory(plan: Plan, guess: Estimate) -> None:
