@@ -166,15 +166,17 @@ class WeightLoader:
             del state
             try:
                 with third_party_output("transformers", stdout=False):
-                    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=target, output_loading_info=True)
+                    loaded: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=target, output_loading_info=True)
             except (RuntimeError, ValueError) as exc:  # weights that do not fit the architecture
                 raise InvalidInputError(
                     f"{self.url}: dequantized weights do not fit the architecture ({exc})"
                 ) from None
-        if info.get("missing_keys") or info.get("unexpected_keys"):
+        model: PreTrainedModel = loaded[0]
+        missing, unexpected = sorted(loaded[1].get("missing_keys", ())), sorted(loaded[1].get("unexpected_keys", ()))
+        if missing or unexpected:
             raise InvalidInputError(
-                f"{self.url}: dequantized weights do not fit the architecture (missing "
-                f"{sorted(info.get('missing_keys', ()))[:3]}, unexpected {sorted(info.get('unexpected_keys', ()))[:3]})"
+                f"{self.url}: dequantized weights do not fit the architecture (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
             )
         cast_parameters(model, target)
         model.train(False)

@@ -99,13 +99,13 @@ def layer_roles(config: dict[str, Any]) -> dict[str, list[str]]:
         for cname, child in children.items():
             weight = getattr(child, "weight", None)
             full = f"{name}.{cname}" if name else cname
-            if moe_block and isinstance(weight, torch.Tensor) and weight.ndim == 2 and not _is_experts(child):
-                if cname in ("gate", "router") or "Router" in type(child).__name__:
-                    in_memory[f"{full}.weight"] = (ROUTER, weight)
+            routes = cname in ("gate", "router") or "Router" in type(child).__name__
+            if moe_block and routes and isinstance(weight, torch.Tensor) and weight.ndim == 2:
+                in_memory[f"{full}.weight"] = (ROUTER, weight)
         if isinstance(module, torch.nn.Linear) and f"{name}.weight" not in in_memory:
             in_memory[f"{name}.weight"] = (LINEAR, module.weight)
     for key, (role, tensor) in in_memory.items():
-        if role == LINEAR or role == ROUTER:
+        if role in (LINEAR, ROUTER):
             roles[role].add(key.removesuffix(".weight"))  # the in-memory name, for checkpoints saved that way
         for saved, value in _saved_names(model, key, tensor).items():
             if saved.endswith(".weight") and value.ndim == 2:

@@ -121,7 +121,8 @@ def _expert_lines(experts: dict[str, Any] | None) -> list[str]:
     if top_k:
         share = experts["active_parameters"] / max(1, experts["total_parameters"])
         lines.append(
-            f"active       {experts['active_parameters']:,} of {experts['total_parameters']:,} per token ({share:.0%})"
+            f"active       {experts['active_parameters']:,} of {experts['total_parameters']:,} "
+            f"parameters per token ({share:.0%})"
         )
     lines += [f"             {layer}: {count} experts" for layer, count in per_layer.items()]
     return lines

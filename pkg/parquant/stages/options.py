@@ -144,7 +144,8 @@ class QuantizeOptions(CommonOptions, WriteFlags):
         metadata={
             "nargs": "+",
             "type": str,
-            "help": "modules kept in full precision: names or globs (default lm_head *.gate *.router: the head and MoE routers)",
+            "help": "modules kept in full precision: names or globs "
+            "(default lm_head *.gate *.router: the head and MoE routers)",
         },
     )
     calibration_data: str | None = field(
