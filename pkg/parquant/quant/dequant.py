@@ -13,7 +13,17 @@ import torch
 
 from .formats import compressed_tensors, format_for
 
-_QUANT_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".weight_scale", ".input_scale", ".weight_zero_point")
+_QUANT_SUFFIXES = (
+    ".qweight",
+    ".qzeros",
+    ".scales",
+    ".g_idx",
+    ".weight_scale",
+    ".input_scale",
+    ".weight_zero_point",
+    ".weight_packed",
+    ".weight_shape",
+)
 
 
 def dequantize_module(
@@ -32,7 +42,7 @@ def dequantized_state_dict(
     """A plain float state dict (`<module>.weight` for every layer) from any supported layout."""
     state: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
-        if name.endswith(".qweight") or (name.endswith(".weight") and f"{name}_scale" in tensors):
+        if name.endswith((".qweight", ".weight_packed")) or (name.endswith(".weight") and f"{name}_scale" in tensors):
             prefix = name.rsplit(".", 1)[0]
             weight = dequantize_module(prefix, tensors, quantization_config)
             assert weight is not None

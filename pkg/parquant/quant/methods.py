@@ -166,6 +166,18 @@ def _rtn(name: str, symmetric: bool) -> Callable[[int], Method]:
     return build
 
 
+def _fp8_block(group_size: int) -> Method:
+    from .fp8_block import FP8Block
+
+    return FP8Block()
+
+
+def _int4_packed(group_size: int) -> Method:
+    from .rtn import PackedInt4
+
+    return PackedInt4("int4-packed", group_size=group_size if group_size > 0 else 128)
+
+
 def _angelslim(name: str, bits: int, **quant_method: Any) -> Callable[[int], dict[str, Any]]:
     """AngelSlim's `compression.quantization` section (the values of its Qwen3 PTQ recipes)."""
 
@@ -313,5 +325,37 @@ register(
         ),
         "gptq",
         builder=_rtn("int4-rtn-asym", symmetric=False),
+    )
+)
+register(
+    QuantMethod(
+        "fp8-block",
+        "FP8 weights in 128x128 blocks, activations per group of 128 at run time (DeepSeek-V3's layout)",
+        (
+            Implementation(
+                PTQ,
+                "FP8 E4M3, one scale per 128x128 block",
+                "FP8, dynamic per group of 128",
+                "compressed-tensors `float-quantized` (block)",
+            ),
+        ),
+        "compressed-tensors",
+        builder=_fp8_block,
+    )
+)
+register(
+    QuantMethod(
+        "int4-packed",
+        "INT4 round-to-nearest in groups, symmetric, as compressed-tensors pack-quantized (W4A16)",
+        (
+            Implementation(
+                PTQ,
+                "INT4, group 128 (`--group-size`), symmetric, round to nearest",
+                "16-bit",
+                "compressed-tensors `pack-quantized`",
+            ),
+        ),
+        "compressed-tensors",
+        builder=_int4_packed,
     )
 )

@@ -64,7 +64,8 @@ class ChannelMethod:
 
     def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
         """The `quantization_config` block of config.json (compressed-tensors)."""
-        return compressed_tensors.config_block(self.weight_type, self.activations_dynamic, ignore)
+        scheme = compressed_tensors.channel_scheme(self.weight_type, self.activations_dynamic)
+        return compressed_tensors.config_block(scheme, ignore)
 
 
 class Method(Protocol):

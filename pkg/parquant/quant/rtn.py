@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..store.schema import TensorSpec
-from .formats import gptq
+from .formats import compressed_tensors, gptq
 from .formats.packing import pack_columns, pack_rows
 
 
@@ -67,3 +67,36 @@ class RTNInt4:
 
     def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
         return gptq.config_block(4, self.group_size, self.symmetric, ignore, self.name)
+
+
+@dataclass(frozen=True)
+class PackedInt4:
+    """Symmetric INT4 round-to-nearest in groups, written as compressed-tensors `pack-quantized`
+    (W4A16): `weight_packed` [out, in/8] holds value + 8 in eight nibbles per int32 along the input
+    dimension, `weight_scale` [out, groups], `weight_shape` [2]. The same values as `int4-rtn`; a
+    layout transformers (with compressed-tensors), vLLM and SGLang load without GPTQ kernels."""
+
+    name: str
+    group_size: int = 128
+
+    def outputs(self, spec: TensorSpec, module: str) -> list[TensorSpec]:
+        out_features, in_features = spec.shape
+        return [
+            TensorSpec(f"{module}.weight_packed", "I32", (out_features, in_features // 8)),
+            TensorSpec(f"{module}.weight_scale", spec.dtype, (out_features, in_features // self.group_size)),
+            TensorSpec(f"{module}.weight_shape", "I64", (2,)),
+        ]
+
+    def supports(self, spec: TensorSpec) -> bool:
+        return spec.shape[1] % self.group_size == 0 and spec.shape[1] % 8 == 0
+
+    def quantize_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        values, scales, _ = quantize_groups(weight, self.group_size, symmetric=True)  # values = signed + 8
+        return {
+            "weight_packed": pack_columns(values),
+            "weight_scale": scales,
+            "weight_shape": torch.tensor(weight.shape, dtype=torch.int64),
+        }
+
+    def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
+        return compressed_tensors.config_block(compressed_tensors.INT4_PACKED, ignore, self.group_size)
