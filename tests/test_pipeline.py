@@ -66,7 +66,12 @@ def test_argv_rendering() -> None:
         ({"stages": [{"stage": "inspect", "model": "m"}], "executor": "k8s"}, "unknown key"),
         # a typo in a stage's option fails the spec at load, before any stage runs, naming the known ones
         ({"stages": [{"stage": "quantize", "model": "m", "output": "o", "metod": "x"}]}, "unknown key 'metod'.*method"),
-        ({"stages": [{"stage": "inspect", "model": "m", "fan_out": 2}]}, "on import stages only"),
+        ({"stages": [{"stage": "inspect", "model": "m", "fan_out": 2}]}, "on import and quantize stages only"),
+        # AngelSlim methods run on a GPU pod and cannot fan out
+        (
+            {"stages": [{"stage": "quantize", "model": "m", "output": "o", "method": "fp8-dynamic", "fan_out": 2}]},
+            "fan_out splits the built-in PTQ over CPU pods",
+        ),
         ({"stages": [{"stage": "import", "source": "s", "output": "o", "fan_out": 0}]}, "whole number >= 1"),
         ({"stages": [{"stage": "import", "source": "s", "output": "o", "fan_out": 2, "force": True}]}, "with force"),
     ],

@@ -31,6 +31,9 @@ from .yamlfile import read_yaml_file
 log = logging.getLogger("parquant")
 
 
+FAN_OUT_STAGES = ("import", "quantize")
+
+
 def wants_gpu(stage: str, params: Mapping[str, Any]) -> bool:
     """A stage runs on a GPU node by default when it can use one: a quantize stage whose run would
     use AngelSlim (the GPU backend), by the same rule the stage applies. An entry's own `gpu:`
@@ -51,7 +54,7 @@ class StageSpec:
     stage: str
     params: dict[str, Any]
     gpu: bool = False
-    fan_out: int = 1  # import only: workers that write the shards in parallel (Kubernetes executor)
+    fan_out: int = 1  # import/quantize: workers that write the shards in parallel (Indexed Job; locally --workers)
     # Facts of the executor's, not options of the user's (e.g. PARQUANT_PLACEMENT_NOTE: why a stage
     # runs on the CPU): the stage's process sees them as environment variables.
     env: dict[str, str] = field(default_factory=dict)
@@ -96,12 +99,15 @@ class PipelineSpec:
                 raise ConfigError(f"{where}: stage #{index} has a key that is not a name")
             params = {k: v for k, v in entry.items() if k not in ("stage", "name", "gpu", "fan_out")}
             fan_out = entry.get("fan_out", 1)
-            if not isinstance(fan_out, int) or fan_out < 1 or (fan_out > 1 and entry["stage"] != "import"):
+            if not isinstance(fan_out, int) or fan_out < 1 or (fan_out > 1 and entry["stage"] not in FAN_OUT_STAGES):
                 raise ConfigError(
-                    f"{where}: stage #{index}: fan_out must be a whole number >= 1, on import stages only"
+                    f"{where}: stage #{index}: fan_out must be a whole number >= 1, on "
+                    f"{' and '.join(FAN_OUT_STAGES)} stages only"
                 )
-            if fan_out > 1 and params.get("force"):
-                raise ConfigError(f"{where}: stage #{index}: fan_out cannot be combined with force")
+            if fan_out > 1 and any(params.get(key) for key in ("force", "workers", "shard_count", "shard_index")):
+                raise ConfigError(
+                    f"{where}: stage #{index}: fan_out cannot be combined with force, workers or shard_count/index"
+                )
             problems = check_params(entry["stage"], params)
             if problems:
                 raise ConfigError(f"{where}: stage #{index} ({entry['stage']}): {'; '.join(problems)}")
@@ -110,6 +116,11 @@ class PipelineSpec:
                 raise ConfigError(f"{where}: two stages are named {name!r}")
             names.add(name)
             gpu = bool(entry.get("gpu", wants_gpu(entry["stage"], params)))
+            if fan_out > 1 and gpu:
+                raise ConfigError(
+                    f"{where}: stage #{index}: fan_out splits the built-in PTQ over CPU pods: use a data-free "
+                    "method on the ptq backend (e.g. fp8-block, int8-weight) and leave gpu off"
+                )
             stages.append(StageSpec(name, entry["stage"], params, gpu, fan_out))
         return cls(str(raw.get("name") or Path(where).stem), stages, dict(options), where)
 
@@ -144,7 +155,8 @@ class LocalExecutor:
                 log.info("pipeline: %s already done, skipped", stage.name)
                 outcomes.append(StageOutcome(stage.name, "skipped", 0, 0.0))
                 continue
-            argv = stage.argv() + storage_argv(spec.storage_options)
+            workers = ["--workers", str(stage.fan_out)] if stage.fan_out > 1 else []
+            argv = stage.argv() + workers + storage_argv(spec.storage_options)
             log.info("pipeline: %s: parquant %s", stage.name, " ".join(argv))
             started = time.monotonic()
             code = self.run_stage(argv)

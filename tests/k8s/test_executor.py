@@ -286,3 +286,47 @@ def test_import_fans_out_one_job_per_index_then_commits(
         assert len(reader.manifest.shards) >= 2
     [again] = executor.run(spec)
     assert again.status == "skipped" and len(kubelet.runs) == 3
+
+
+def test_quantize_fans_out_and_matches_one_worker(
+    admin_api: Any, namespace: str, kubelet: FakeKubelet, tmp_path: Path
+) -> None:
+    """A data-free quantize stage with `fan_out: 2`: worker Jobs write the shards, the stage's own
+    Job commits, and the model is byte for byte what one local worker writes."""
+    from parquant.quant.config import load_config
+    from parquant.stages.quantize import quantize
+    from parquant.store.writer import WriteOptions
+
+    from .conftest import make_sharded_checkpoint
+
+    executor = _executor(admin_api, namespace, tmp_path, gpu=False)
+    source = make_sharded_checkpoint(tmp_path / "hf")
+    write = {"shard_size": "48KB", "chunk_size": 8192}
+    stages = [
+        {"stage": "import", "source": str(source), "output": str(tmp_path / "model"), **write},
+        {
+            "stage": "quantize",
+            "model": str(tmp_path / "model"),
+            "output": str(tmp_path / "q"),
+            "method": "fp8-block",
+            "fan_out": 2,
+            **write,
+        },
+    ]
+    spec = PipelineSpec.from_dict({"name": "qfan", "stages": stages}, "x.yaml")
+    outcomes = executor.run(spec)
+    assert [o.status for o in outcomes] == ["done", "done"], [o.note for o in outcomes]
+    quantize_runs = [args for _, args, _ in kubelet.runs if args and "quantize" in args]
+    assert sorted(a[a.index("--shard-index") + 1] for a in quantize_runs if "--shard-index" in a) == ["0", "1"]
+    assert len(quantize_runs) == 3 and all(code == 0 for _, _, code in kubelet.runs)
+    config = load_config(flags={"method": "fp8-block"}, environ={})
+    quantize(
+        str(tmp_path / "model"),
+        str(tmp_path / "single"),
+        config,
+        write=WriteOptions(chunk_bytes=8192, shard_bytes=48 * 1024),
+    )
+    shards = sorted(p.name for p in (tmp_path / "q").glob("*.parquet"))
+    assert len(shards) >= 2 and shards == sorted(p.name for p in (tmp_path / "single").glob("*.parquet"))
+    for name in shards:
+        assert (tmp_path / "q" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name

@@ -125,7 +125,8 @@ class KubernetesExecutor:
         return StageOutcome(stage.name, "failed", watch.exit_code, 0.0, f"kubernetes/{placement}", watch.note)
 
     def _fan_out(self, spec: PipelineSpec, stage: StageSpec) -> Watch | None:
-        """Import's workers: one Indexed Job (Kubernetes 1.22+) or one Job per index; None when all succeed.
+        """A fan-out stage's workers (import, quantize): one Indexed Job (Kubernetes 1.22+) or one Job per index;
+        None when all succeed.
 
         The stage's own Job runs afterwards: it finds every shard written and adds the manifest.
         """

@@ -15,11 +15,15 @@ from ..progress import ProgressCallback, no_progress
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from .common import StageContext, StageResult, finished_model, log, provenance
+from .fanout import fan_out_part, run_local_workers
 from .options import ImportOptions
 
 
 def run(options: ImportOptions, context: StageContext) -> StageResult:
     """`parquant import`: the options as typed, the context as the process found it."""
+    part = fan_out_part(options, context)
+    if options.workers > 1:
+        run_local_workers("import", options, options.workers)
     return import_checkpoint(
         options.source,
         options.output,
@@ -28,20 +32,8 @@ def run(options: ImportOptions, context: StageContext) -> StageResult:
         force=options.force,
         storage_options=context.storage_options,
         progress=context.progress,
-        part=fan_out_part(options, context),
+        part=part,
     )
-
-
-def fan_out_part(options: ImportOptions, context: StageContext) -> tuple[int, int] | None:
-    """(index, count) of a fan-out worker; an Indexed Job gives the index as $JOB_COMPLETION_INDEX."""
-    if options.shard_count is None:
-        if options.shard_index is not None:
-            raise UsageError("--shard-index needs --shard-count")
-        return None
-    index = options.shard_index if options.shard_index is not None else context.completion_index
-    if index is None:
-        raise UsageError("--shard-count needs --shard-index, or $JOB_COMPLETION_INDEX (set in an Indexed Job)")
-    return index, options.shard_count
 
 
 # Room for Parquet framing on top of the raw bytes (fs.ensure_free_space adds the manifest's).

@@ -73,22 +73,32 @@ class WriteFlags:
 
 
 @dataclass(kw_only=True)
-class ImportOptions(CommonOptions, WriteFlags):
-    source: str = field(metadata={"args": ["source"], "help": "HF checkpoint folder URL (local path or s3://)"})
-    output: str = field(metadata={"args": ["-o", "--output"], "help": "Parquet model folder URL to write"})
-    strict: bool = field(default=False, metadata={"help": "refuse checkpoints with NaN/Inf weights (default: warn)"})
+class FanOutFlags:
+    """Shards written by N workers at once (stages/fanout.py): an Indexed Job's pods, or local processes."""
+
     shard_count: int | None = field(
         default=None,
         metadata={
             "type": int,
-            "help": "fan-out: N workers import in parallel, each writing the shards whose number is its "
-            "index modulo N; a last run without this option writes the manifest (docs/deploy.md)",
+            "help": "fan-out: N workers run in parallel, each writing the shards whose number is its "
+            "index modulo N; a last run without this option checks them and writes the manifest (docs/deploy.md)",
         },
     )
     shard_index: int | None = field(
         default=None,
         metadata={"type": int, "help": "fan-out: this worker's index, 0..N-1 (default: $JOB_COMPLETION_INDEX)"},
     )
+    workers: int = field(
+        default=1,
+        metadata={"type": int, "help": "run N fan-out workers as local processes, then commit (default 1)"},
+    )
+
+
+@dataclass(kw_only=True)
+class ImportOptions(CommonOptions, WriteFlags, FanOutFlags):
+    source: str = field(metadata={"args": ["source"], "help": "HF checkpoint folder URL (local path or s3://)"})
+    output: str = field(metadata={"args": ["-o", "--output"], "help": "Parquet model folder URL to write"})
+    strict: bool = field(default=False, metadata={"help": "refuse checkpoints with NaN/Inf weights (default: warn)"})
 
 
 @dataclass(kw_only=True)
@@ -112,7 +122,7 @@ class InspectOptions(CommonOptions):
 
 
 @dataclass(kw_only=True)
-class QuantizeOptions(CommonOptions, WriteFlags):
+class QuantizeOptions(CommonOptions, WriteFlags, FanOutFlags):
     model: str = field(metadata={"args": ["model"], "help": "Parquet model folder URL to quantize"})
     output: str = field(metadata={"args": ["-o", "--output"], "help": "Parquet model folder URL to write"})
     config: str | None = field(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..cpus import compute_threads, torch_threads
-from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError
+from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError, UsageError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..memory import available_memory
 from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
@@ -31,6 +31,7 @@ from ..store.schema import MANIFEST_NAME
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
 from .common import StageContext, StageResult, finished_model, provenance
+from .fanout import fan_out_part, run_local_workers
 from .hf_import import import_checkpoint
 from .options import QuantizeOptions
 
@@ -114,17 +115,28 @@ def run(options: QuantizeOptions, context: StageContext) -> StageResult:
     """`parquant quantize` (without --compare: stages/compare.py runs that)."""
     from ..store.writer import WriteOptions
 
-    return quantize(
-        options.model,
-        options.output,
-        load_config(options.config, config_flags(options)),
-        write=WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression),
-        force=options.force,
-        dry_run=options.dry_run,
-        storage_options=context.storage_options,
-        progress=context.progress,
-        placement_note=context.placement_note,
-    )
+    part = fan_out_part(options, context)
+    config = load_config(options.config, config_flags(options))
+    write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
+
+    def run_quantize(dry_run: bool, part: tuple[int, int] | None) -> StageResult:
+        return quantize(
+            options.model,
+            options.output,
+            config,
+            write=write,
+            force=options.force,
+            dry_run=dry_run,
+            storage_options=context.storage_options,
+            progress=context.progress,
+            placement_note=context.placement_note,
+            part=part,
+        )
+
+    if options.workers > 1 and not options.dry_run:
+        run_quantize(True, (0, options.workers))  # refuses what cannot fan out before any worker starts
+        run_local_workers("quantize", options, options.workers)
+    return run_quantize(options.dry_run, part)
 
 
 def config_flags(options: QuantizeOptions) -> dict[str, object]:
@@ -154,8 +166,12 @@ def quantize(
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
     placement_note: str | None = None,
+    part: tuple[int, int] | None = None,
 ) -> StageResult:
     """Quantize the Parquet model at `model` into a Parquet model at `output`.
+
+    `part=(i, n)` makes this run fan-out worker i of n (stages/fanout.py): the built-in PTQ writes
+    its share of the shards, and a last run without `part` checks them and commits the model.
 
     `placement_note` is a decision taken before this process started (the Kubernetes executor's
     GPU -> CPU fallback): it is recorded with the plan's own fallbacks, in the manifest and result.
@@ -172,6 +188,13 @@ def quantize(
                 f"{model} is already quantized ({scheme.describe()}): quantize the original model instead"
             )
         plan = choose(config, str(reader.config().get("model_type")))
+        if part is not None and plan.backend != methods.PTQ:
+            raise UsageError(
+                f"{plan.method} runs on {plan.backend}, which cannot fan out: --shard-count/--workers/fan_out split "
+                "the built-in PTQ's data-free methods (add --backend ptq, or choose e.g. fp8-block or int8-weight)"
+            )
+        if part is not None and force:
+            raise UsageError("--force cannot be used with a fan-out (workers never delete each other's files)")
         if placement_note:
             plan.fallbacks.insert(0, placement_note)
         if config.calibration.data and not methods.get_method(plan.method).calibrated:
@@ -209,7 +232,7 @@ def quantize(
             )
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
         identity = fingerprint("quantize", reader.manifest.digest(), config.to_dict(), write.__dict__)
-        with folder.locked():
+        with folder.locked(part):
             if finished_model(folder, identity) is not None:
                 log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
                 return StageResult("quantize", output, True, time.monotonic() - started)
@@ -217,7 +240,9 @@ def quantize(
             ensure_free_space(folder.staging, model_bytes, folder.staged_bytes())
             for reason in plan.reasons + plan.fallbacks:
                 log.info("plan: %s", reason)
-            job = _Job(model, output, reader, config, plan, folder, write, identity, storage_options, progress, started)
+            job = _Job(
+                model, output, reader, config, plan, folder, write, identity, storage_options, progress, started, part
+            )
             details = _run(job)
     details.update(
         {
@@ -246,6 +271,7 @@ class _Job:
     storage_options: Mapping[str, str] | None
     progress: ProgressCallback
     started: float  # when quantize started: the manifest's stage_seconds counts from here
+    part: tuple[int, int] | None = None  # a fan-out worker's (index, count)
 
     def description(self) -> ModelDescription:
         made = provenance("quantize", self.config.to_dict(), backend=self.plan.backend)
@@ -331,7 +357,7 @@ def _run_ptq(job: _Job) -> dict[str, object]:
     # the writer's prefetch thread reads beside torch: count it, or threads fight over the cores
     with cleanup_on_bad_input(job.folder), torch_threads(compute_threads(helper_threads=1)) as threads:
         _guard_memory(
-            lambda: write_model(job.folder, ptq.items, job.write, description, job.fingerprint, job.progress),
+            lambda: write_model(job.folder, ptq.items, job.write, description, job.fingerprint, job.progress, job.part),
             job.plan,
         )
     for fused in ptq.kept_fused:
@@ -348,6 +374,8 @@ def _run_ptq(job: _Job) -> dict[str, object]:
     }
     if ptq.layers.experts:
         details["quantized_experts"] = len(ptq.quantized_experts)
+    if job.part is not None:
+        details["part"] = list(job.part)
     return details
 
 
