@@ -90,6 +90,7 @@ def make_checkpoint(
     dtype: str = "float32",
     seed: int = 0,
     fused: bool = False,
+    vocab_size: int | None = None,
 ) -> Path:
     """A random-weight checkpoint saved by transformers itself, plus tokenizer and extra files.
 
@@ -99,7 +100,10 @@ def make_checkpoint(
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch)).to(getattr(torch, dtype))
+    config = tiny_config(arch)
+    if vocab_size is not None:  # e.g. the embedded tokenizer's 4096, for calibration with its data
+        config.vocab_size = vocab_size
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     if fused:
         from safetensors.torch import save_file

@@ -17,9 +17,8 @@ from .errors import InvalidInputError, UnavailableError
 from .fs import resolve
 from .hf_folders import cached_hf_folder
 from .logs import third_party_output
-from .quant.detect import QuantizationScheme, detect_quantization, has_quantized_experts
+from .quant.detect import QuantizationScheme, detect_quantization, needs_parquant_dequantizer
 from .quant.dtypes import torch_dtype
-from .quant.formats import format_for
 from .store.reader import ModelReader
 from .store.schema import TensorSpec
 from .workdirs import work_folder
@@ -121,9 +120,7 @@ class WeightLoader:
                 "by default (trust_remote_code is off)"
             )
         quantization = self.config().get("quantization_config")
-        if quantization and (
-            not format_for(quantization).LOADS_IN_TRANSFORMERS_ON_CPU or has_quantized_experts(self.names())
-        ):
+        if quantization and needs_parquant_dequantizer(quantization, self.names()):
             return self._dequantized_model()
         folder = cached_hf_folder(self.reader)
         with third_party_output("transformers", stdout=False):  # its loading bars: debug log

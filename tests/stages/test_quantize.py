@@ -85,7 +85,7 @@ ANGELSLIM_EXPECTED = {
 ANGELSLIM_FLOORS = {"fp8-static": 0.99, "fp8-dynamic": 0.99, "int8-dynamic": 0.995, "int4-gptq": 0.9, "int4-awq": 0.9}
 
 
-def direct_angelslim_run(config: QuantizationConfig, model_dir: Path, out: Path) -> Path:
+def direct_angelslim_run(config: QuantizationConfig, model_dir: Path, out: Path, model_type: str = "llama") -> Path:
     """AngelSlim's own Engine sequence (as its tools/run.py), on the same folder and calibration file."""
     engine_module = load_angelslim()
     from angelslim.utils.config_parser import SlimConfigParser
@@ -99,7 +99,7 @@ def direct_angelslim_run(config: QuantizationConfig, model_dir: Path, out: Path)
         calibration = prepare_calibration(
             config.calibration, tokenizer, hashlib.sha256((model_dir / "tokenizer.json").read_bytes()).hexdigest()
         ).path
-    parsed = SlimConfigParser()._get_configs(angelslim_config(config, model_dir, calibration, out, "llama", "cpu"))
+    parsed = SlimConfigParser()._get_configs(angelslim_config(config, model_dir, calibration, out, model_type, "cpu"))
     engine = engine_module.Engine()
     m = parsed.model_config
     engine.prepare_model(

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,13 +27,14 @@ from ..logs import third_party_output
 from ..store.reader import ModelReader
 from .angelslim_compat import host_as_cuda, load_angelslim
 from .calibration import CalibrationSet, prepare_calibration
-from .config import DEFAULT_IGNORE, QuantizationConfig
+from .config import QuantizationConfig
+from .linear_layers import is_ignored, model_layers
 from .methods import get_method
 
 log = logging.getLogger("parquant")
 
 # model_type -> AngelSlim's model class name (SlimModelFactory); others are not supported by 0.5.0.
-MODEL_NAMES = {"llama": "Llama", "mistral": "Llama", "qwen2": "Qwen", "qwen3": "Qwen"}
+MODEL_NAMES = {"llama": "Llama", "mistral": "Llama", "qwen2": "Qwen", "qwen3": "Qwen", "qwen3_moe": "Qwen"}
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,15 @@ class AngelSlimRun:
     engine_seconds: float  # AngelSlim itself, calibration data preparation included
 
 
-def quantization_section(config: QuantizationConfig) -> dict[str, Any]:
+def quantization_section(config: QuantizationConfig, modules: frozenset[str] = frozenset()) -> dict[str, Any]:
     """AngelSlim's `compression.quantization` section: the method's recipe (registry), the layers to
-    leave alone, and the user's pass-through options (`angelslim:` in the config) on top."""
+    leave alone (globs resolved against the model's `modules`), and the user's pass-through options
+    (`angelslim:` in the config) on top."""
     recipe = get_method(config.method).angelslim_recipe
     if recipe is None:
         raise UnavailableError(f"method {config.method} is not an AngelSlim method: use --backend ptq")
     section = recipe(config.group_size)
-    section.update({"ignore_layers": angelslim_ignore(config.ignore)})
+    section.update({"ignore_layers": angelslim_ignore(config.ignore, modules)})
     overrides = dict(config.angelslim)
     if "quant_method" in overrides:
         section["quant_method"] = {**section["quant_method"], **overrides.pop("quant_method")}
@@ -59,15 +62,33 @@ def quantization_section(config: QuantizationConfig) -> dict[str, Any]:
     return section
 
 
-def angelslim_ignore(patterns: list[str]) -> list[str]:
-    """The ignore list as AngelSlim reads it: it skips a layer whose name *contains* an entry, so a
-    glob cannot be passed on. The default router globs need no counterpart (AngelSlim's model
-    classes never quantize MoE routers); any other glob is named in a warning."""
-    kept = [p for p in patterns if not any(ch in p for ch in "*?[")]
-    for pattern in patterns:
-        if pattern not in kept and pattern not in DEFAULT_IGNORE:
-            log.warning("AngelSlim matches --ignore by substring: the glob %r is not passed to it", pattern)
-    return kept
+def angelslim_ignore(patterns: list[str], modules: frozenset[str]) -> list[str]:
+    """The ignore list as AngelSlim reads it: it skips a layer whose name *contains* an entry, and
+    some of its passes (GPTQ) see names relative to the decoder layer (`mlp.gate`). So a glob is
+    passed on as the names of the model's modules it matches, full and relative, a relative one
+    only where it names no module the glob leaves alone (an MoE router's `mlp.gate` is in no
+    expert's name, but would be in a dense layer's `mlp.gate_proj`). Names pass unchanged."""
+    literal = [p for p in patterns if not any(ch in p for ch in "*?[")]
+    globs = [p for p in patterns if p not in literal]
+    if not globs:
+        return literal
+    matched = {m for m in modules if is_ignored(m, globs)}
+    others = modules - matched
+    relative = {_LAYER_PREFIX.sub("", m) for m in matched}
+    safe = {r for r in relative if r not in matched and not any(r in other for other in others)}
+    return literal + sorted((matched | safe) - set(literal))
+
+
+_LAYER_PREFIX = re.compile(r"^.*?\blayers\.\d+\.")
+
+
+def _modules(model_dir: Path) -> frozenset[str]:
+    """The quantizable modules of the model in `model_dir` (in-memory and checkpoint names)."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return frozenset()
+    return model_layers(config).candidates
 
 
 def angelslim_config(
@@ -91,7 +112,7 @@ def angelslim_config(
             "low_cpu_mem_usage": True,
             "use_cache": False,
         },
-        "compression": {"name": "PTQ", "quantization": quantization_section(config)},
+        "compression": {"name": "PTQ", "quantization": quantization_section(config, _modules(model_dir))},
     }
     if calibration is not None:
         result["dataset"] = {

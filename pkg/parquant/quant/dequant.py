@@ -23,6 +23,8 @@ _QUANT_SUFFIXES = (
     ".weight_zero_point",
     ".weight_packed",
     ".weight_shape",
+    ".weight_scale_int4",
+    ".weight_scale_2",
 )
 
 
@@ -43,6 +45,9 @@ def dequantized_state_dict(
     state: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if name.endswith((".qweight", ".weight_packed")) or (name.endswith(".weight") and f"{name}_scale" in tensors):
+            prefix = name.rsplit(".", 1)[0]
+            if name.endswith(".weight") and f"{prefix}.qweight" in tensors:
+                continue  # the layer is read once, from its qweight
             prefix = name.rsplit(".", 1)[0]
             weight = dequantize_module(prefix, tensors, quantization_config)
             assert weight is not None

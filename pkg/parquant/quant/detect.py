@@ -26,6 +26,8 @@ AUXILIARY_SUFFIXES = (
     ".output_scale",
     ".k_scale",
     ".v_scale",
+    ".weight_scale_int4",
+    ".weight_scale_2",
 )
 
 
@@ -78,6 +80,18 @@ def detect_quantization(config: dict[str, Any], tensor_names: Iterable[str]) -> 
 
 
 _EXPERT = re.compile(r"\.experts\.\d+\.")
+
+
+def needs_parquant_dequantizer(quantization_config: dict[str, Any], tensor_names: Iterable[str]) -> bool:
+    """Whether transformers cannot load this quantized checkpoint on a CPU, so parquant dequantizes it:
+    its format has no CPU kernel (GPTQ, AWQ, W4A8, NVFP4), or its experts are quantized (transformers 5
+    holds an MoE layer's experts fused, which compressed-tensors does not replace)."""
+    from .formats import format_for
+
+    names = list(tensor_names)
+    if not format_for(quantization_config).LOADS_IN_TRANSFORMERS_ON_CPU:
+        return True
+    return has_quantized_experts(names) or any(n.endswith((".weight_scale_int4", ".weight_scale_2")) for n in names)
 
 
 def has_quantized_experts(tensor_names: Iterable[str]) -> bool:

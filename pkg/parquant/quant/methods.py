@@ -48,6 +48,7 @@ class QuantMethod:
     ptq_fallback: str | None = None
     angelslim_recipe: Callable[[int], dict[str, Any]] | None = None
     builder: Callable[[int], Method] | None = None
+    angelslim_models: tuple[str, ...] = ()  # AngelSlim model classes that run it (empty: every one)
     default: bool = False
     notes: tuple[str, ...] = field(default=())
 
@@ -178,8 +179,11 @@ def _int4_packed(group_size: int) -> Method:
     return PackedInt4("int4-packed", group_size=group_size if group_size > 0 else 128)
 
 
-def _angelslim(name: str, bits: int, **quant_method: Any) -> Callable[[int], dict[str, Any]]:
-    """AngelSlim's `compression.quantization` section (the values of its Qwen3 PTQ recipes)."""
+def _angelslim(
+    name: str, bits: int, helpers: tuple[str, ...] = (), **quant_method: Any
+) -> Callable[[int], dict[str, Any]]:
+    """AngelSlim's `compression.quantization` section (the values of its Qwen3 PTQ recipes);
+    `helpers` are its `quant_helpers` (e.g. `smooth`: SmoothQuant before quantizing)."""
 
     def recipe(group_size: int) -> dict[str, Any]:
         method = dict(quant_method)
@@ -189,7 +193,10 @@ def _angelslim(name: str, bits: int, **quant_method: Any) -> Callable[[int], dic
                 "group_size": group_size,
                 **{k: v for k, v in method.items() if k != "weight"},
             }
-        return {"bits": bits, "quant_method": method, "name": name}  # AngelSlim saves this order
+        section: dict[str, Any] = {"bits": bits, "quant_method": method, "name": name}  # AngelSlim saves this order
+        if helpers:
+            section["quant_helpers"] = list(helpers)
+        return section
 
     return recipe
 
@@ -357,5 +364,86 @@ register(
         ),
         "compressed-tensors",
         builder=_int4_packed,
+    )
+)
+
+_DEQUANTIZED = "no CPU kernel in transformers; parquant dequantizes it itself for validation"
+register(
+    QuantMethod(
+        "int4-gptaq",
+        "INT4 weights in groups, GPTAQ (GPTQ that also corrects the error quantized inputs carry)",
+        (
+            Implementation(
+                ANGELSLIM,
+                "INT4, group 128 (`--group-size`), symmetric",
+                "16-bit",
+                "GPTQ v1 (`qweight`, `qzeros`, `scales`, `g_idx`)",
+                "needs gptqmodel; parquant dequantizes it itself for validation",
+            ),
+        ),
+        "gptq",
+        calibrated=True,
+        ptq_fallback="int8-weight",
+        angelslim_recipe=_angelslim("int4_gptaq", 4, weight="per-group"),
+    )
+)
+register(
+    QuantMethod(
+        "w4a8-fp8",
+        "INT4 weights in groups with FP8 activations (W4A8): 4-bit memory, FP8 tensor-core math",
+        (
+            Implementation(
+                ANGELSLIM,
+                "INT4, group 128 (`--group-size`), under a per-tensor FP8 scale",
+                "FP8, static per-tensor scale",
+                "AngelSlim W4A8 (`qweight` int8 pairs, `weight_scale_int4`, `weight_scale`, `input_scale`)",
+                _DEQUANTIZED,
+            ),
+        ),
+        "compressed-tensors",
+        calibrated=True,
+        ptq_fallback="int8-weight",
+        angelslim_recipe=_angelslim("w4a8_fp8", 8, weight="per-group", activation="per-tensor"),
+        notes=("served by vLLM / TensorRT-LLM W4A8 kernels on Hopper GPUs",),
+    )
+)
+register(
+    QuantMethod(
+        "int8-smooth",
+        "SmoothQuant W8A8: activation outliers moved into the weights, then INT8 per channel / per token",
+        (
+            Implementation(
+                ANGELSLIM,
+                "INT8, per channel, after smoothing",
+                "INT8, dynamic per token",
+                "compressed-tensors `int-quantized`",
+            ),
+        ),
+        "compressed-tensors",
+        calibrated=True,
+        ptq_fallback="int8-dynamic",
+        angelslim_recipe=_angelslim("int8_dynamic", 8, ("smooth",), weight="per-channel", activation="per-token"),
+        angelslim_models=("Qwen",),
+    )
+)
+register(
+    QuantMethod(
+        "nvfp4",
+        "NVFP4 W4A4: FP4 E2M1 weights and activations in blocks of 16 with FP8 block scales",
+        (
+            Implementation(
+                ANGELSLIM,
+                "FP4 E2M1, block 16, FP8 block scale x FP32 global scale",
+                "FP4, static global scale",
+                "NVFP4 (`weight` FP4 pairs, `weight_scale`, `weight_scale_2`, `input_scale`)",
+                _DEQUANTIZED,
+            ),
+        ),
+        "compressed-tensors",
+        calibrated=True,
+        ptq_fallback="fp8-dynamic",
+        angelslim_recipe=_angelslim("nvfp4", 4, weight="per-block", activation="per-block", group_size=16),
+        angelslim_models=("Qwen",),
+        notes=("served by FP4 tensor cores (Blackwell) in vLLM / TensorRT-LLM",),
     )
 )

@@ -76,8 +76,14 @@ def choose(config: QuantizationConfig, model_type: str, cuda: bool | None = None
             raise UnavailableError(f"the AngelSlim backend needs the angelslim package: {INSTALL_HINT}{_ASKED}")
         fall_back(plan, "angelslim is not installed")
         return plan
+    supported = methods.get_method(config.method).angelslim_models
+    why = ""
     if model_type not in MODEL_NAMES:
         why = f"AngelSlim 0.5.0 does not support architecture {model_type!r} (supported: {', '.join(MODEL_NAMES)})"
+    elif supported and MODEL_NAMES[model_type] not in supported:
+        runs_on = [name for name, cls in MODEL_NAMES.items() if cls in supported]
+        why = f"AngelSlim 0.5.0 runs {config.method} only on {', '.join(runs_on)} models, not {model_type!r}"
+    if why:
         if not may_change_backend(config):
             raise UnavailableError(f"{why}: use --backend ptq{_ASKED}")
         fall_back(plan, why)

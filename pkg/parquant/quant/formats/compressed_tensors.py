@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+from . import nvfp4, w4a8_fp8
+
 NAME = "compressed-tensors"
+_LAYOUTS_UNDER_THIS_NAME = (w4a8_fp8, nvfp4)
 LOADS_IN_TRANSFORMERS_ON_CPU = True
 # Fields the library adds that today's outputs do not carry: dropped, so config.json keeps its bytes.
 _UNWRITTEN = {"global_compression_ratio", "moe_sparsity_config"}
@@ -187,6 +190,10 @@ def block_structure(quantization_config: Mapping[str, Any]) -> tuple[int, int] |
 def dequantize(
     prefix: str, tensors: Mapping[str, torch.Tensor], quantization_config: Mapping[str, Any]
 ) -> torch.Tensor | None:
+    for layout in _LAYOUTS_UNDER_THIS_NAME:  # AngelSlim's W4A8 and NVFP4 call themselves compressed-tensors
+        restored: torch.Tensor | None = layout.dequantize(prefix, tensors)
+        if restored is not None:
+            return restored
     packed = tensors.get(f"{prefix}.weight_packed")
     if packed is not None:
         return dequantize_packed(packed, tensors[f"{prefix}.weight_scale"], tensors.get(f"{prefix}.weight_shape"))
