@@ -17,7 +17,7 @@ _PER_EXPERT = re.compile(r"^(?P<layer>.+?)\.experts\.(?P<index>\d+)\.")
 _FUSED = re.compile(r"^(?P<layer>.+?)\.experts\.[^.]+$")
 
 # config keys transformers' MoE configs use for "experts per token" and "experts per layer"
-_TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token")
+TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token")
 _EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
@@ -75,7 +75,7 @@ def summarize_experts(
         sizes[layer] = sizes.get(layer, 0) + count
     if not counts:
         return None
-    top_k = config_value(config, _TOP_K_KEYS)
+    top_k = config_value(config, TOP_K_KEYS)
     layers = [ExpertLayer(layer, len(counts[layer]), sizes[layer]) for layer in sorted(counts, key=_natural)]
     inactive = sum(e.parameters - e.parameters * min(top_k, e.experts) // e.experts for e in layers) if top_k else 0
     return MoESummary(layers, top_k, total, total - inactive)

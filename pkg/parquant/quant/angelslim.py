@@ -24,10 +24,12 @@ from ..cache import cache_dir
 from ..errors import UnavailableError
 from ..hf_folders import cached_hf_folder
 from ..logs import third_party_output
+from ..moe import TOP_K_KEYS, config_value
 from ..store.reader import ModelReader
 from .angelslim_compat import host_as_cuda, load_angelslim
 from .calibration import CalibrationSet, prepare_calibration
 from .config import QuantizationConfig
+from .coverage import ExpertCoverage, count_routing, repair_scales
 from .linear_layers import is_ignored, model_layers
 from .methods import get_method
 
@@ -44,6 +46,7 @@ class AngelSlimRun:
     device: str
     export_seconds: float  # Parquet -> HF folder (0 when the cache had it)
     engine_seconds: float  # AngelSlim itself, calibration data preparation included
+    coverage: ExpertCoverage | None = None  # MoE models: calibration tokens per expert
 
 
 def quantization_section(config: QuantizationConfig, modules: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -126,8 +129,12 @@ def angelslim_config(
     return result
 
 
-def run_engine(slim_config: dict[str, Any], device: str) -> None:
-    """Exactly AngelSlim's own sequence of Engine calls; its console output goes to debug logs."""
+def run_engine(slim_config: dict[str, Any], device: str) -> ExpertCoverage | None:
+    """Exactly AngelSlim's own sequence of Engine calls; its console output goes to debug logs.
+
+    For a mixture-of-experts model with calibration data, the float model also reads the
+    calibration batches once before AngelSlim starts, with the routers counted (coverage.py):
+    the expert coverage returned. None otherwise."""
     engine_module = load_angelslim()
     from angelslim.utils.config_parser import SlimConfigParser
 
@@ -157,6 +164,7 @@ def run_engine(slim_config: dict[str, Any], device: str) -> None:
                 quantization_config=compression.quantization,
                 dtype=engine.slim_model.model.dtype,
             )
+        coverage = _expert_coverage(engine) if compression.need_dataset else None
         engine.prepare_compressor(
             compress_name=compression.name, compress_config=compression, global_config=parsed.global_config
         )
@@ -164,6 +172,16 @@ def run_engine(slim_config: dict[str, Any], device: str) -> None:
             engine.run()
             engine.convert()
         engine.save(parsed.global_config.save_path, parsed)
+    return coverage
+
+
+def _expert_coverage(engine: Any) -> ExpertCoverage | None:
+    model = engine.slim_model.model
+    top_k = config_value(model.config.to_dict(), TOP_K_KEYS)
+    if top_k is None or engine.dataloader is None:
+        return None
+    coverage = count_routing(model, engine.dataloader, top_k)
+    return coverage if coverage.tokens else None
 
 
 def _ensure_pad_token(tokenizer: Any) -> None:
@@ -254,9 +272,18 @@ def quantize_with_angelslim(
         config, model_dir, calibration.path if calibration else None, save_dir, model_type, device
     )
     log.info("running AngelSlim %s on %s (%s)", slim_config["compression"]["quantization"]["name"], device, model_type)
-    run_engine(slim_config, device)
+    coverage = run_engine(slim_config, device)
+    if coverage is not None:
+        for layer, expert in coverage.uncovered:
+            log.warning(
+                "expert %s.experts.%d received no calibration token: add calibration data that reaches it "
+                "(more --num-samples, or data of its domain); its activation scales are set from its siblings",
+                layer,
+                expert,
+            )
+        repair_scales(save_dir, coverage)
     replacements = {str(model_dir): model_url, str(workdir): ".", str(cache_dir()): "parquant cache"}
     if calibration is not None:
         replacements[str(calibration.path)] = config.calibration.data or "calibration data"
     scrub_host_paths(save_dir, replacements)
-    return AngelSlimRun(save_dir, calibration, device, exported - started, time.monotonic() - exported)
+    return AngelSlimRun(save_dir, calibration, device, exported - started, time.monotonic() - exported, coverage)

@@ -259,7 +259,8 @@ def quantize(
             "estimate": guess.to_dict(),
         }
     )
-    return StageResult("quantize", output, False, time.monotonic() - started, list(plan.fallbacks), details)
+    warnings = list(plan.fallbacks) + list(details.pop("warnings", None) or [])  # type: ignore[call-overload]
+    return StageResult("quantize", output, False, time.monotonic() - started, warnings, details)
 
 
 @dataclass
@@ -334,6 +335,9 @@ def _quantize_with_angelslim(job: _Job, workdir: Path) -> tuple[AngelSlimRun, fl
 
 def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> dict[str, object]:
     run, quantized_seconds = outcome
+    description = job.description()
+    if run.coverage is not None:  # the manifest says which experts calibration reached
+        description.created_by.config["expert_coverage"] = run.coverage.to_dict()
     result = import_checkpoint(
         str(run.output),
         job.output,
@@ -341,15 +345,22 @@ def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> 
         force=True,
         storage_options=job.storage_options,
         progress=job.progress,
-        description=job.description(),
+        description=description,
     )
-    return {
+    details: dict[str, object] = {
         "quantize_seconds": round(quantized_seconds, 3),
         "export_seconds": round(run.export_seconds, 3),
         "engine_seconds": round(run.engine_seconds, 3),
         "import_seconds": round(result.seconds, 3),
         "calibration_samples": run.calibration.samples if run.calibration else 0,
     }
+    if run.coverage is not None:
+        details["expert_coverage"] = run.coverage.to_dict()
+        details["warnings"] = [
+            f"expert {name} received no calibration token (its activation scales were set from its siblings)"
+            for name in run.coverage.to_dict()["uncovered"]
+        ]
+    return details
 
 
 def _run_ptq(job: _Job) -> dict[str, object]:
