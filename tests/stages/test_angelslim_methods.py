@@ -113,3 +113,57 @@ def test_methods_angelslim_runs_on_qwen_only_are_refused_or_fall_back(
         made = loader.reader.manifest.created_by
     assert made.backend == "ptq" and made.config["effective_method"] == "fp8-dynamic"
     assert any("runs nvfp4 only on" in note for note in made.fallbacks)
+
+
+def skipping_moe(folder: Path) -> Path:
+    """A Qwen3-MoE whose layer-1 router can never pick expert 4 of 5: the layer's input is cut to
+    one dimension x (its norm passes only dimension 0), and the router's logits are
+    [10x, 9x, -10x, -9x, 0], so the top two are experts 0, 1 (x > 0) or 2, 3 (x < 0)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, Qwen3MoeConfig
+
+    from ..conftest import TOKENIZER_FILES, EXAMPLE_MODEL
+
+    config = Qwen3MoeConfig(
+        vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, head_dim=16, moe_intermediate_size=32,
+        num_experts=5, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        if (EXAMPLE_MODEL / name).exists():
+            (folder / name).write_bytes((EXAMPLE_MODEL / name).read_bytes())
+    tensors = load_file(str(folder / "model.safetensors"))
+    norm = torch.zeros(64, dtype=torch.bfloat16)
+    norm[0] = 1.0
+    tensors["model.layers.1.post_attention_layernorm.weight"] = norm
+    router = torch.zeros(5, 64, dtype=torch.bfloat16)
+    router[:, 0] = torch.tensor([10.0, 9.0, -10.0, -9.0, 0.0])
+    tensors["model.layers.1.mlp.gate.weight"] = router
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_an_expert_calibration_never_reaches_is_reported_and_gets_usable_scales(tmp_path: Path) -> None:
+    import_checkpoint(str(skipping_moe(tmp_path / "hf")), str(tmp_path / "pq"))
+    config = load_config(flags={"method": "fp8-static", "backend": "angelslim", **SMALL_CALIBRATION}, environ={})
+    result = quantize(str(tmp_path / "pq"), str(tmp_path / "q"), config)
+    coverage = result.details["expert_coverage"]
+    assert coverage["uncovered"] == ["model.layers.1.mlp.experts.4"]
+    assert coverage["tokens"]["model.layers.1.mlp"][4] == 0 and min(coverage["tokens"]["model.layers.0.mlp"]) > 0
+    # every token picks two experts: the counts add up to twice the real calibration tokens
+    assert sum(coverage["tokens"]["model.layers.1.mlp"]) == sum(coverage["tokens"]["model.layers.0.mlp"])
+    assert any("model.layers.1.mlp.experts.4 received no calibration token" in w for w in result.warnings)
+    expert = "model.layers.1.mlp.experts.4"
+    assert f"{expert}.down_proj.input_scale" in coverage["repaired"]
+    with WeightLoader(str(tmp_path / "q")) as loader:
+        assert loader.reader.manifest.created_by.config["expert_coverage"]["uncovered"] == [expert]
+        for name in loader.names():
+            if name.endswith("scale") and ".experts." in name:
+                value = loader.load(name).float()
+                assert bool(torch.isfinite(value).all()) and bool((value > 0).all()), name
+        siblings = [loader.load(f"model.layers.1.mlp.experts.{e}.down_proj.input_scale").float() for e in range(4)]
+        assert float(loader.load(f"{expert}.down_proj.input_scale").float()) == float(torch.stack(siblings).max())
+    note = loader.reader.manifest.created_by.note
+    assert "calibration reached 9 of 10 experts; no token for model.layers.1.mlp.experts.4" in note

@@ -74,8 +74,24 @@ class Provenance:
 
     @property
     def note(self) -> str:
-        """The fallbacks taken on the way (GPU -> CPU, AngelSlim -> PTQ), for results and reports."""
-        return "; ".join(self.fallbacks) if self.stage == "quantize" else ""
+        """The fallbacks taken on the way (GPU -> CPU, AngelSlim -> PTQ) and, for a calibrated MoE
+        model, the experts calibration reached, for results and reports."""
+        if self.stage != "quantize":
+            return ""
+        return "; ".join([*self.fallbacks, *_coverage_note(self.config.get("expert_coverage"))])
+
+
+def _coverage_note(coverage: Any) -> list[str]:
+    if not isinstance(coverage, dict) or not isinstance(coverage.get("tokens"), dict):
+        return []
+    experts = sum(len(counts) for counts in coverage["tokens"].values() if isinstance(counts, list))
+    missed = [str(name) for name in coverage.get("uncovered") or []]
+    if not missed:
+        return [f"calibration reached all {experts} experts"]
+    return [
+        f"calibration reached {experts - len(missed)} of {experts} experts; no token for {', '.join(missed)} "
+        "(their activation scales were set from their siblings')"
+    ]
 
 
 @dataclass
