@@ -108,3 +108,27 @@ def test_fused_experts_are_named_when_kept_unquantized(tmp_path: Path, cli: Call
     assert "model.layers.1.mlp.experts.gate_up_proj holds fused experts (3-D) and is copied unquantized" in result.err
     details = json.loads(result.out.strip().splitlines()[-1])["details"]
     assert details["quantized_experts"] == 0 and details["quantized_layers"] == 8
+
+
+def test_validate_benchmark_and_report_run_on_an_moe_candidate(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    from ..conftest import EXAMPLE_MODEL
+
+    root = tmp_path
+    import_checkpoint(str(make_checkpoint(root / "hf", "qwen3_moe")), str(root / "pq"))
+    out = root / "eval"
+    assert cli("quantize", root / "pq", "-o", out / "fp8-block", "--method", "fp8-block").code == 0
+    eval_text = EXAMPLE_MODEL.parent / "data" / "eval.txt"
+    validated = cli(
+        "validate", root / "pq", out / "fp8-block", "--eval-text", eval_text, "--max-tokens", "512",
+        "--seq-len", "128", "--min-cosine", "0.99", "-o", out / "validate.json",
+    )  # fmt: skip
+    assert validated.code == 0, validated.err
+    result = json.loads((out / "validate.json").read_text())
+    assert result["logits_cosine_mean"] > 0.999 and result["method"] == "fp8-block"
+    benchmarked = cli(
+        "benchmark", out / "fp8-block", "--batch-sizes", "1", "--seq-lens", "32", "--new-tokens", "4",
+        "--repeats", "1", "-o", out / "benchmark.json",
+    )  # fmt: skip
+    assert benchmarked.code == 0, benchmarked.err
+    assert cli("report", out / "validate.json", out / "benchmark.json", "-o", out / "report").code == 0
+    assert "fp8-block" in (out / "report" / "report.md").read_text()
