@@ -24,7 +24,15 @@ sys.path[:0] = [str(REPO / "pkg"), str(REPO / "bench"), str(REPO)]
 
 from figures import Figure, save, table  # noqa: E402
 
-MODULES = ["startup_bench", "read_bench", "convert_bench", "quantize_bench", "s3_bench", "benchmark_bench"]
+MODULES = [
+    "startup_bench",
+    "read_bench",
+    "convert_bench",
+    "quantize_bench",
+    "fanout_bench",
+    "s3_bench",
+    "benchmark_bench",
+]
 
 
 def main() -> int:
