@@ -122,7 +122,7 @@ def skipping_moe(folder: Path) -> Path:
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
-    from ..conftest import TOKENIZER_FILES, EXAMPLE_MODEL
+    from ..conftest import EXAMPLE_MODEL, TOKENIZER_FILES
 
     config = Qwen3MoeConfig(
         vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
