@@ -33,6 +33,10 @@ RUNS = [
     ("angelslim", "int8-dynamic"),
     ("angelslim", "int4-gptq"),
     ("angelslim", "int4-awq"),
+    ("ptq", "fp8-block"),
+    ("ptq", "int4-packed"),
+    ("angelslim", "int4-gptaq"),
+    ("angelslim", "w4a8-fp8"),
 ]
 
 
@@ -41,6 +45,7 @@ def digests(work: Path) -> dict[str, dict[str, str]]:
 
     assert Path(parquant.__file__).is_relative_to(REPO), f"{parquant.__file__} is not this checkout's"
     from parquant.quant.config import load_config
+    from parquant.quant.methods import get_method
     from parquant.stages.hf_export import export_checkpoint
     from parquant.stages.hf_import import import_checkpoint
     from parquant.stages.quantize import quantize
@@ -50,7 +55,7 @@ def digests(work: Path) -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     for backend, method in RUNS:
         flags: dict[str, object] = {"backend": backend, "method": method, "fallback": False}
-        if method in ("fp8-static", "int4-gptq", "int4-awq"):
+        if get_method(method).calibrated:
             flags.update(
                 {
                     "calibration.data": str(REPO / "examples" / "data" / "calibration.jsonl"),
