@@ -202,6 +202,11 @@ def _angelslim(
 
 
 _FP8_ANGELSLIM = "compressed-tensors `naive-quantized`"
+# GPTQ v1 output (output format, loads in transformers on CPU), written by GPTQ, GPTAQ and INT4 RTN
+_GPTQ_V1 = (
+    "GPTQ v1 (`qweight`, `qzeros`, `scales`, `g_idx`)",
+    "needs gptqmodel; parquant dequantizes it itself for validation",
+)
 _INT8_LAYOUT = "compressed-tensors `int-quantized`"
 register(
     QuantMethod(
@@ -261,8 +266,7 @@ register(
                 ANGELSLIM,
                 "INT4, group 128 (`--group-size`), symmetric, desc_act",
                 "16-bit",
-                "GPTQ v1 (`qweight`, `qzeros`, `scales`, `g_idx`)",
-                "needs gptqmodel; parquant dequantizes it itself for validation",
+                *_GPTQ_V1,
             ),
         ),
         "gptq",
@@ -309,8 +313,7 @@ register(
                 PTQ,
                 "INT4, group 128 (`--group-size`), symmetric, round to nearest",
                 "16-bit",
-                "GPTQ v1 (`qweight`, `qzeros`, `scales`, `g_idx`)",
-                "needs gptqmodel; parquant dequantizes it itself for validation",
+                *_GPTQ_V1,
             ),
         ),
         "gptq",
@@ -326,8 +329,7 @@ register(
                 PTQ,
                 "INT4, group 128, zero point, round to nearest",
                 "16-bit",
-                "GPTQ v1 (`qweight`, `qzeros`, `scales`, `g_idx`)",
-                "needs gptqmodel; parquant dequantizes it itself for validation",
+                *_GPTQ_V1,
             ),
         ),
         "gptq",
@@ -377,8 +379,7 @@ register(
                 ANGELSLIM,
                 "INT4, group 128 (`--group-size`), symmetric",
                 "16-bit",
-                "GPTQ v1 (`qweight`, `qzeros`, `scales`, `g_idx`)",
-                "needs gptqmodel; parquant dequantizes it itself for validation",
+                *_GPTQ_V1,
             ),
         ),
         "gptq",

@@ -67,10 +67,17 @@ def library_blocks(group_size: int) -> dict[str, dict[str, Any]]:
 
 def _preset_block(preset: str, layout: str) -> dict[str, Any]:
     """A config of one of the library's preset schemes (the ones llm-compressor and vLLM name)."""
-    from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
+    from compressed_tensors.quantization import preset_name_to_scheme
 
     scheme = preset_name_to_scheme(preset, ["Linear"])
     scheme.format = layout
+    return _dumped(layout, scheme)
+
+
+def _dumped(layout: str, scheme: Any) -> dict[str, Any]:
+    """The config block of one scheme (group_0), as the library writes it, without an ignore list."""
+    from compressed_tensors.quantization import QuantizationConfig
+
     config = QuantizationConfig(
         quant_method=NAME,
         format=layout,
@@ -91,7 +98,7 @@ def _int4_packed_block(group_size: int) -> dict[str, Any]:
 
 
 def library_block(weight_type: str, activations_dynamic: bool) -> dict[str, Any]:
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     layout = "float-quantized" if weight_type == "float" else "int-quantized"
     weights = QuantizationArgs(
@@ -114,24 +121,11 @@ def library_block(weight_type: str, activations_dynamic: bool) -> dict[str, Any]
             group_size=None,
             observer=None,
         )
-    config = QuantizationConfig(
-        quant_method=NAME,
-        format=layout,
-        quantization_status="compressed",
-        ignore=[],
-        kv_cache_scheme=None,
-        # The per-group format matters: without it, weight-only int8 is read as packed int4-style.
-        config_groups={
-            "group_0": QuantizationScheme(
-                targets=["Linear"],
-                weights=weights,
-                input_activations=activations,
-                output_activations=None,
-                format=layout,
-            )
-        },
+    # The per-group format matters: without it, weight-only int8 is read as packed int4-style.
+    scheme = QuantizationScheme(
+        targets=["Linear"], weights=weights, input_activations=activations, output_activations=None, format=layout
     )
-    block: dict[str, Any] = config.model_dump(mode="json", exclude=_UNWRITTEN)
+    block = _dumped(layout, scheme)
     if activations is not None:
         # the library leaves `observer` out for dynamic activations; parquant's outputs have always
         # said `null` there, and keep saying it so their config.json stays byte for byte the same
