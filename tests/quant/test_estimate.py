@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 
 from parquant.quant.estimate import LONG_RUN_SECONDS, duration, estimate
+from parquant.quant.methods import get_method
 
 from ..conftest import CliResult, embedded_model_in
 from ..helpers import SMALL_CALIBRATION
 
 BILLION = 10**9
+AWQ = get_method("int4-awq").calibration_cost
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +30,20 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_time_scales_with_parameters_and_calibration_tokens() -> None:
-    small = estimate("angelslim", "int4-awq", "cpu", 2 * BILLION, BILLION, 8, 128)
-    more_tokens = estimate("angelslim", "int4-awq", "cpu", 2 * BILLION, BILLION, 32, 128)
+    small = estimate("angelslim", AWQ, "cpu", 2 * BILLION, BILLION, 8, 128)
+    more_tokens = estimate("angelslim", AWQ, "cpu", 2 * BILLION, BILLION, 32, 128)
     assert small.calibration_tokens == 1024 and more_tokens.calibration_tokens == 4096
-    calibration = small.seconds - estimate("angelslim", "fp8-dynamic", "cpu", 2 * BILLION, BILLION, 8, 128).seconds
+    calibration = small.seconds - estimate("angelslim", 0.0, "cpu", 2 * BILLION, BILLION, 8, 128).seconds
     assert more_tokens.seconds - small.seconds == pytest.approx(3 * calibration, rel=0.01)
-    assert estimate("ptq", "int8-weight", "cpu", 2 * BILLION, BILLION, 128, 512).calibration_tokens == 0
+    assert estimate("ptq", 0.0, "cpu", 2 * BILLION, BILLION, 128, 512).calibration_tokens == 0
 
 
 def test_default_awq_on_a_cpu_is_a_long_run_and_a_gpu_guess_says_so() -> None:
-    cpu = estimate("angelslim", "int4-awq", "cpu", 2 * BILLION, BILLION, 128, 512)
+    cpu = estimate("angelslim", AWQ, "cpu", 2 * BILLION, BILLION, 128, 512)
     assert cpu.long_cpu_run("cpu") and cpu.seconds > LONG_RUN_SECONDS
-    gpu = estimate("angelslim", "int4-awq", "cuda", 2 * BILLION, BILLION, 128, 512)
+    gpu = estimate("angelslim", AWQ, "cuda", 2 * BILLION, BILLION, 128, 512)
     assert gpu.seconds < cpu.seconds and "rough guess" in gpu.basis and not gpu.long_cpu_run("cuda")
-    assert not estimate("ptq", "int8-weight", "cpu", 2 * BILLION, BILLION, 128, 512).long_cpu_run("cpu")
+    assert not estimate("ptq", 0.0, "cpu", 2 * BILLION, BILLION, 128, 512).long_cpu_run("cpu")
     assert [duration(s) for s in (42, 720, 9000)] == ["42 s", "12 min", "2.5 h"]
 
 

@@ -19,10 +19,8 @@ FIXED_SECONDS = {"ptq": 2.5, "angelslim": 9.5}
 # Seconds per GB of model read and written: the built-in PTQ streams at ~190 MB/s (bench
 # quantize_bench: 1 GB in 5.3 s); AngelSlim exports, loads, saves and imports the model.
 SECONDS_PER_GB = {"ptq": 5.5, "angelslim": 20.0}
-# Seconds per parameter per calibration token on CPU (measured: fp8-static and int4-gptq
-# ~0.27 ms, int4-awq ~1.6 ms per token on the 3.4M-parameter model, from 8x128 to 64x128 and
-# 16x512 calibration sets).
-SECONDS_PER_PARAMETER_TOKEN = {"fp8-static": 8e-11, "int4-gptq": 8e-11, "int4-awq": 4.6e-10}
+# Seconds per parameter per calibration token on CPU are each method's own figure: the registry's
+# `calibration_cost` (quant/methods.py), passed in by the caller.
 GPU_CALIBRATION_SPEEDUP = 30.0  # rough: not measured on a GPU here
 # Peak host memory per byte of model: AngelSlim loads the model plus calibration activations;
 # PTQ streams one tensor at a time.
@@ -49,11 +47,12 @@ class Estimate:
 
 
 def estimate(
-    backend: str, method: str, device: str, model_bytes: int, parameters: int, samples: int, seq_len: int
+    backend: str, calibration_cost: float, device: str, model_bytes: int, parameters: int, samples: int, seq_len: int
 ) -> Estimate:
-    calibrated = method in SECONDS_PER_PARAMETER_TOKEN and backend == "angelslim"
-    tokens = samples * seq_len if calibrated else 0
-    calibration = SECONDS_PER_PARAMETER_TOKEN.get(method, 0.0) * parameters * tokens
+    """`calibration_cost`: the method's seconds per parameter per calibration token on a CPU (0 for a
+    data-free method, or a backend that does not calibrate)."""
+    tokens = samples * seq_len if calibration_cost > 0 else 0
+    calibration = calibration_cost * parameters * tokens
     basis = "measured CPU costs"
     if device != "cpu" and calibration:
         calibration /= GPU_CALIBRATION_SPEEDUP

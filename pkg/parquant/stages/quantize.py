@@ -209,9 +209,10 @@ def quantize(
         model_bytes = sum(e.nbytes for e in reader.manifest.tensors.values())
         parameters = sum(math.prod(e.shape) for e in reader.manifest.tensors.values())
         calibration = config.calibration
+        method = methods.get_method(plan.method)
         guess = estimate(
             plan.backend,
-            plan.method,
+            method.calibration_cost if plan.backend == methods.ANGELSLIM and method.calibrated else 0.0,
             plan.device,
             model_bytes,
             parameters,
