@@ -168,3 +168,20 @@ def test_kubernetes_dry_run_outside_a_cluster_uses_the_checkouts_templates(cli: 
     assert result.code == 0, result.err
     assert "using the checkout's Job template" in result.err
     assert result.out.count("kind: Job") >= 5
+
+
+def test_pipeline_force_redoes_outputs_an_older_run_made_differently(tmp_path: Path, cli: Cli) -> None:
+    """An upgrade that changes a default (e.g. the ignore list) makes a stage's earlier output other
+    work: a plain rerun refuses it (73), `pipeline --force` redoes it with the stage's own --force."""
+    assert cli("import", EXAMPLE_MODEL, "-o", tmp_path / "m").code == 0
+    assert cli("quantize", tmp_path / "m", "-o", tmp_path / "q", "--ignore", "lm_head").code == 0
+    spec = tmp_path / "p.yaml"
+    stage = {"stage": "quantize", "model": str(tmp_path / "m"), "output": str(tmp_path / "q")}
+    spec.write_text(json.dumps({"name": "f", "stages": [stage]}))
+    state = ["--state-dir", tmp_path / "state"]
+    assert cli("pipeline", spec, *state).code == 73
+    forced = cli("pipeline", spec, *state, "--force")
+    assert forced.code == 0, forced.err
+    assert "parquant quantize" in forced.err and "--force" in forced.err
+    config = json.loads((tmp_path / "q" / "parquant.json").read_text())["created_by"]["config"]
+    assert config["ignore"] == ["lm_head", "*.gate", "*.router"]

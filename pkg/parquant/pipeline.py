@@ -13,6 +13,7 @@ those, and stages that write a Parquet model also skip by themselves when their 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -156,7 +157,7 @@ class LocalExecutor:
                 outcomes.append(StageOutcome(stage.name, "skipped", 0, 0.0))
                 continue
             workers = ["--workers", str(stage.fan_out)] if stage.fan_out > 1 else []
-            argv = stage.argv() + workers + storage_argv(spec.storage_options)
+            argv = stage.argv() + workers + redo_args(stage, force) + storage_argv(spec.storage_options)
             log.info("pipeline: %s: parquant %s", stage.name, " ".join(argv))
             started = time.monotonic()
             code = self.run_stage(argv)
@@ -170,6 +171,14 @@ class LocalExecutor:
             state[stage.name] = stage.digest()
             _write_state(state_path, state)
         return outcomes
+
+
+def redo_args(stage: StageSpec, force: bool) -> list[str]:
+    """`pipeline --force` reruns a stage and redoes its output: the stage's own `--force`, where it
+    takes one (without it, an output an older run made differently is refused with 73). A fan-out
+    stage never gets it: its commit would delete what its workers wrote."""
+    takes = any(f.name == "force" for f in dataclasses.fields(STAGE_OPTIONS[stage.stage]))
+    return ["--force"] if force and takes and stage.fan_out == 1 and not stage.params.get("force") else []
 
 
 def storage_argv(options: Mapping[str, str]) -> list[str]:

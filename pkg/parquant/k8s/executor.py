@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ParquantError, TemporaryFailure, UnavailableError
-from ..pipeline import PipelineSpec, StageOutcome, StageSpec, storage_argv
+from ..pipeline import PipelineSpec, StageOutcome, StageSpec, redo_args, storage_argv
 from .jobs import (
     CONTAINER,
     JobTemplates,
@@ -104,7 +104,7 @@ class KubernetesExecutor:
                 failed = self._fan_out(spec, stage)
                 if failed is not None:
                     return StageOutcome(stage.name, "failed", failed.exit_code, 0.0, "kubernetes/cpu", failed.note)
-            self._create(spec, stage, name, on_gpu)
+            self._create(spec, stage, name, on_gpu, redo_args(stage, force))
         watch = self._wait(name, stage.name, self.settings.gpu_schedule_timeout if on_gpu else None)
         if watch.status == "unschedulable":
             why = (
@@ -115,7 +115,7 @@ class KubernetesExecutor:
             log.warning("pipeline: %s: %s; deleting Job %s", stage.name, why, name)
             self._delete(name)
             replacement = cpu_replacement(stage, self.settings.cpu_fallback_backend, why)
-            self._create(spec, replacement, cpu_name, False)
+            self._create(spec, replacement, cpu_name, False, redo_args(replacement, force))
             watch = self._wait(cpu_name, stage.name, None)
             watch.note = "; ".join(filter(None, [why, watch.note]))
             name = cpu_name

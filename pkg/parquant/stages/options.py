@@ -266,7 +266,10 @@ class PipelineOptions(CommonOptions):
         default=False,
         metadata={"help": "print each stage's command (kubernetes: and the Jobs it would create); run nothing"},
     )
-    force: bool = field(default=False, metadata={"help": "rerun stages already recorded as done"})
+    force: bool = field(
+        default=False,
+        metadata={"help": "rerun stages already recorded as done, each with --force (its output redone)"},
+    )
     state_dir: str | None = field(
         default=None,
         metadata={"type": str, "help": "local executor: where the resume state lives (default: parquant's cache)"},
