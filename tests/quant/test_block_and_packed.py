@@ -15,6 +15,7 @@ from parquant.quant.fp8_block import quantize_fp8_blocks
 from parquant.quant.methods import get_method
 from parquant.quant.ptq import NonFiniteWeightError
 from parquant.stages.hf_export import export_checkpoint
+from parquant.stages.inspect import inspect_model
 from parquant.stages.quantize import quantize
 from parquant.weights import WeightLoader
 
@@ -98,6 +99,7 @@ def test_block_and_packed_outputs_load_in_transformers(tmp_path: Path, method: s
         config = load_config(flags={"method": method, "backend": "ptq"}, environ={})
         result = quantize(str(model), str(tmp_path / method), config)
     assert result.details["quantized_layers"] == 28
+    assert inspect_model(str(tmp_path / method)).parameters == 3_410_176  # packed words count as their weights
     export_checkpoint(str(tmp_path / method), str(tmp_path / "hf"))
     tokenizer = AutoTokenizer.from_pretrained(EXAMPLE_MODEL)
     ids = tokenizer((EXAMPLE_MODEL.parent / "data" / "eval.txt").read_text()[:3000], return_tensors="pt").input_ids

@@ -17,6 +17,7 @@ from parquant.hf_folders import cached_hf_folder
 from parquant.quant.config import load_config
 from parquant.stages.hf_export import export_checkpoint
 from parquant.stages.hf_import import import_checkpoint
+from parquant.stages.inspect import inspect_model
 from parquant.stages.quantize import quantize
 from parquant.store.reader import ModelReader
 from parquant.weights import WeightLoader
@@ -65,6 +66,8 @@ def test_method_matches_angelslim_run_directly_and_validates(
     assert result.details["backend"] == "angelslim" and result.details["fallbacks"] == []
     layer = "model.layers.1.mlp.experts.2.down_proj" if arch == "qwen3_moe" else "model.layers.1.mlp.down_proj"
     assert layer_tensors(str(tmp_path / "pq"), layer) == stored
+    # packed INT4 / FP4 count as the weights they stand for
+    assert inspect_model(str(tmp_path / "pq")).parameters == inspect_model(models[arch]).parameters
     export_checkpoint(str(tmp_path / "pq"), str(tmp_path / "ours"))
     ours = load_file(str(tmp_path / "ours" / "model.safetensors"))
     with ModelReader(resolve(models[arch])) as reader:

@@ -112,9 +112,13 @@ def _int(value: Any) -> int | None:
 
 
 def logical_parameters(name: str, dtype: str, numel: int, bits: int | None) -> int:
-    """Parameters a tensor stands for: packed int32 words hold 32/bits weights; scales count as 0."""
+    """Parameters a tensor stands for: packed int32 words (GPTQ/AWQ `qweight`, compressed-tensors
+    `weight_packed`) hold 32/bits weights, AngelSlim's W4A8 `qweight` bytes two INT4 values, and
+    NVFP4's uint8 `weight` two FP4 values; scales count as 0."""
+    if name.endswith((*PACKED_SUFFIXES, ".weight_packed")) and dtype == "I32":
+        return numel * (32 // (bits or 4))
     if name.endswith(AUXILIARY_SUFFIXES):
         return 0
-    if name.endswith(PACKED_SUFFIXES) and dtype == "I32":
-        return numel * (32 // (bits or 4))
+    if (name.endswith(PACKED_SUFFIXES) and dtype == "I8") or (name.endswith(".weight") and dtype == "U8"):
+        return numel * 2
     return numel
