@@ -170,3 +170,16 @@ def test_an_expert_calibration_never_reaches_is_reported_and_gets_usable_scales(
         assert float(loader.load(f"{expert}.down_proj.input_scale").float()) == float(torch.stack(siblings).max())
     note = loader.reader.manifest.created_by.note
     assert "calibration reached 9 of 10 experts; no token for model.layers.1.mlp.experts.4" in note
+
+
+def test_auto_picks_angelslim_for_qwen3_moe_and_explains_what_it_cannot_run() -> None:
+    from parquant.stages.quantize import choose
+
+    def plan(method: str, model_type: str) -> tuple[str, str]:
+        chosen = choose(load_config(flags={"method": method, **SMALL_CALIBRATION}, environ={}), model_type, cuda=False)
+        return chosen.backend, chosen.method
+
+    assert plan("fp8-dynamic", "qwen3_moe") == ("angelslim", "fp8-dynamic")  # was: unsupported architecture
+    assert plan("int8-smooth", "qwen3_moe") == ("angelslim", "int8-smooth")
+    assert plan("fp8-dynamic", "mixtral") == ("ptq", "fp8-dynamic")  # no AngelSlim class for Mixtral
+    assert plan("nvfp4", "mistral") == ("ptq", "fp8-dynamic")
