@@ -16,9 +16,8 @@ from typing import Any
 _PER_EXPERT = re.compile(r"^(?P<layer>.+?)\.experts\.(?P<index>\d+)\.")
 _FUSED = re.compile(r"^(?P<layer>.+?)\.experts\.[^.]+$")
 
-# config keys transformers' MoE configs use for "experts per token" and "experts per layer"
+# config keys transformers' MoE configs use for "experts per token"
 TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "top_k", "num_experts_per_token")
-_EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
 
 
 @dataclass(frozen=True)

@@ -32,13 +32,6 @@ class ExpertCoverage:
         """(layer, expert) pairs that received no calibration token."""
         return [(layer, e) for layer, counts in self.tokens.items() for e, n in enumerate(counts) if n == 0]
 
-    def summary(self) -> str:
-        experts = sum(len(c) for c in self.tokens.values())
-        lines = [f"{experts - len(self.uncovered)} of {experts} experts received calibration tokens"]
-        for layer, counts in self.tokens.items():
-            lines.append(f"{layer}: min {min(counts)}, max {max(counts)} tokens per expert")
-        return "; ".join(lines)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "tokens": self.tokens,

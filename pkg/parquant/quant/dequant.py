@@ -46,9 +46,6 @@ def dequantized_state_dict(
     for name, tensor in tensors.items():
         if name.endswith((".qweight", ".weight_packed")) or (name.endswith(".weight") and f"{name}_scale" in tensors):
             prefix = name.rsplit(".", 1)[0]
-            if name.endswith(".weight") and f"{prefix}.qweight" in tensors:
-                continue  # the layer is read once, from its qweight
-            prefix = name.rsplit(".", 1)[0]
             weight = dequantize_module(prefix, tensors, quantization_config)
             assert weight is not None
             state[f"{prefix}.weight"] = weight.to(dtype)

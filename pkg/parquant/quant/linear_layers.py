@@ -30,8 +30,8 @@ ROLES = (LINEAR, EXPERT, ROUTER, FUSED_EXPERT)
 
 @dataclass(frozen=True)
 class ModelLayers:
-    """The modules whose `.weight` a method may quantize, by role (checkpoint names), and what an
-    MoE model's config says about its experts."""
+    """The modules whose `.weight` a method may quantize, by role (checkpoint names), and the fused
+    3-D expert tensors a checkpoint may hold instead of per-expert weights."""
 
     linear: frozenset[str]
     experts: frozenset[str]

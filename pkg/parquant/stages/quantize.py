@@ -212,7 +212,7 @@ def quantize(
         method = methods.get_method(plan.method)
         guess = estimate(
             plan.backend,
-            method.calibration_cost if plan.backend == methods.ANGELSLIM and method.calibrated else 0.0,
+            method.calibration_cost if plan.backend == methods.ANGELSLIM else 0.0,  # 0 for data-free methods
             plan.device,
             model_bytes,
             parameters,
@@ -337,8 +337,9 @@ def _quantize_with_angelslim(job: _Job, workdir: Path) -> tuple[AngelSlimRun, fl
 def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> dict[str, object]:
     run, quantized_seconds = outcome
     description = job.description()
-    if run.coverage is not None:  # the manifest says which experts calibration reached
-        description.created_by.config["expert_coverage"] = run.coverage.to_dict()
+    coverage = run.coverage.to_dict() if run.coverage is not None else None
+    if coverage is not None:  # the manifest says which experts calibration reached
+        description.created_by.config["expert_coverage"] = coverage
     result = import_checkpoint(
         str(run.output),
         job.output,
@@ -355,11 +356,11 @@ def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> 
         "import_seconds": round(result.seconds, 3),
         "calibration_samples": run.calibration.samples if run.calibration else 0,
     }
-    if run.coverage is not None:
-        details["expert_coverage"] = run.coverage.to_dict()
+    if coverage is not None:
+        details["expert_coverage"] = coverage
         details["warnings"] = [
             f"expert {name} received no calibration token (its activation scales were set from its siblings)"
-            for name in run.coverage.to_dict()["uncovered"]
+            for name in coverage["uncovered"]
         ]
     return details
 
