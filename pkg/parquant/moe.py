@@ -1,4 +1,5 @@
-"""What a mixture-of-experts checkpoint holds, read from its tensor names and its config alone.
+"""What a mixture-of-experts checkpoint holds, read from its tensor names and its config alone,
+and the one rule that says which module of a model is an MoE layer's router.
 
 `inspect` answers "how many experts, and how many parameters does a token actually use" without
 importing transformers or reading a weight. Per-expert tensors (`...experts.<i>.<proj>.weight`, as
@@ -41,6 +42,16 @@ class MoESummary:
             "total_parameters": self.total_parameters,
             "active_parameters": self.active_parameters,
         }
+
+
+def routers(module: Any) -> list[tuple[str, Any]]:
+    """(name, child) of an MoE layer's router(s): the `gate` / `router` (or `...Router`) child of a
+    module that also has an `experts` child. One rule for finding the layers to keep in full
+    precision (quant/linear_layers.py) and the routers whose choices are counted (quant/coverage.py)."""
+    children = dict(module.named_children())
+    if "experts" not in children:
+        return []
+    return [(n, c) for n, c in children.items() if n in ("gate", "router") or "Router" in type(c).__name__]
 
 
 def config_value(config: Mapping[str, Any], keys: Iterable[str]) -> int | None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..moe import routers
+
 log = logging.getLogger("parquant")
 
 
@@ -41,18 +43,12 @@ class ExpertCoverage:
 
 
 def _routers(model: Any) -> dict[str, tuple[Any, int]]:
-    """{MoE layer name: (its router, number of experts)}: the layer is a module with an `experts`
-    child, its router the `gate`/`router` (or *Router) child beside it."""
+    """{MoE layer name: (its router, number of experts)} (the router as moe.routers finds it)."""
     found: dict[str, tuple[Any, int]] = {}
     for name, module in model.named_modules():
-        children = dict(module.named_children())
-        if "experts" not in children:
-            continue
-        for cname, child in children.items():
-            if cname in ("gate", "router") or "Router" in type(child).__name__:
-                weight = getattr(child, "weight", None)
-                experts = int(weight.shape[0]) if weight is not None else 0
-                found[name] = (child, experts)
+        for _, router in routers(module):
+            weight = getattr(router, "weight", None)
+            found[name] = (router, int(weight.shape[0]) if weight is not None else 0)
     return found
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnavailableError
+from ..moe import routers
 
 LINEAR = "linear"
 EXPERT = "expert"
@@ -85,23 +86,18 @@ def layer_roles(config: dict[str, Any]) -> dict[str, list[str]]:
     import torch
 
     model = meta_model(config)
-    modules = dict(model.named_modules())
     roles: dict[str, set[str]] = {role: set() for role in ROLES}
     in_memory: dict[str, tuple[str, Any]] = {}
-    for name, module in modules.items():
-        children = dict(module.named_children())
+    for name, module in model.named_modules():
         if _is_experts(module):
             for pname, param in module.named_parameters(recurse=False):
                 if param.ndim == 3:
                     in_memory[f"{name}.{pname}"] = (EXPERT, param)
                     roles[FUSED_EXPERT].add(f"{name}.{pname}")
-        moe_block = any(_is_experts(child) for child in children.values())
-        for cname, child in children.items():
+        for cname, child in routers(module):
             weight = getattr(child, "weight", None)
-            full = f"{name}.{cname}" if name else cname
-            routes = cname in ("gate", "router") or "Router" in type(child).__name__
-            if moe_block and routes and isinstance(weight, torch.Tensor) and weight.ndim == 2:
-                in_memory[f"{full}.weight"] = (ROUTER, weight)
+            if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+                in_memory[f"{name}.{cname}.weight" if name else f"{cname}.weight"] = (ROUTER, weight)
         if isinstance(module, torch.nn.Linear) and f"{name}.weight" not in in_memory:
             in_memory[f"{name}.weight"] = (LINEAR, module.weight)
     for key, (role, tensor) in in_memory.items():
