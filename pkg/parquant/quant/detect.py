@@ -91,7 +91,7 @@ def needs_parquant_dequantizer(quantization_config: dict[str, Any], tensor_names
     names = list(tensor_names)
     if not format_for(quantization_config).LOADS_IN_TRANSFORMERS_ON_CPU:
         return True
-    return has_quantized_experts(names) or any(n.endswith((".weight_scale_int4", ".weight_scale_2")) for n in names)
+    return has_quantized_experts(names) or compressed_tensors.needs_own_dequantizer(names)
 
 
 def has_quantized_experts(tensor_names: Iterable[str]) -> bool:

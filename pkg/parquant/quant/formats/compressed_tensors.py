@@ -8,7 +8,7 @@ and transformers load it with), so a block parquant writes is one that library a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -47,6 +47,13 @@ def config_block(scheme: str, ignore: list[str], group_size: int = 128) -> dict[
     block: dict[str, Any] = blocks[scheme]
     block["ignore"] = sorted(ignore)
     return block
+
+
+def needs_own_dequantizer(tensor_names: Iterable[str]) -> bool:
+    """Whether the checkpoint holds one of the layouts AngelSlim writes under this format's name
+    (W4A8, NVFP4: no CPU kernel in transformers), recognised by their marker tensor."""
+    markers = tuple(f".{layout.MARKER}" for layout in _LAYOUTS_UNDER_THIS_NAME)
+    return any(name.endswith(markers) for name in tensor_names)
 
 
 def channel_scheme(weight_type: str, activations_dynamic: bool) -> str:

@@ -24,9 +24,9 @@ def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
     """[out, in/2] uint8 -> [out, in] float32 E2M1 values (low nibble first)."""
     import torch
 
-    codes = packed.to(torch.int64)
-    pairs = torch.stack((codes & 0xF, codes >> 4), dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
-    return torch.tensor(E2M1, dtype=torch.float32)[pairs]
+    from .packing import unpack_byte_pairs
+
+    return torch.tensor(E2M1, dtype=torch.float32)[unpack_byte_pairs(packed).long()]
 
 
 def dequantize(prefix: str, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor | None:

@@ -1,4 +1,5 @@
-"""INT4 nibbles in int32 words: the packing GPTQ v1 and AWQ GEMM both build on (one place for it)."""
+"""4-bit values packed into wider words: int32 words (GPTQ v1, AWQ GEMM, compressed-tensors
+pack-quantized) and byte pairs (AngelSlim's W4A8 INT4, NVFP4's FP4 codes). One place for it."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def unpack_columns(packed: torch.Tensor, order: tuple[int, ...] | None = None) -
         columns[..., list(order)] = nibbles
         nibbles = columns
     return nibbles.reshape(packed.shape[0], packed.shape[1] * 8)
+
+
+def unpack_byte_pairs(packed: torch.Tensor) -> torch.Tensor:
+    """[rows, cols/2] bytes (int8 or uint8) -> [rows, cols] codes 0..15; column 2k is the low nibble."""
+    codes = packed.to(torch.int16) & 0xFF
+    return torch.stack((codes & 0xF, codes >> 4), dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
 
 
 def packed_layer(

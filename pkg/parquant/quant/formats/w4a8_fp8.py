@@ -22,11 +22,9 @@ FP8_MAX = 448.0
 
 def unpack_int4_pairs(packed: torch.Tensor) -> torch.Tensor:
     """[out, in/2] int8 -> [out, in] signed INT4 values (low nibble first)."""
-    import torch
+    from .packing import unpack_byte_pairs
 
-    bytes_ = packed.to(torch.int16) & 0xFF
-    low, high = bytes_ & 0xF, bytes_ >> 4
-    pairs = torch.stack((low, high), dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
+    pairs = unpack_byte_pairs(packed)
     return pairs - ((pairs & 0x8) << 1)  # sign-extend 4 bits
 
 
