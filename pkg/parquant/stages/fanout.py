@@ -33,8 +33,19 @@ class WorkerFailedError(ParquantError):
         self.exit_code = exit_code
 
 
+def check_part(part: tuple[int, int] | None, force: bool) -> None:
+    """What every fan-out worker must be (import_checkpoint and quantize call it): an index within
+    the count, and no --force, since workers never delete each other's files."""
+    if part is not None and (force or not 0 <= part[0] < part[1]):
+        raise UsageError(
+            "--shard-index must be in 0..--shard-count-1, and --force cannot be used with a fan-out "
+            "(workers never delete each other's files): remove the output first"
+        )
+
+
 def fan_out_part(options: Any, context: StageContext) -> tuple[int, int] | None:
-    """(index, count) of a fan-out worker; an Indexed Job gives the index as $JOB_COMPLETION_INDEX."""
+    """(index, count) of a fan-out worker; an Indexed Job gives the index as $JOB_COMPLETION_INDEX.
+    The stage checks the pair itself (`check_part`)."""
     if options.shard_count is None:
         if options.shard_index is not None:
             raise UsageError("--shard-index needs --shard-count")
@@ -44,11 +55,6 @@ def fan_out_part(options: Any, context: StageContext) -> tuple[int, int] | None:
         raise UsageError("--shard-count needs --shard-index, or $JOB_COMPLETION_INDEX (set in an Indexed Job)")
     if options.workers > 1:
         raise UsageError("--workers runs its own workers: leave out --shard-index and --shard-count")
-    if options.force or not 0 <= index < options.shard_count:
-        raise UsageError(
-            "--shard-index must be in 0..--shard-count-1, and --force cannot be used with a fan-out "
-            "(workers never delete each other's files): remove the output first"
-        )
     return index, options.shard_count
 
 
@@ -59,8 +65,7 @@ def run_local_workers(stage: str, options: Any, count: int) -> None:
     (quiet: N progress bars would garble each other; their log lines show). The first failure's
     exit code becomes this run's, after every worker has ended (a worker is never orphaned).
     """
-    if options.force:
-        raise UsageError("--force cannot be used with --workers (workers never delete each other's files)")
+    check_part((0, count), options.force)
     defaults = STAGE_OPTIONS[stage]
     params = {
         f.name: getattr(options, f.name)

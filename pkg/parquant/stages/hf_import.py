@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict
 
-from ..errors import InvalidInputError, UsageError
+from ..errors import InvalidInputError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..hf import HFCheckpoint
 from ..numerics import count_nonfinite
@@ -15,7 +15,7 @@ from ..progress import ProgressCallback, no_progress
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from .common import StageContext, StageResult, finished_model, log, provenance
-from .fanout import fan_out_part, run_local_workers
+from .fanout import check_part, fan_out_part, run_local_workers
 from .options import ImportOptions
 
 
@@ -75,11 +75,7 @@ def import_checkpoint(
     provenance and fingerprint. `part=(i, n)` makes this run fan-out worker i of n (an Indexed
     Job's pod): it writes its share of the shards, and a last run without `part` adds the manifest.
     """
-    if part is not None and (force or not 0 <= part[0] < part[1]):
-        raise UsageError(
-            "--shard-index must be in 0..--shard-count-1, and --force cannot be used with a fan-out "
-            "(workers never delete each other's files): remove the output first"
-        )
+    check_part(part, force)
     started = time.monotonic()
     write = write or WriteOptions()
     source_location = resolve(source, storage_options)

@@ -31,7 +31,7 @@ from ..store.schema import MANIFEST_NAME
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
 from .common import StageContext, StageResult, finished_model, provenance
-from .fanout import fan_out_part, run_local_workers
+from .fanout import check_part, fan_out_part, run_local_workers
 from .hf_import import import_checkpoint
 from .options import QuantizeOptions
 
@@ -182,6 +182,7 @@ def quantize(
     `placement_note` is a decision taken before this process started (the Kubernetes executor's
     GPU -> CPU fallback): it is recorded with the plan's own fallbacks, in the manifest and result.
     """
+    check_part(part, force)
     started = time.monotonic()
     write = write or WriteOptions()
     model_location = resolve(model, storage_options)
@@ -199,8 +200,6 @@ def quantize(
                 f"{plan.method} runs on {plan.backend}, which cannot fan out: --shard-count/--workers/fan_out split "
                 "the built-in PTQ's data-free methods (add --backend ptq, or choose e.g. fp8-block or int8-weight)"
             )
-        if part is not None and force:
-            raise UsageError("--force cannot be used with a fan-out (workers never delete each other's files)")
         if placement_note:
             plan.fallbacks.insert(0, placement_note)
         if config.calibration.data and not methods.get_method(plan.method).calibrated:
