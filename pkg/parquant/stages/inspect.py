@@ -108,7 +108,7 @@ def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
 
 
 def _expert_lines(experts: dict[str, Any] | None) -> list[str]:
-    """An MoE model's experts: per layer (runs of equal layers folded), and active vs total parameters."""
+    """An MoE model's experts: a summary line, active vs total parameters, then each MoE layer."""
     if not experts:
         return []
     per_layer: dict[str, int] = experts["experts_per_layer"]
