@@ -185,3 +185,46 @@ def test_pipeline_force_redoes_outputs_an_older_run_made_differently(tmp_path: P
     assert "parquant quantize" in forced.err and "--force" in forced.err
     config = json.loads((tmp_path / "q" / "parquant.json").read_text())["created_by"]["config"]
     assert config["ignore"] == ["lm_head", "*.gate", "*.router"]
+
+
+def _statuses(result: CliResult) -> list[str]:
+    return [s["status"] for s in json.loads(result.out.strip().splitlines()[-1])["stages"]]
+
+
+def test_a_rerun_skips_a_stage_only_while_its_inputs_and_output_are_unchanged(tmp_path: Path, cli: Cli) -> None:
+    """The state file alone used to decide: a deleted output or an input changed in place was
+    still 'already done', exit 0."""
+    import shutil
+
+    source = tmp_path / "hf"
+    shutil.copytree(EXAMPLE_MODEL, source)
+    spec = tmp_path / "p.yaml"
+    stages = [
+        {"stage": "import", "source": str(source), "output": str(tmp_path / "m")},
+        {"stage": "quantize", "model": str(tmp_path / "m"), "output": str(tmp_path / "q")},
+    ]
+    spec.write_text(json.dumps({"name": "w", "stages": stages}))
+    state = ["--state-dir", tmp_path / "state"]
+    assert _statuses(cli("pipeline", spec, *state)) == ["done", "done"]
+    assert _statuses(cli("pipeline", spec, *state)) == ["skipped", "skipped"]
+
+    shutil.rmtree(tmp_path / "q")  # an output deleted: that stage runs again, and only that one
+    again = cli("pipeline", spec, *state)
+    assert again.code == 0 and _statuses(again) == ["skipped", "done"], again.err
+    assert "02-quantize ran before, but its output is missing" in again.err
+    assert (tmp_path / "q" / "parquant.json").is_file()
+
+    shard = next((tmp_path / "q").glob("*.parquet"))  # a shard the manifest names removed
+    shard.unlink()
+    damaged = cli("pipeline", spec, *state)
+    assert _statuses(damaged) == ["skipped", "done"] and "its output changed or no longer verifies" in damaged.err
+    assert f"but shard {shard.name} is missing: doing it again" in damaged.err  # the stage's own rule
+    assert shard.is_file()
+
+    config = source / "config.json"  # the input changed in place: import runs again and says why
+    config.write_text(config.read_text().replace('"rms_norm_eps"', '"rms_norm_eps" ', 1))
+    changed = cli("pipeline", spec, *state)
+    assert "01-import ran before, but its input" in changed.err
+    assert changed.code == 73 and _statuses(changed) == ["failed"]  # output made from other input: not overwritten
+    assert _statuses(cli("pipeline", spec, *state, "--force")) == ["done", "done"]
+    assert _statuses(cli("pipeline", spec, *state)) == ["skipped", "skipped"]

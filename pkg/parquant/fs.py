@@ -96,6 +96,14 @@ class Location:
             handle: IO[bytes] = self.fs.open(self.path, "rb", cache_type="none")
             return handle
 
+    def file_sizes(self) -> dict[str, int]:
+        """Every file below this folder (relative path -> size in bytes), from one fresh listing."""
+        with storage_errors(self.url):
+            self.fs.invalidate_cache(self.path)
+            found = self.fs.find(self.path, withdirs=False, detail=True)
+        base = self.path.rstrip("/") + "/"
+        return {path[len(base) :]: int(info.get("size") or 0) for path, info in found.items() if path.startswith(base)}
+
     def list_files(self) -> list[str]:
         """Paths of all files below this folder, relative to it, sorted."""
         with storage_errors(self.url):

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -65,8 +66,9 @@ def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
         )
     header = location.read_range(8, 8 + header_len)
     try:
-        raw = json.loads(header, parse_constant=refuse_non_finite)
-    except (UnicodeDecodeError, ValueError) as exc:
+        raw = json.loads(header, parse_constant=refuse_non_finite, object_pairs_hook=_unique_keys)
+        json.dumps(raw, ensure_ascii=False).encode()  # a lone surrogate (`"\ud800"`) is no UTF-8 name
+    except (UnicodeError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise InvalidInputError(f"{location.url} has a malformed safetensors header ({reason})") from None
     except RecursionError:
@@ -82,6 +84,17 @@ def read_safetensors_header(location: Location, name: str) -> SafetensorsFile:
         tensors[tensor_name] = _stored_tensor(location.url, tensor_name, info, data_start, size)
     _check_no_overlap(location.url, tensors)
     return SafetensorsFile(name, location, tensors, metadata, header)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a header naming one tensor twice is ambiguous
+    (each reader would keep another one), so it is refused instead of the last one winning."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the name {key!r} appears twice")
+        found[key] = value
+    return found
 
 
 def _stored_tensor(url: str, name: str, info: Any, data_start: int, size: int) -> StoredTensor:
@@ -130,6 +143,7 @@ class HFCheckpoint:
                 f"{location.url} is empty or not a folder: point at a Hugging Face checkpoint folder"
             )
         _check_contained(location, names)
+        _check_regular_files(location, names)
         weight_names = [n for n in names if n.endswith(".safetensors")]
         pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
         if not weight_names:
@@ -248,6 +262,29 @@ def _check_contained(location: Location, names: list[str]) -> None:
             raise InvalidInputError(
                 f"{location.url}/{name} is a symbolic link to a file outside the checkpoint folder: refusing to "
                 "read it; copy the file into the folder if it belongs to the model"
+            )
+
+
+def _check_regular_files(location: Location, names: list[str]) -> None:
+    """Refuse (65) FIFOs, sockets and device files before opening anything: reading a FIFO that no
+    process writes to blocks for ever, and a device file has no end. Object stores hold only files."""
+    if not location.is_local:
+        return
+    for name in names:
+        path = os.path.join(location.path, name)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise InvalidInputError(
+                f"{location.url}/{name} cannot be read ({exc.strerror}): fix or remove it"
+            ) from None
+        if not stat.S_ISREG(mode):
+            kind = (
+                "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+            )
+            raise InvalidInputError(
+                f"{location.url}/{name} is {kind}, not a regular file: remove it from the checkpoint folder "
+                "(parquant reads only regular files)"
             )
 
 

@@ -7,8 +7,9 @@ take, so the local executor (in-process) and a Kubernetes Job (the container's a
 thing and make the same outputs.
 
 Resume: a state file (under `state_dir`, by default parquant's cache folder, named after the
-pipeline and the spec's path) records each finished stage with a hash of its entry; a rerun skips
-those, and stages that write a Parquet model also skip by themselves when their output is done.
+pipeline and the spec's path) records each finished stage with a hash of its entry and the
+identities of what it read and wrote (witness.py); a rerun skips a stage only when all of them are
+unchanged, and stages that write a Parquet model also skip by themselves when their output is done.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from .errors import ConfigError, ParquantError
 from .quant import methods
 from .stages.options import STAGE_OPTIONS, check_params, stage_argv
+from .witness import changed, stage_witness
 from .yamlfile import read_yaml_file
 
 log = logging.getLogger("parquant")
@@ -152,8 +154,8 @@ class LocalExecutor:
         state = _read_state(state_path)
         outcomes: list[StageOutcome] = []
         for stage in spec.stages:
-            if not force and state.get(stage.name) == stage.digest():
-                log.info("pipeline: %s already done, skipped", stage.name)
+            if not force and self._still_done(stage, state.get(stage.name), spec.storage_options):
+                log.info("pipeline: %s already done (inputs and output unchanged), skipped", stage.name)
                 outcomes.append(StageOutcome(stage.name, "skipped", 0, 0.0))
                 continue
             workers = ["--workers", str(stage.fan_out)] if stage.fan_out > 1 else []
@@ -168,9 +170,24 @@ class LocalExecutor:
             if code != 0:
                 log.error("pipeline: %s failed with exit code %d; later stages not run", stage.name, code)
                 break
-            state[stage.name] = stage.digest()
+            state[stage.name] = {
+                "digest": stage.digest(),
+                "witness": stage_witness(stage.stage, stage.params, spec.storage_options),
+            }
             _write_state(state_path, state)
         return outcomes
+
+    @staticmethod
+    def _still_done(stage: StageSpec, recorded: Any, storage_options: Mapping[str, str]) -> bool:
+        """Done only when the same entry ran, and what it read and wrote is what it was then: an
+        input changed in place, or an output deleted or damaged, runs the stage again (which
+        then decides by its own rule: skip, redo, or refuse an output it did not make with 73)."""
+        if not isinstance(recorded, dict) or recorded.get("digest") != stage.digest():
+            return False
+        why = changed(recorded.get("witness") or {}, stage_witness(stage.stage, stage.params, storage_options))
+        if why is not None:
+            log.info("pipeline: %s ran before, but %s: running it again", stage.name, why)
+        return why is None
 
 
 def redo_args(stage: StageSpec, force: bool) -> list[str]:
@@ -185,7 +202,7 @@ def storage_argv(options: Mapping[str, str]) -> list[str]:
     return ["--storage-option", *(f"{k}={v}" for k, v in options.items())] if options else []
 
 
-def _read_state(path: Path) -> dict[str, str]:
+def _read_state(path: Path) -> dict[str, Any]:
     try:
         loaded = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -193,7 +210,7 @@ def _read_state(path: Path) -> dict[str, str]:
     return loaded if isinstance(loaded, dict) else {}
 
 
-def _write_state(path: Path, state: dict[str, str]) -> None:
+def _write_state(path: Path, state: dict[str, Any]) -> None:
     partial = path.with_name(path.name + ".part")
     partial.write_text(json.dumps(state, indent=1))
     partial.replace(path)

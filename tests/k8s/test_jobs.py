@@ -114,7 +114,7 @@ def test_strip_for_server_and_fail_job_codes() -> None:
     ("method", "backend", "expected"),
     [
         ("fp8-static", "ptq", ("ptq", "fp8-dynamic")),
-        ("int4-gptq", "ptq", ("ptq", "int8-weight")),
+        ("int4-gptq", "ptq", ("ptq", "int4-rtn")),
         ("int4-awq", "angelslim", ("angelslim", "int4-awq")),
         ("int8-weight", "angelslim", ("ptq", "int8-weight")),
     ],

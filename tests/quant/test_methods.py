@@ -105,3 +105,28 @@ def test_fallbacks_are_built_in_methods() -> None:
     for method in methods.all_methods():
         assert methods.get_method(method.fallback).offered_by(methods.PTQ), method.name
         assert method.backends, method.name
+
+
+# The weight bit width of each method that can fall back, from the methods' definitions (not the code).
+_WEIGHT_BITS = {
+    "fp8-static": 8,
+    "int8-dynamic": 8,
+    "fp8-dynamic": 8,
+    "int4-gptq": 4,
+    "int4-awq": 4,
+    "int4-gptaq": 4,
+    "w4a8-fp8": 4,
+    "int8-smooth": 8,
+    "nvfp4": 4,
+}
+
+
+@pytest.mark.parametrize("name", sorted(_WEIGHT_BITS))
+def test_a_fallback_keeps_the_weight_bit_width(name: str) -> None:
+    """`--backend auto` never turns a 4-bit request into an 8-bit model (int4-gptq used to become int8-weight)."""
+    fallback = methods.get_method(methods.get_method(name).fallback)
+    assert fallback.offered_by(methods.PTQ)
+    config = fallback.build(128).quantization_config([])
+    groups = config.get("config_groups", {}).values()
+    bits = {group["weights"]["num_bits"] for group in groups} or {config["bits"]}  # compressed-tensors or GPTQ
+    assert bits == {_WEIGHT_BITS[name]}, (name, fallback.name, bits)

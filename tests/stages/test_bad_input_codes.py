@@ -113,8 +113,26 @@ def _header_file(folder: Path, header: bytes) -> Path:
         b'{"w": {"dtype": "F32", "shape": [1099511627776, 1099511627776], '
         b'"data_offsets": [0, 4835703278458516698824704]}}',
         b'{"w": {"dtype": 5, "shape": [1], "data_offsets": [0, 4]}}',
+        b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+        b'"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}',
+        b'{"v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+        b'"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}',
+        b'{"w": {"dtype": "F32", "shape": [0], "data_offsets": [8, 8]}, '
+        b'"v": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}',
+        b'{"w\\ud800": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}',
     ],
-    ids=["nested", "nan", "float-dim", "negative", "absurd", "dtype-type"],
+    ids=[
+        "nested",
+        "nan",
+        "float-dim",
+        "negative",
+        "absurd",
+        "dtype-type",
+        "duplicate",
+        "overlap",
+        "reversed",
+        "surrogate",
+    ],
 )
 def test_malformed_safetensors_header_is_invalid_input(header: bytes, tmp_path: Path, cli: Cli) -> None:
     source = _header_file(tmp_path / "hf", header)

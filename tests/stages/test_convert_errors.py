@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -209,3 +210,25 @@ def test_bad_safetensors_headers(tmp_path: Path, cli: Cli) -> None:
     (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
     result = cli("import", folder, "-o", tmp_path / "pq")
     assert result.code == 65 and "past the end of the file" in one_line_error(result)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_fifo_or_socket_in_the_checkpoint_is_refused_before_it_is_opened(
+    checkpoint: Path, tmp_path: Path, cli: Cli, kind: str
+) -> None:
+    """Was: import blocked for ever reading a FIFO that nobody writes to."""
+    import os
+    import socket
+
+    folder = tmp_path / "with-special"
+    shutil.copytree(checkpoint, folder)
+    special = folder / "notes.txt"
+    if kind == "fifo":
+        os.mkfifo(special)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(special))
+    result = cli("import", folder, "-o", tmp_path / "pq")
+    assert result.code == 65, result.err
+    assert f"notes.txt is a {'FIFO' if kind == 'fifo' else 'socket'}, not a regular file" in one_line_error(result)
+    assert not (tmp_path / "pq").exists()

@@ -184,10 +184,13 @@ def test_fallback_when_angelslim_is_hidden(
         "quantize", tiny, "-o", tmp_path / "fallback", "--method", "int4-gptq", "--calibration-data", CALIBRATION
     )
     assert result.code == 0, result.err
-    assert "angelslim is not installed: falling back to the built-in PTQ backend with int8-weight" in result.err
+    assert (
+        "angelslim is not installed: falling back to the built-in PTQ backend with int4-rtn "
+        "(method int4-gptq -> int4-rtn, backend ptq)" in result.err
+    )
     manifest = json.loads((tmp_path / "fallback" / "parquant.json").read_text())
     assert manifest["created_by"]["backend"] == "ptq"
-    assert manifest["created_by"]["fallbacks"] == ["angelslim is not installed -> ptq int8-weight"]
+    assert manifest["created_by"]["fallbacks"] == ["angelslim is not installed -> ptq int4-rtn"]
     refused = cli(
         "quantize",
         tiny,

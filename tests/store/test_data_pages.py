@@ -111,3 +111,74 @@ def test_a_model_without_pages_keeps_the_identity_older_versions_gave_it(tmp_pat
     as_older_versions_hashed = json.dumps(json.loads(text), indent=1, sort_keys=True) + "\n"
     manifest = Manifest.from_json(text, "m")
     assert manifest.digest() == hashlib.sha256(as_older_versions_hashed.encode()).hexdigest()
+
+
+def _twins(folder: Path, compression: str = "none") -> None:
+    """A model of two tensors of the same size and different bytes: x.weight and y.weight."""
+    from parquant.outputs import OutputFolder
+    from parquant.store.items import ModelItem
+    from parquant.store.manifest import Provenance
+    from parquant.store.schema import TensorSpec
+    from parquant.store.writer import ModelDescription, WriteOptions, write_model
+
+    items = [
+        ModelItem(
+            "tensor",
+            name,
+            len(blob),
+            lambda n, blob=blob: (blob[i : i + n] for i in range(0, len(blob), n)),
+            TensorSpec(name, "U8", (len(blob),)),
+        )
+        for name, blob in sorted(TWINS.items())
+    ]
+    output = OutputFolder(resolve(str(folder)), force=False, marker="parquant.json")
+    description = ModelDescription({"fingerprint": "fp"}, Provenance("test", "0"))
+    write_model(output, items, WriteOptions(2, 1000, 10**9, compression), description, "fp")
+
+
+TWINS = {"x.weight": bytes(range(256)) * 10, "y.weight": bytes(reversed(range(256))) * 10}
+
+
+def _edit(folder: Path, *keys: str) -> None:
+    """x.weight's manifest entry gets y.weight's values for `keys`."""
+    manifest = json.loads((folder / "parquant.json").read_text())
+    for key in keys:
+        manifest["tensors"]["x.weight"][key] = manifest["tensors"]["y.weight"][key]
+    (folder / "parquant.json").write_text(json.dumps(manifest))
+
+
+def test_pages_pointed_at_another_tensors_bytes_read_the_right_tensor_through_the_footer(tmp_path: Path) -> None:
+    """Was: 'checksum mismatch' (65) blaming an intact shard; FORMAT.md promises the footer decides."""
+    _twins(tmp_path / "m")
+    _edit(tmp_path / "m", "data_pages")
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        assert reader.read_tensor("x.weight") == TWINS["x.weight"]
+        assert reader.read_tensor("y.weight") == TWINS["y.weight"]
+        with reader.mapped_tensor("x.weight") as views:
+            assert views is None
+
+
+def test_no_manifest_edit_of_pages_and_checksum_returns_another_tensor(tmp_path: Path) -> None:
+    """Was: y.weight's bytes returned as x.weight, exit 0."""
+    _twins(tmp_path / "m")
+    _edit(tmp_path / "m", "data_pages", "crc32c")
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        with reader.mapped_tensor("x.weight") as views:
+            assert views is None
+        with pytest.raises(InvalidInputError, match=r"x\.weight"):
+            reader.read_tensor("x.weight")
+    _edit(tmp_path / "m", "data_pages", "crc32c", "row_groups")  # the whole entry: the footer's rows name y
+    with (
+        ModelReader(resolve(str(tmp_path / "m"))) as reader,
+        pytest.raises(InvalidInputError, match=r"hold 'y\.weight'"),
+    ):
+        reader.read_tensor("x.weight")
+
+
+def test_a_compressed_model_has_no_data_pages_key(tmp_path: Path) -> None:
+    """FORMAT.md says absent; it was written as null."""
+    _twins(tmp_path / "m", compression="zstd")
+    manifest = json.loads((tmp_path / "m" / "parquant.json").read_text())
+    assert all("data_pages" not in entry for entry in manifest["tensors"].values())
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        assert reader.read_tensor("x.weight") == TWINS["x.weight"]

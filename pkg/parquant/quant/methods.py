@@ -276,7 +276,7 @@ register(
         "gptq",
         calibrated=True,
         calibration_cost=8e-11,
-        ptq_fallback="int8-weight",
+        ptq_fallback="int4-rtn",
         angelslim_recipe=_angelslim("int4_gptq", 4, weight="per-group"),
     )
 )
@@ -296,7 +296,7 @@ register(
         "awq",
         calibrated=True,
         calibration_cost=4.6e-10,
-        ptq_fallback="int8-weight",
+        ptq_fallback="int4-rtn-asym",
         angelslim_recipe=_angelslim("int4_awq", 4, weight="per-group", zero_point=True, mse_range=False),
     )
 )
@@ -391,7 +391,7 @@ register(
         "gptq",
         calibrated=True,
         calibration_cost=8e-11,
-        ptq_fallback="int8-weight",
+        ptq_fallback="int4-rtn",
         angelslim_recipe=_angelslim("int4_gptaq", 4, weight="per-group"),
     )
 )
@@ -411,7 +411,7 @@ register(
         "compressed-tensors",
         calibrated=True,
         calibration_cost=4e-11,
-        ptq_fallback="int8-weight",
+        ptq_fallback="int4-packed",
         angelslim_recipe=_angelslim("w4a8_fp8", 8, weight="per-group", activation="per-tensor"),
         notes=("served by vLLM / TensorRT-LLM W4A8 kernels on Hopper GPUs",),
     )
@@ -452,7 +452,7 @@ register(
         "compressed-tensors",
         calibrated=True,
         calibration_cost=1.2e-10,
-        ptq_fallback="fp8-dynamic",
+        ptq_fallback="int4-packed",
         angelslim_recipe=_angelslim("nvfp4", 4, weight="per-block", activation="per-block", group_size=16),
         angelslim_models=("Qwen",),
         notes=("served by FP4 tensor cores (Blackwell) in vLLM / TensorRT-LLM",),

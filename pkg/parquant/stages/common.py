@@ -74,7 +74,12 @@ def finished_model(output: OutputFolder, expected_fingerprint: str) -> Manifest 
         except ParquantError:
             manifest = None
         if manifest is not None and manifest.source.get("fingerprint") == expected_fingerprint:
-            return manifest
+            problem = manifest.shard_problem(output.location.file_sizes())
+            if problem is None:
+                return manifest
+            log.warning("%s holds this work but %s: doing it again", output.location.url, problem)
+            if not output.force:
+                return None  # the stage's own staging and commit replace the damaged model
     output.check_free()
     return None
 

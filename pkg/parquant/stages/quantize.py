@@ -104,10 +104,12 @@ def may_change_backend(config: QuantizationConfig) -> bool:
 
 
 def fall_back(plan: Plan, why: str) -> None:
-    """Switch a plan to built-in PTQ with the closest method, and say so."""
+    """Switch a plan to built-in PTQ with the closest method (the same weight bit width where the
+    built-in PTQ has one: a 4-bit request stays 4-bit), and say so on one line."""
     method = methods.get_method(plan.method).fallback
     plan.fallbacks.append(f"{why} -> ptq {method}")
-    log.warning("%s: falling back to the built-in PTQ backend with %s", why, method)
+    change = f"method {plan.method} -> {method}, " if method != plan.method else ""
+    log.warning("%s: falling back to the built-in PTQ backend with %s (%sbackend ptq)", why, method, change)
     plan.backend, plan.method = "ptq", method
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any
 
@@ -124,16 +125,38 @@ class Manifest:
         Hashed over the text format 2.0 wrote (indented, and without `data_pages` where an entry has
         none), so a model written by an older parquant keeps its identity: the outputs made from it
         are still recognised as done, instead of being refused as someone else's (exit 73)."""
-        canonical = msgspec.to_builtins(self)
+        canonical = self._builtins()
+        return hashlib.sha256((json.dumps(canonical, indent=1, sort_keys=True) + "\n").encode()).hexdigest()
+
+    def _builtins(self) -> dict[str, Any]:
+        """The manifest as JSON values; an entry without data_pages has no such key (FORMAT.md:
+        absent, not null, in 2.0 models and compressed ones)."""
+        canonical: dict[str, Any] = msgspec.to_builtins(self)
         for section in ("tensors", "files"):
             for entry in canonical[section].values():
                 if entry.get("data_pages") is None:
                     entry.pop("data_pages", None)
-        return hashlib.sha256((json.dumps(canonical, indent=1, sort_keys=True) + "\n").encode()).hexdigest()
+        return canonical
+
+    def shard_problem(self, sizes: Mapping[str, int]) -> str | None:
+        """Why the shards at hand (name -> size in bytes) cannot hold this model, or None: every
+        shard must be there and reach past the last chunk the index places in it (plus Parquet's
+        8-byte tail), so a deleted or truncated shard is found from a listing, without a read."""
+        ends = dict.fromkeys(range(len(self.shards)), 0)
+        entries: list[TensorEntry | FileEntry] = [*self.tensors.values(), *self.files.values()]
+        for entry in entries:
+            for offset, length, _ in entry.data_pages or ():
+                ends[entry.shard] = max(ends.get(entry.shard, 0), offset + length)
+        for index, shard in enumerate(self.shards):
+            if shard not in sizes:
+                return f"shard {shard} is missing"
+            if sizes[shard] < ends.get(index, 0) + 8:
+                return f"shard {shard} is {sizes[shard]} bytes, shorter than its index says (truncated)"
+        return None
 
     def to_json(self) -> str:
         """Compact, keys sorted: one text per model (its digest), quick to parse for big models."""
-        return json.dumps(msgspec.to_builtins(self), separators=(",", ":"), sort_keys=True) + "\n"
+        return json.dumps(self._builtins(), separators=(",", ":"), sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str) -> Manifest:

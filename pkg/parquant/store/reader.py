@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # imported where used: opening a model and reading by data_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-_V2_READ_COLUMNS = ["chunk", "num_chunks", "data", "crc32c"]
+_V2_READ_COLUMNS = ["name", "chunk", "num_chunks", "data", "crc32c"]
 _UNKNOWN_CRC = -1  # bare Parquet files (no manifest) carry no whole-tensor checksum
 
 
@@ -55,6 +55,7 @@ class ModelReader:
         self._shards: dict[int, tuple[IO[bytes], pq.ParquetFile]] = {}
         self._v1_files: dict[int, dict[str, bytes]] = {}
         self._descriptors: dict[int, int] = {}  # local shards read through data_pages
+        self._page_overlaps: dict[int, set[str]] = {}  # shard -> entries whose data_pages overlap
         self._maps: dict[int, tuple[mmap.mmap, memoryview]] = {}  # local shards mapped by mapped_tensor
         if _is_file(location):
             self.folder = Location(location.fs, location.path.rsplit("/", 1)[0], location.url)
@@ -116,7 +117,7 @@ class ModelReader:
         cache keeps them), so reading a whole model through the map does not grow the RSS by the
         model's size; a view used later reads the file again."""
         entry = self._tensor_entry(name)
-        views = self._checked_views(entry)
+        views = self._checked_views(entry) if self._pages_trusted(name, entry) else None
         mapped = self._maps[entry.shard][0] if views is not None else None
         return MappedTensor(views, mapped, entry.data_pages if entry.nbytes >= _RELEASE_BYTES else None)
 
@@ -125,15 +126,13 @@ class ModelReader:
         if not self.folder.is_local or self.version != V2 or pages is None:
             return None
         mapped = self._mapped(entry.shard)
-        views, running, total = [], 0, 0
-        for offset, length, chunk_crc in pages:
+        views = []
+        for offset, length, chunk_crc in pages:  # their sum and whole CRC: _pages_trusted
             view = mapped[offset : offset + length]
             if len(view) != length or crc32c.crc32c(view) != chunk_crc:
                 return None
             views.append(view)
-            running = crc32c_combine(running, chunk_crc, length)
-            total += length
-        return views if total == entry.nbytes and running == entry.crc32c else None
+        return views
 
     def read_file(self, name: str) -> bytes:
         return b"".join(self.iter_file_chunks(name))
@@ -248,10 +247,46 @@ class ModelReader:
         return self._shards[shard][1]
 
     def _verified_chunks(self, name: str, entry: TensorEntry | FileEntry) -> Iterator[bytes | memoryview]:
-        if self.version == V2 and entry.data_pages is not None:  # one per row group: _check_entries
+        if self.version == V2 and self._pages_trusted(name, entry):  # one per row group: _check_entries
             yield from self._paged_chunks(name, entry)
             return
         yield from self._decoded_chunks(name, entry)
+
+    def _pages_trusted(self, name: str, entry: TensorEntry | FileEntry) -> bool:
+        """Whether an entry's data_pages may be read instead of the footer: they must add up to
+        the entry's own length and whole CRC, and claim no byte another entry's pages claim. A
+        manifest edited to point one tensor at another's bytes fails one of these, and the read
+        goes through the footer, whose rows name their tensor."""
+        pages = entry.data_pages
+        if pages is None:
+            return False
+        running, total = 0, 0
+        for _, length, chunk_crc in pages:
+            running = crc32c_combine(running, chunk_crc, length)
+            total += length
+        if total != entry.nbytes or running != entry.crc32c:
+            return False
+        return name not in self._shared_pages(entry.shard)
+
+    def _shared_pages(self, shard: int) -> set[str]:
+        """The entries of a shard whose data_pages overlap another entry's (worked out once a shard)."""
+        if shard not in self._page_overlaps:
+            ranges = sorted(
+                (offset, offset + length, name)
+                for section in (self.manifest.tensors, self.manifest.files)
+                for name, entry in section.items()
+                if entry.shard == shard
+                for offset, length, _ in entry.data_pages or ()
+            )
+            shared: set[str] = set()
+            reach, owner = -1, ""
+            for start, end, name in ranges:
+                if start < reach and name != owner:
+                    shared.update((name, owner))
+                if end > reach:
+                    reach, owner = end, name
+            self._page_overlaps[shard] = shared
+        return self._page_overlaps[shard]
 
     def _decoded_chunks(self, name: str, entry: TensorEntry | FileEntry) -> Iterator[bytes | memoryview]:
         """Chunks found through the shard's Parquet footer, each row's chunk number and CRC checked."""
@@ -269,7 +304,12 @@ class ModelReader:
             yield value
             return
         total, running, expected_chunk, count = 0, 0, 0, -1
-        for chunk, chunks, data, stored_crc, verified in self._rows(shard, first, last, url):
+        for row_name, chunk, chunks, data, stored_crc, verified in self._rows(shard, first, last, url):
+            if row_name != name:
+                raise InvalidInputError(
+                    f"{name}: row groups {first}-{last} of {url} hold {row_name!r}; the manifest is damaged: "
+                    "re-create the model"
+                )
             count = chunks if count < 0 else count
             if chunk != expected_chunk or chunk >= count:
                 raise InvalidInputError(f"{name}: chunk {expected_chunk} is missing in {url}; the model is damaged")
@@ -337,8 +377,10 @@ class ModelReader:
                 self._maps[shard] = (mapped, memoryview(mapped))
         return self._maps[shard][1]
 
-    def _rows(self, shard: int, first: int, last: int, url: str) -> Iterator[tuple[int, int, memoryview, int, bool]]:
-        """(chunk, num_chunks, data, stored crc, crc already verified) of each row in row groups first..last."""
+    def _rows(
+        self, shard: int, first: int, last: int, url: str
+    ) -> Iterator[tuple[str, int, int, memoryview, int, bool]]:
+        """(name, chunk, num_chunks, data, stored crc, crc already verified) of each row in row groups first..last."""
         import pyarrow as pa
 
         parquet = self._parquet(shard)
@@ -349,28 +391,31 @@ class ModelReader:
                 yield from self._decoded_rows(parquet, group, url)
             return
         with _corrupt_is_invalid(url), storage_errors(url):
-            small = parquet.read_row_groups(list(range(first, last + 1)), columns=["chunk", "num_chunks", "crc32c"])
+            small = parquet.read_row_groups(
+                list(range(first, last + 1)), columns=["name", "chunk", "num_chunks", "crc32c"]
+            )
         if small.num_rows != last - first + 1:
             for group in range(first, last + 1):
                 yield from self._decoded_rows(parquet, group, url)
             return
-        chunks, counts, crcs = (small.column(c).to_pylist() for c in ("chunk", "num_chunks", "crc32c"))
+        names, chunks, counts, crcs = (small.column(c).to_pylist() for c in ("name", "chunk", "num_chunks", "crc32c"))
         for offset, group in enumerate(range(first, last + 1)):
             data = _raw_value(parquet, handle, group, crcs[offset])
             if data is None:  # an unexpected page layout: let pyarrow decode it (and judge it)
                 yield from self._decoded_rows(parquet, group, url)
             else:
-                yield chunks[offset], counts[offset], data, crcs[offset], True
+                yield names[offset], chunks[offset], counts[offset], data, crcs[offset], True
 
     @staticmethod
     def _decoded_rows(
         parquet: pq.ParquetFile, group: int, url: str
-    ) -> Iterator[tuple[int, int, memoryview, int, bool]]:
+    ) -> Iterator[tuple[str, int, int, memoryview, int, bool]]:
         with _corrupt_is_invalid(url), storage_errors(url):
             table = parquet.read_row_group(group, columns=_V2_READ_COLUMNS)
         values = _binary_values(table.column("data"))
         for row in range(table.num_rows):
             yield (
+                table.column("name")[row].as_py(),
                 table.column("chunk")[row].as_py(),
                 table.column("num_chunks")[row].as_py(),
                 values[row],
