@@ -45,6 +45,9 @@ def test_formats(tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-
         ("garbled.jsonl", b'{"text": "ok"}\n{"text": \n', "line 2 is not valid JSON"),
         ("keys.jsonl", b'{"prompt": "x"}\n', "none of the keys"),
         ("binary.txt", b"\xff\xfe\x00", "not UTF-8"),
+        # one bad byte on line 3 of a JSONL file: named as an encoding problem, with its line
+        ("latin1.jsonl", b'{"text": "a"}\n{"text": "b"}\n{"text": "caf\xe9"}\n', r"not UTF-8 text \(line 3, byte 41"),
+        ("one-line.jsonl", b'{"text": "caf\xe9"}', r"not UTF-8 text \(line 1, byte 13"),
         ("broken.parquet", b"PAR1 not really", "not readable Parquet"),
     ],
 )

@@ -21,6 +21,7 @@ from typing import IO, Any
 from .errors import InputNotFoundError, InvalidInputError, UnavailableError
 from .fs import Location, storage_errors
 from .names import safe_relative_path
+from .store.config_json import parse_config
 from .store.items import ModelItem
 from .store.manifest import refuse_non_finite
 from .store.schema import DTYPE_SIZES, KIND_FILE, KIND_TENSOR, TensorSpec
@@ -153,16 +154,14 @@ class HFCheckpoint:
         weights = [read_safetensors_header(location.child(n), n) for n in weight_names]
         _check_unique_tensors(location.url, weights)
         files = [safe_relative_path(n, location.url) for n in names if n not in weight_names and n not in pickles]
-        return cls(location, files, weights, skipped=pickles)
+        checkpoint = cls(location, files, weights, skipped=pickles)
+        checkpoint.config()  # refused at the door (65) rather than by every later stage
+        return checkpoint
 
     def config(self) -> dict[str, Any]:
         if "config.json" not in self.files:
             return {}
-        try:
-            loaded = json.loads(self.location.child("config.json").read_bytes())
-        except ValueError as exc:
-            raise InvalidInputError(f"{self.location.url}/config.json is not valid JSON ({exc})") from None
-        return loaded if isinstance(loaded, dict) else {}
+        return parse_config(self.location.child("config.json").read_bytes(), f"{self.location.url}/config.json")
 
     def fingerprint(self) -> str:
         """Changes whenever any byte of the checkpoint does, without reading the weights.

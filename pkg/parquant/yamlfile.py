@@ -40,6 +40,10 @@ def read_yaml_file(path: str, what: str) -> Any:
         raise ConfigError(f"{path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
     except RecursionError:
         raise ConfigError(f"{what} {path} is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of thousands of digits (Python's conversion limit)
+        raise ConfigError(
+            f"{what} {path} has a value parquant cannot take ({' '.join(str(exc).split())[:120]})"
+        ) from None
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from parquant.errors import InvalidInputError
+
 from ..conftest import CliResult, S3Env, make_checkpoint
 
 Cli = Callable[..., CliResult]
@@ -272,3 +274,25 @@ def test_broken_pipe_is_quiet(tmp_path: Path, cli: Cli) -> None:
     run = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, capture_output=True)
     assert b"Traceback" not in run.stderr and b"BrokenPipe" not in run.stderr
     assert run.returncode in (0, 141)
+
+
+def test_a_config_nested_200000_deep_is_refused_at_import_and_when_read(tmp_path: Path, cli: Cli) -> None:
+    """Was: import accepted it, then inspect and quantize died of RecursionError (exit 70)."""
+    source = make_checkpoint(tmp_path / "hf")
+    (source / "config.json").write_text('{"a": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    line = _assert_one_line(cli("import", source, "-o", tmp_path / "pq"), 65)
+    assert "config.json is nested too deeply" in line and not (tmp_path / "pq").exists()
+    # the same rule in every reader of a model's config.json (HF folders and Parquet models alike)
+    from parquant.store.config_json import MAX_CONFIG_DEPTH, parse_config
+
+    deep = '{"a": ' + "[" * (MAX_CONFIG_DEPTH + 1) + "]" * (MAX_CONFIG_DEPTH + 1) + "}"
+    with pytest.raises(InvalidInputError, match="nested more than 64 levels"):
+        parse_config(deep, "config.json")
+    assert parse_config('{"a": {"b": [1, 2]}}', "c") == {"a": {"b": [1, 2]}}
+
+
+def test_a_yaml_integer_of_5000_digits_is_a_config_error(tmp_path: Path, cli: Cli) -> None:
+    spec = tmp_path / "p.yaml"
+    spec.write_text("stages:\n  - stage: inspect\n    model: m\n    log_level: " + "9" * 5000 + "\n")
+    line = _assert_one_line(cli("pipeline", spec, "--dry-run"), 78)
+    assert "p.yaml has a value parquant cannot take" in line

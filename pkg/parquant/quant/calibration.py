@@ -76,12 +76,21 @@ def load_texts(
     return texts, digest
 
 
-def _plain_texts(raw: bytes, url: str) -> list[str]:
+def _utf8(raw: bytes, url: str) -> str:
+    """The file as text; one that is not UTF-8 is refused naming the line and byte, however many
+    lines it has (a single bad byte once turned into a replacement character, or 'not valid JSON')."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInputError(f"calibration data {url} is not UTF-8 text (use .jsonl, .txt or .parquet)") from None
-    return [p.strip() for p in text.split("\n\n")]
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise InvalidInputError(
+            f"calibration data {url} is not UTF-8 text (line {line}, byte {exc.start}: {exc.reason}): "
+            "save it as UTF-8 (.jsonl, .txt) or use .parquet"
+        ) from None
+
+
+def _plain_texts(raw: bytes, url: str) -> list[str]:
+    return [p.strip() for p in _utf8(raw, url).split("\n\n")]
 
 
 def _parquet_texts(raw: bytes, url: str) -> list[str]:
@@ -96,7 +105,7 @@ def _parquet_texts(raw: bytes, url: str) -> list[str]:
 
 def _jsonl_texts(raw: bytes, url: str, tokenizer: Any | None) -> list[str]:
     texts = []
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
+    for number, line in enumerate(_utf8(raw, url).splitlines(), 1):
         if not line.strip():
             continue
         if len(line) > MAX_SAMPLE_CHARS:

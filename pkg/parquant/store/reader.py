@@ -22,6 +22,7 @@ import crc32c
 from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
 from ..fs import Location, storage_errors
 from ..names import safe_relative_path
+from .config_json import parse_config
 from .crc import crc32c_combine
 from .manifest import MAX_MANIFEST_BYTES, DataPages, FileEntry, Manifest, Provenance, TensorEntry
 from .schema import (
@@ -83,11 +84,7 @@ class ModelReader:
         """The checkpoint's config.json (empty when the model carries none)."""
         if "config.json" not in self.manifest.files:
             return {}
-        try:
-            loaded = json.loads(self.read_file("config.json"))
-        except ValueError as exc:
-            raise InvalidInputError(f"config.json in {self.location.url} is not valid JSON ({exc})") from None
-        return loaded if isinstance(loaded, dict) else {}
+        return parse_config(self.read_file("config.json"), f"config.json in {self.location.url}")
 
     def iter_tensor_chunks(self, name: str) -> Iterator[bytes | memoryview]:
         """Yield a tensor's bytes chunk by chunk; checks every chunk and the whole at the end."""
