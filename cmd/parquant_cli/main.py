@@ -240,8 +240,18 @@ def run_inspect(options: InspectOptions) -> int:
 
 
 def _finish(result: Any) -> int:
+    part = (getattr(result, "details", None) or {}).get("part")
     if result.skipped:
         log.info("%s: already done, skipped", result.stage)
+    elif part:
+        log.info(
+            "%s: fan-out worker %d of %d wrote its share of %s in %.1fs (a run without --shard-index commits it)",
+            result.stage,
+            part[0],
+            part[1],
+            result.output,
+            result.seconds,
+        )
     else:
         log.info("%s: wrote %s in %.1fs", result.stage, result.output, result.seconds)
     print(json.dumps(asdict(result)))

@@ -159,19 +159,41 @@ def live_worker_locks(output: Location) -> list[str]:
     """Names of the fan-out workers' locks of `output` that a live worker still holds."""
     base = lock_location(output, "-part-")
     parent, prefix = posixpath.split(base.path)
-    with storage_errors(output.url):
-        if output.is_local:
-            names = [n for n in os.listdir(parent) if n.startswith(prefix)] if os.path.isdir(parent) else []
-        else:
-            bucket, _, key_prefix = base.path.partition("/")
-            listing = output.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key_prefix)
-            names = [posixpath.basename(item["Key"]) for item in listing.get("Contents", [])]
     live = []
-    for name in sorted(names):
+    for name in _lock_names(output, parent, prefix):
         suffix = name[len(prefix) - len("-part-") :]
         if is_locked(output, suffix):
             live.append(name)
     return live
+
+
+def remove_dead_worker_locks(output: Location) -> list[str]:
+    """Remove the fan-out part locks of `output` whose holder is gone (a killed worker leaves its
+    lock file or object behind; nothing is held by it, but it misleads whoever lists the folder)."""
+    base = lock_location(output, "-part-")
+    parent, prefix = posixpath.split(base.path)
+    removed = []
+    for name in _lock_names(output, parent, prefix):
+        suffix = name[len(prefix) - len("-part-") :]
+        if not is_locked(output, suffix):
+            where = lock_location(output, suffix)
+            with storage_errors(output.url), contextlib.suppress(FileNotFoundError):
+                if output.is_local:
+                    os.unlink(where.path)
+                else:
+                    bucket, _, key = where.path.partition("/")
+                    output.fs.call_s3("delete_object", Bucket=bucket, Key=key)
+            removed.append(name)
+    return removed
+
+
+def _lock_names(output: Location, parent: str, prefix: str) -> list[str]:
+    with storage_errors(output.url):
+        if output.is_local:
+            return sorted(n for n in os.listdir(parent) if n.startswith(prefix)) if os.path.isdir(parent) else []
+        bucket, _, key_prefix = posixpath.join(parent, prefix).partition("/")
+        listing = output.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key_prefix)
+        return sorted(posixpath.basename(item["Key"]) for item in listing.get("Contents", []))
 
 
 class _LocalLock:

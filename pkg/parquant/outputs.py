@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from .errors import OutputExistsError, ParquantError, StorageIOError, TemporaryFailure
 from .fs import Location, storage_errors
-from .locks import check_lock_held, live_worker_locks, output_lock
+from .locks import check_lock_held, is_locked, live_worker_locks, output_lock
 
 PROGRESS_NAME = ".parquant-progress.json"
 # Inside an exported HF folder: what was exported (a hidden name, so a later import ignores it).
@@ -48,6 +48,7 @@ class OutputFolder:
         else:
             self.staging = location
         self._progress: dict[str, Any] = {}
+        self._worker = False  # a fan-out worker's view (begin_worker): never clears shared staging
 
     # -- one writer ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -56,6 +57,13 @@ class OutputFolder:
         only their own part, since the workers of one import write into the same output at once."""
         suffix = "" if part is None else f"-part-{part[0]}-of-{part[1]}"
         with output_lock(self.location, suffix):
+            if part is not None and is_locked(self.location):
+                # A commit holds the main lock (and, having taken it, refuses while a part lock is
+                # held): a worker that starts now, e.g. a retried Indexed-Job pod, waits its turn.
+                raise TemporaryFailure(
+                    f"another run is committing {self.location.url}: fan-out worker {part[0]} of {part[1]} "
+                    "starts after it (rerun: a committed output is skipped)"
+                )
             yield self
 
     # -- before writing -------------------------------------------------------------------------
@@ -128,6 +136,7 @@ class OutputFolder:
 
     def begin_worker(self) -> None:
         """A fan-out worker's start: make the staging area, never clear it (other workers write there)."""
+        self._worker = True
         with storage_errors(self.location.url):
             if self.location.is_local:
                 os.makedirs(self.staging.path, exist_ok=True)
@@ -264,7 +273,11 @@ class OutputFolder:
         _remove(old)
 
     def discard(self) -> None:
-        """Remove what this run wrote, after a failure that a rerun cannot fix (bad input)."""
+        """Remove what this run wrote, after a failure that a rerun cannot fix (bad input). A
+        fan-out worker removes nothing: the staging area holds the other workers' finished files,
+        and its own are whole (each appears atomically) and belong to the same work."""
+        if self._worker:
+            return
         with storage_errors(self.location.url):
             if self.location.is_local:
                 _remove(self.staging.path)

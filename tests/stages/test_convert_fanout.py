@@ -77,8 +77,43 @@ def test_fan_out_refuses_force_and_bad_index(tmp_path: Path) -> None:
     source = make_checkpoint(tmp_path / "hf", "llama")
     with pytest.raises(UsageError, match="--force cannot be used with a fan-out"):
         import_checkpoint(str(source), str(tmp_path / "m"), part=(0, 2), force=True)
-    with pytest.raises(UsageError, match="--shard-index must be in"):
+    with pytest.raises(UsageError, match=r"--shard-index 2 is outside 0\.\.1 \(--shard-count 2\)") as refused:
         import_checkpoint(str(source), str(tmp_path / "m"), part=(2, 2))
+    assert "--force" not in str(refused.value)  # it was: one message for both mistakes
+
+
+def test_a_workers_bad_input_keeps_the_other_workers_files(tmp_path: Path) -> None:
+    """Was: a worker's non-retryable failure deleted the shared staging folder, with the shards
+    the other workers had finished."""
+    from parquant.errors import InvalidInputError
+
+    from safetensors.torch import load_file, save_file
+
+    source = make_checkpoint(tmp_path / "hf", "llama", shard_size="60KB")
+    for weights in source.glob("*.safetensors"):  # a NaN in every tensor: --strict refuses it (65)
+        tensors = load_file(weights)
+        for tensor in tensors.values():
+            tensor.view(-1)[0] = float("nan")
+        save_file(tensors, weights, metadata={"format": "pt"})
+    out = tmp_path / "m"
+    import_checkpoint(str(source), str(out), write=WRITE, part=(0, 2))
+    staging = tmp_path / ".m.parquant-partial"
+    finished = sorted(p.name for p in staging.iterdir())
+    assert any(name.endswith(".parquet") for name in finished)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        import_checkpoint(str(source), str(out), write=WRITE, part=(1, 2), strict=True)
+    assert set(finished) <= {p.name for p in staging.iterdir()}  # worker 0's shards and records all kept
+
+
+def test_a_worker_does_not_start_while_the_output_is_being_committed(tmp_path: Path) -> None:
+    from parquant.errors import TemporaryFailure
+    from parquant.fs import resolve
+    from parquant.locks import output_lock
+
+    source = make_checkpoint(tmp_path / "hf", "llama")
+    with output_lock(resolve(str(tmp_path / "m"))):  # what the commit holds
+        with pytest.raises(TemporaryFailure, match="another run is committing"):
+            import_checkpoint(str(source), str(tmp_path / "m"), write=WRITE, part=(1, 2))
 
 
 def test_cli_takes_the_index_from_an_indexed_job(

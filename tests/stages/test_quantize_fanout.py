@@ -116,3 +116,33 @@ def test_what_cannot_fan_out_is_refused(tiny: str, tmp_path: Path, cli: Callable
     assert result.code == 64 and "cannot fan out" in result.err and not (tmp_path / ".b.parquant-partial").exists()
     assert cli("quantize", tiny, "-o", tmp_path / "c", "--workers", "2", "--force").code == 64
     assert cli("quantize", tiny, "-o", tmp_path / "d", "--shard-count", "2", "--shard-index", "2").code == 64
+
+
+def test_a_local_worker_killed_by_a_signal_is_a_temporary_failure_and_leaves_no_lock(
+    tiny: str, tmp_path: Path, cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: exit 137 (not in the exit-code table) and the killed worker's part lock left behind."""
+    import stat
+    import sys
+
+    from parquant.stages import fanout
+
+    python = tmp_path / "python"  # worker 1 is killed by SIGKILL as it starts; worker 0 runs for real
+    python.write_text(f'#!/bin/sh\ncase "$*" in *"--shard-index 1"*) kill -9 $$;; esac\nexec {sys.executable} "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setattr(fanout.sys, "executable", str(python))
+    out = tmp_path / "m"
+    (tmp_path / ".m.parquant-lock-part-1-of-2").write_text("{}")  # what a killed worker leaves behind
+    flags = ("--method", "fp8-block", "--shard-size", "1MB")
+    result = cli("quantize", tiny, "-o", out, *flags, "--workers", "2")
+    assert result.code == 75, result.err
+    assert "fan-out worker 1 of 2 was killed by SIGKILL" in result.err
+    assert not (tmp_path / ".m.parquant-lock-part-1-of-2").exists()
+    monkeypatch.undo()
+    worker = cli("quantize", tiny, "-o", out, *flags, "--shard-index", "1", "--shard-count", "2")
+    assert "fan-out worker 1 of 2 wrote its share of" in worker.err and not (out / "parquant.json").exists()
+    again = cli("quantize", tiny, "-o", out, *flags, "--workers", "2")
+    assert again.code == 0, again.err
+    done = json.loads(again.out.strip().splitlines()[-1])
+    manifest = json.loads((out / "parquant.json").read_text())
+    assert done["seconds"] >= manifest["timings"]["stage_seconds"] > 0.5  # the workers' time counts

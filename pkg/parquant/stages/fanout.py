@@ -14,11 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
-from ..errors import EXIT_CODES, ParquantError, UsageError
+from ..errors import EXIT_CODES, ParquantError, TemporaryFailure, UsageError
+from ..fs import Location
+from ..locks import remove_dead_worker_locks
 from .common import StageContext
 from .options import STAGE_OPTIONS, stage_argv
 
@@ -36,10 +40,16 @@ class WorkerFailedError(ParquantError):
 def check_part(part: tuple[int, int] | None, force: bool) -> None:
     """What every fan-out worker must be (import_checkpoint and quantize call it): an index within
     the count, and no --force, since workers never delete each other's files."""
-    if part is not None and (force or not 0 <= part[0] < part[1]):
+    if part is None:
+        return
+    index, count = part
+    if not 0 <= index < count:
         raise UsageError(
-            "--shard-index must be in 0..--shard-count-1, and --force cannot be used with a fan-out "
-            "(workers never delete each other's files): remove the output first"
+            f"--shard-index {index} is outside 0..{count - 1} (--shard-count {count}): use 0 to {count - 1}"
+        )
+    if force:
+        raise UsageError(
+            "--force cannot be used with a fan-out (workers never delete each other's files): remove the output first"
         )
 
 
@@ -58,13 +68,17 @@ def fan_out_part(options: Any, context: StageContext) -> tuple[int, int] | None:
     return index, options.shard_count
 
 
-def run_local_workers(stage: str, options: Any, count: int) -> None:
-    """Run `count` workers of `stage` as child processes of this one and wait for all of them.
+def run_local_workers(stage: str, options: Any, count: int, output: Location) -> float:
+    """Run `count` workers of `stage` as child processes of this one, wait for all of them, and
+    return how long they took (the stage's time includes it, not only the commit's).
 
     Each is `parquant <stage>` with this run's options plus `--shard-index i --shard-count count`
     (quiet: N progress bars would garble each other; their log lines show). The first failure's
-    exit code becomes this run's, after every worker has ended (a worker is never orphaned).
+    exit code becomes this run's, after every worker has ended (a worker is never orphaned); a
+    worker killed by a signal is a temporary failure (75: rerun, its part is redone), and the part
+    lock it leaves behind is removed.
     """
+    started = time.monotonic()
     check_part((0, count), options.force)
     defaults = STAGE_OPTIONS[stage]
     params = {
@@ -81,11 +95,24 @@ def run_local_workers(stage: str, options: Any, count: int) -> None:
     workers = [subprocess.Popen(command, env=dict(os.environ)) for command in commands]
     codes = [worker.wait() for worker in workers]
     failed = [(i, code) for i, code in enumerate(codes) if code != 0]
-    if failed:
-        index, code = failed[0]
-        code = code if code > 0 else 128 - code  # killed by a signal: 128 + its number, as a shell reports it
+    if not failed:
+        return time.monotonic() - started
+    index, code = failed[0]
+    if code < 0:  # killed by a signal: its part is unfinished, the rest is kept; a rerun redoes it
+        removed = remove_dead_worker_locks(output)
+        if removed:
+            log.info("fan-out: removed the lock(s) %s a killed worker left behind", ", ".join(removed))
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
         raise WorkerFailedError(
-            f"fan-out worker {index} of {count} failed with exit code {code} "
-            f"({EXIT_CODES.get(code, 'see its log above')}); rerun to redo its part (the finished parts are kept)",
-            code,
+            f"fan-out worker {index} of {count} was killed by {name} (out of memory, or stopped from outside): "
+            "rerun to redo its part (the finished parts are kept)",
+            TemporaryFailure.exit_code,
         )
+    raise WorkerFailedError(
+        f"fan-out worker {index} of {count} failed with exit code {code} "
+        f"({EXIT_CODES.get(code, 'see its log above')}); rerun to redo its part (the finished parts are kept)",
+        code,
+    )

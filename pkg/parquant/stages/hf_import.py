@@ -22,8 +22,9 @@ from .options import ImportOptions
 def run(options: ImportOptions, context: StageContext) -> StageResult:
     """`parquant import`: the options as typed, the context as the process found it."""
     part = fan_out_part(options, context)
+    started = time.monotonic()
     if options.workers > 1:
-        run_local_workers("import", options, options.workers)
+        run_local_workers("import", options, options.workers, resolve(options.output, context.storage_options))
     return import_checkpoint(
         options.source,
         options.output,
@@ -33,6 +34,7 @@ def run(options: ImportOptions, context: StageContext) -> StageResult:
         storage_options=context.storage_options,
         progress=context.progress,
         part=part,
+        started=started,
     )
 
 
@@ -68,15 +70,17 @@ def import_checkpoint(
     progress: ProgressCallback = no_progress,
     description: ModelDescription | None = None,
     part: tuple[int, int] | None = None,
+    started: float | None = None,
 ) -> StageResult:
     """Convert a Hugging Face checkpoint folder into a Parquet model, streaming tensor by tensor.
 
     `description` lets another stage (quantize) import its intermediate HF folder under its own
     provenance and fingerprint. `part=(i, n)` makes this run fan-out worker i of n (an Indexed
     Job's pod): it writes its share of the shards, and a last run without `part` adds the manifest.
+    `started` (monotonic) is when the stage began, before its local workers ran (`--workers`).
     """
     check_part(part, force)
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     write = write or WriteOptions()
     source_location = resolve(source, storage_options)
     folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)

@@ -127,6 +127,8 @@ def run(options: QuantizeOptions, context: StageContext) -> StageResult:
     config = load_config(options.config, config_flags(options))
     write = WriteOptions(options.format_version, options.chunk_size, options.shard_size, options.compression)
 
+    started = time.monotonic()
+
     def run_quantize(dry_run: bool, part: tuple[int, int] | None) -> StageResult:
         return quantize(
             options.model,
@@ -139,11 +141,12 @@ def run(options: QuantizeOptions, context: StageContext) -> StageResult:
             progress=context.progress,
             placement_note=context.placement_note,
             part=part,
+            started=started,
         )
 
     if options.workers > 1 and not options.dry_run:
         run_quantize(True, (0, options.workers))  # refuses what cannot fan out before any worker starts
-        run_local_workers("quantize", options, options.workers)
+        run_local_workers("quantize", options, options.workers, resolve(options.output, context.storage_options))
     return run_quantize(options.dry_run, part)
 
 
@@ -175,6 +178,7 @@ def quantize(
     progress: ProgressCallback = no_progress,
     placement_note: str | None = None,
     part: tuple[int, int] | None = None,
+    started: float | None = None,
 ) -> StageResult:
     """Quantize the Parquet model at `model` into a Parquet model at `output`.
 
@@ -183,9 +187,11 @@ def quantize(
 
     `placement_note` is a decision taken before this process started (the Kubernetes executor's
     GPU -> CPU fallback): it is recorded with the plan's own fallbacks, in the manifest and result.
+    `started` (monotonic) is when the stage began, before its local workers ran (`--workers`): the
+    result's seconds and the manifest's stage_seconds count the workers too.
     """
     check_part(part, force)
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     write = write or WriteOptions()
     model_location = resolve(model, storage_options)
     if not dry_run:
