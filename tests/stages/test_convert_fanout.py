@@ -85,9 +85,9 @@ def test_fan_out_refuses_force_and_bad_index(tmp_path: Path) -> None:
 def test_a_workers_bad_input_keeps_the_other_workers_files(tmp_path: Path) -> None:
     """Was: a worker's non-retryable failure deleted the shared staging folder, with the shards
     the other workers had finished."""
-    from parquant.errors import InvalidInputError
-
     from safetensors.torch import load_file, save_file
+
+    from parquant.errors import InvalidInputError
 
     source = make_checkpoint(tmp_path / "hf", "llama", shard_size="60KB")
     for weights in source.glob("*.safetensors"):  # a NaN in every tensor: --strict refuses it (65)
