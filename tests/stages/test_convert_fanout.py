@@ -111,9 +111,9 @@ def test_a_worker_does_not_start_while_the_output_is_being_committed(tmp_path: P
     from parquant.locks import output_lock
 
     source = make_checkpoint(tmp_path / "hf", "llama")
-    with output_lock(resolve(str(tmp_path / "m"))):  # what the commit holds
-        with pytest.raises(TemporaryFailure, match="another run is committing"):
-            import_checkpoint(str(source), str(tmp_path / "m"), write=WRITE, part=(1, 2))
+    commit_lock = output_lock(resolve(str(tmp_path / "m")))  # what the commit holds
+    with commit_lock, pytest.raises(TemporaryFailure, match="another run is committing"):
+        import_checkpoint(str(source), str(tmp_path / "m"), write=WRITE, part=(1, 2))
 
 
 def test_cli_takes_the_index_from_an_indexed_job(
