@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from parquant import locks
-from parquant.errors import TemporaryFailure
+from parquant.errors import TemporaryFailure, UnavailableError
 from parquant.fs import resolve
 from parquant.locks import check_lock_held, is_locked, live_worker_locks, lock_location, output_lock
 
@@ -155,12 +155,75 @@ def test_s3_endpoint_without_conditional_writes_gets_a_best_effort_lock(
         return real_put(self)
 
     monkeypatch.setattr(locks._S3Lock, "_put", put)
-    output = resolve(s3.url("plain"), s3.options)
+    refused = resolve(s3.url("plain"), s3.options)
+    with pytest.raises(UnavailableError, match="answers 501.*unsafe_single_writer=true"):
+        locks._S3Lock(lock_location(refused)).acquire(refused.url)
+    assert ".plain.parquant-lock" not in s3.keys("")
+    output = resolve(s3.url("plain"), {**s3.options, "unsafe_single_writer": "true"})
     first = locks._S3Lock(lock_location(output))
     first.acquire(output.url)
-    assert "best effort" in caplog.text and first.conditional is False
+    assert "best effort" in caplog.text and "NOT guaranteed" in caplog.text and first.conditional is False
     with pytest.raises(TemporaryFailure, match="is writing"):
         locks._S3Lock(lock_location(output)).acquire(output.url)  # its lock is read back: refused
     assert first.renew() is True
     first.release()
     assert ".plain.parquant-lock" not in s3.keys("")
+
+
+def test_an_endpoint_that_ignores_conditions_is_refused_unless_the_user_opts_in(
+    s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: treated as safe, so two writers both exited 0. The probe: a second create must fail."""
+    real_put = locks._S3Lock._put
+    monkeypatch.setattr(locks._S3Lock, "_put", lambda self, **condition: real_put(self))  # conditions dropped
+    monkeypatch.setattr(locks, "_CONDITIONS_HONOURED", {})
+    output = resolve(s3.url("ignored/m"), s3.options)
+    with pytest.raises(UnavailableError, match="ignores If-None-Match"):
+        locks._S3Lock(lock_location(output)).acquire(output.url)
+    assert "ignored/.m.parquant-lock" not in s3.keys("ignored/")  # nothing left behind
+    opted = resolve(s3.url("ignored/m"), {**s3.options, "unsafe_single_writer": "true"})
+    lock = locks._S3Lock(lock_location(opted))
+    lock.acquire(opted.url)
+    assert lock.conditional is False
+    lock.release()
+
+
+def test_a_writer_stopped_past_its_lease_learns_it_before_its_next_upload(
+    s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat of a stopped writer has not run: the read-back before each upload finds out."""
+    from parquant.outputs import OutputFolder
+
+    monkeypatch.setattr(locks, "LEASE_SECONDS", 1.0)
+    output = resolve(s3.url("fenced/m"), s3.options)
+    folder = OutputFolder(output, force=False, marker="parquant.json")
+    with folder.locked():
+        held = locks._held[locks._held_key(lock_location(output))][0]
+        held._stop.set()  # stopped: no renewal from here on
+        held._thread.join()
+        folder.write_bytes("before.txt", b"ok")
+        time.sleep(2.1)
+        other = locks._S3Lock(lock_location(output))
+        other.acquire(output.url)  # the lease ran out: another writer takes over
+        assert held.lost is False  # nothing told the stopped writer yet
+        with pytest.raises(TemporaryFailure, match="lost the writer lock"):
+            folder.write_bytes("after.txt", b"stale")
+        with pytest.raises(TemporaryFailure, match="lost the writer lock"):
+            folder.commit(b"{}")
+        other.release()
+    assert "fenced/m/before.txt" in s3.keys("fenced/") and "fenced/m/after.txt" not in s3.keys("fenced/")
+    assert "fenced/m/parquant.json" not in s3.keys("fenced/")
+
+
+def test_the_marker_is_created_never_replaced_on_s3(s3: S3Env) -> None:
+    from parquant.outputs import OutputFolder
+
+    output = resolve(s3.url("once/m"), s3.options)
+    folder = OutputFolder(output, force=False, marker="parquant.json")
+    with folder.locked():
+        folder.begin("fp")
+        s3.client.put_object(Bucket=s3.bucket, Key="once/m/parquant.json", Body=b"another writer's model")
+        with pytest.raises(TemporaryFailure, match="another run committed"):
+            folder.commit(b"this run's model")
+    body = s3.client.get_object(Bucket=s3.bucket, Key="once/m/parquant.json")["Body"].read()
+    assert body == b"another writer's model"

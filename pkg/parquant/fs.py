@@ -35,7 +35,8 @@ _S3_CLIENT_KEYS = {"endpoint_url", "region_name", "verify"}
 _S3_ALIASES = {"region": "region_name", "endpoint": "endpoint_url"}
 _S3_FLAGS = {"anon", "use_ssl", "requester_pays", "version_aware"}
 _S3_TIMEOUTS = {"connect_timeout", "read_timeout", "max_attempts"}
-_S3_PLAIN = {"profile", "max_concurrency"}
+# unsafe_single_writer: write to an endpoint without conditional writes anyway (locks.py says why not)
+_S3_PLAIN = {"profile", "max_concurrency", "unsafe_single_writer"}
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 S3_OPTION_KEYS = sorted(_S3_CLIENT_KEYS | set(_S3_ALIASES) | _S3_FLAGS | _S3_TIMEOUTS | _S3_PLAIN)
 # Credentials come from the environment (AWS_* variables, profiles, workload identity), never from
@@ -166,12 +167,20 @@ def s3_filesystem_class() -> Any:
     - s3fs retries each call twice, not five times: botocore already retries (max_attempts), and
       s3fs's retries multiply those, so a frozen endpoint cost 15 read timeouts per call.
 
+    It also takes parquant's `unsafe_single_writer` option (see locks.py).
+
     Its instance cache is its own: `s3_filesystem_class().clear_instance_cache()` forgets it.
     """
     import s3fs
 
     class S3FileSystem(s3fs.S3FileSystem):  # type: ignore[misc]
         retries = 2
+
+        def __init__(self, *args: Any, unsafe_single_writer: str = "", **kwargs: Any) -> None:
+            # parquant's own option (locks.py), kept out of the botocore session; it is part of
+            # fsspec's instance cache key, so it never leaks into another run's filesystem
+            super().__init__(*args, **kwargs)
+            self.unsafe_single_writer = str(unsafe_single_writer).lower() in ("1", "true", "yes")
 
         async def set_session(self, refresh: bool = False, kwargs: dict[str, Any] | None = None) -> Any:
             client = await super().set_session(refresh=refresh, kwargs=kwargs or {})

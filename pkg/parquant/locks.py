@@ -14,8 +14,15 @@ retryable error (exit 75) that names the holder.
   stalled writer and is taken over with the same compare-and-swap; so is, at once, a lock whose
   holder was a process of this very machine that no longer exists (a rerun after `kill -9`).
   A writer whose renewal fails learns it lost the lock and stops before committing (exit 75).
-  On endpoints without conditional writes the lock is best effort: the writer reads its lock back
-  after writing it, which catches a race except for two writers starting within one round trip.
+  Fencing: a writer also reads its lock back before every upload (`check_lock_held(...,
+  verify=True)`), so a writer stopped past its lease (SIGSTOP, a frozen VM) finds out before it
+  writes another byte, and the manifest, the commit point, is created with `If-None-Match: *`, so
+  a stale writer can never replace the model another writer committed.
+- Conditional writes are probed once per bucket and process: after the lock is created, creating it
+  again with `If-None-Match: *` must fail. An endpoint that answers 501 or silently ignores the
+  condition cannot give one writer per output; parquant refuses to write there (69) unless the
+  user takes that on (`--storage-option unsafe_single_writer=true`: then the lock is best effort,
+  read back after writing, which misses two writers starting within one round trip).
 
 Locks are re-entrant within a process (quantize imports AngelSlim's result into its own output).
 """
@@ -39,7 +46,7 @@ from typing import Any
 
 import fsspec.asyn
 
-from .errors import TemporaryFailure
+from .errors import ParquantError, TemporaryFailure, UnavailableError
 from .fs import Location, storage_errors
 
 log = logging.getLogger("parquant")
@@ -49,6 +56,7 @@ LOCK_SUFFIX = ".parquant-lock"
 LEASE_SECONDS = float(os.environ.get("PARQUANT_LOCK_LEASE_SECONDS", "60"))
 
 _held: dict[str, tuple[Any, int]] = {}
+_CONDITIONS_HONOURED: dict[tuple[str, str], bool] = {}  # (endpoint, bucket) -> probed once a process
 _held_guard = threading.Lock()
 
 
@@ -140,10 +148,14 @@ def _held_key(where: Location) -> str:
     return f"{type(where.fs).__name__}:{where.path}"
 
 
-def check_lock_held(output: Location) -> None:
-    """Before a commit: raise 75 if this process lost the lock of `output` (S3 lease taken over)."""
-    entry = _held.get(_held_key(lock_location(output)))
+def check_lock_held(output: Location, suffix: str = "", verify: bool = False) -> None:
+    """Before an upload or a commit: raise 75 if this process lost the lock of `output` (S3 lease
+    taken over). `verify` reads the lock object back (one request) instead of trusting what the
+    heartbeat last learned: a writer stopped past its lease has not heard of it yet."""
+    entry = _held.get(_held_key(lock_location(output, suffix)))
     if entry is not None:
+        if verify and isinstance(entry[0], _S3Lock):
+            entry[0].verify()
         entry[0].check(output.url)
 
 
@@ -305,18 +317,75 @@ class _S3Lock:
             try:
                 self.etag = self._put(IfNoneMatch="*")
             except Exception as exc:
-                if _status(exc) == 501 or _code(exc) == "NotImplemented":
+                if http_status(exc) == 501 or _code(exc) == "NotImplemented":
+                    self._refuse_unless_opted_in(output_url, "answers 501 (not implemented) to conditional writes")
                     self.conditional = False
                     self._acquire_unconditional(output_url)
-                elif _status(exc) in (409, 412):
+                elif http_status(exc) in (409, 412):
                     self._take_over_if_stale(output_url)
                 else:
                     raise
-            holder, _, _ = self._read()
+            holder, etag, _ = self._read()
             if not holder or holder.get("owner") != owner["owner"]:
                 raise _busy(output_url, holder)
+            if self.conditional and not self._conditions_honoured():
+                self.conditional = False
+                try:
+                    self._refuse_unless_opted_in(output_url, "ignores If-None-Match (a second create succeeded)")
+                except ParquantError:
+                    with contextlib.suppress(Exception):
+                        self._call("delete_object")
+                    raise
+            self.etag = etag or self.etag
         self._thread = threading.Thread(target=self._heartbeat, name="parquant-lock-lease", daemon=True)
         self._thread.start()
+
+    def _conditions_honoured(self) -> bool:
+        """Whether this bucket's endpoint honours `If-None-Match: *` (probed once per process and
+        bucket, on the lock just created: creating it again must fail)."""
+        key = (str(self.where.fs.storage_options.get("client_kwargs", {}).get("endpoint_url")), self.bucket)
+        if key not in _CONDITIONS_HONOURED:
+            try:
+                self._put(IfNoneMatch="*")
+            except Exception as exc:
+                honoured = http_status(exc) in (409, 412)
+                if not honoured and not (http_status(exc) == 501 or _code(exc) == "NotImplemented"):
+                    raise
+            else:
+                honoured = False
+            _CONDITIONS_HONOURED[key] = honoured
+        return _CONDITIONS_HONOURED[key]
+
+    def _refuse_unless_opted_in(self, output_url: str, what: str) -> None:
+        if getattr(self.where.fs, "unsafe_single_writer", False):
+            log.warning(
+                "the S3 endpoint of %s %s: one writer per output is NOT guaranteed (unsafe_single_writer=true)",
+                output_url,
+                what,
+            )
+            return
+        raise UnavailableError(
+            f"the S3 endpoint of {output_url} {what}, so parquant cannot keep two runs from writing the same "
+            "output: use an endpoint with conditional writes (AWS S3, MinIO, Ceph RGW 18+), or make sure only one "
+            "run writes at a time and pass --storage-option unsafe_single_writer=true"
+        )
+
+    def verify(self) -> None:
+        """Read the lock back: ours (same ETag, or same owner where writes are unconditional), or lost."""
+        if self.lost:
+            return
+        try:
+            with storage_errors(self.where.url):
+                try:
+                    holder, etag, _ = self._read()
+                except FileNotFoundError:  # released by the writer that took it over
+                    holder, etag = None, ""
+        except ParquantError:
+            return  # the storage did not answer: the upload that follows meets the same trouble
+        ours = holder is not None and holder.get("owner") == json.loads(self.body).get("owner")
+        if not ours or (self.conditional and self.etag and etag and etag != self.etag):
+            self.lost = True
+            log.error("lost the writer lock %s: another writer took it over", self.where.url)
 
     def _acquire_unconditional(self, output_url: str) -> None:
         log.warning("%s does not support conditional writes: the writer lock is best effort", self.where.url)
@@ -340,7 +409,7 @@ class _S3Lock:
         try:
             self.etag = self._put(IfMatch=etag)
         except Exception as exc:
-            if _status(exc) in (409, 412):  # somebody else took it over first
+            if http_status(exc) in (409, 412):  # somebody else took it over first
                 raise _busy(output_url, None) from None
             raise
 
@@ -353,7 +422,7 @@ class _S3Lock:
         try:
             self.etag = self._put(**({"IfMatch": self.etag} if self.conditional and self.etag else {}))
         except Exception as exc:
-            if _status(exc) in (404, 409, 412):
+            if http_status(exc) in (404, 409, 412):
                 self.lost = True
                 log.error("lost the writer lock %s: another writer took it over", self.where.url)
                 return False
@@ -394,7 +463,7 @@ def _response(exc: BaseException) -> dict[str, Any]:
     return {}
 
 
-def _status(exc: BaseException) -> int:
+def http_status(exc: BaseException) -> int:
     return int(_response(exc).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from .errors import OutputExistsError, ParquantError, StorageIOError, TemporaryFailure
 from .fs import Location, storage_errors
-from .locks import check_lock_held, is_locked, live_worker_locks, output_lock
+from .locks import check_lock_held, http_status, is_locked, live_worker_locks, output_lock
 
 PROGRESS_NAME = ".parquant-progress.json"
 # Inside an exported HF folder: what was exported (a hidden name, so a later import ignores it).
@@ -49,6 +49,7 @@ class OutputFolder:
             self.staging = location
         self._progress: dict[str, Any] = {}
         self._worker = False  # a fan-out worker's view (begin_worker): never clears shared staging
+        self._lock_suffix = ""  # the lock this run holds: the output's, or a fan-out worker's part
 
     # -- one writer ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -56,6 +57,7 @@ class OutputFolder:
         """Hold this output's writer lock (exit 75 if another run holds it); fan-out workers lock
         only their own part, since the workers of one import write into the same output at once."""
         suffix = "" if part is None else f"-part-{part[0]}-of-{part[1]}"
+        self._lock_suffix = suffix
         with output_lock(self.location, suffix):
             if part is not None and is_locked(self.location):
                 # A commit holds the main lock (and, having taken it, refuses while a part lock is
@@ -173,11 +175,13 @@ class OutputFolder:
                 with _local_atomic(target.path, native) as handle:
                     yield handle
             else:
+                self._fence()
                 with _lost_upload_is_retryable(target.url):
                     remote = self.location.fs.open(target.path, "wb", autocommit=False)
                     try:
                         yield remote
                         remote.close()
+                        self._fence()  # the object becomes visible with the commit: only while ours
                         remote.commit()
                     except BaseException:
                         _abandon(remote)
@@ -191,8 +195,15 @@ class OutputFolder:
         # One PUT, atomic on S3: a file opened for writing would take three calls (start, part,
         # complete), and small records (progress after every shard) are written often.
         target = self.staging.child(relpath)
+        self._fence()
         with storage_errors(target.url), _lost_upload_is_retryable(target.url):
             self.location.fs.pipe_file(target.path, data)
+
+    def _fence(self) -> None:
+        """Before an upload to an object store: this run still holds its lock (read back, one
+        request), else exit 75 without writing. A writer stopped past its lease never writes into
+        the output of the run that took the lock over (locks.py)."""
+        check_lock_held(self.location, self._lock_suffix, verify=True)
 
     def record(self, relpath: str, info: Any) -> None:
         """Mark `relpath` finished so a rerun of the same work skips it."""
@@ -252,7 +263,10 @@ class OutputFolder:
         """Write the marker last and make the folder visible at its final URL."""
         check_lock_held(self.location)
         if self.marker is not None and marker_bytes is not None:
-            self.write_bytes(self.marker, marker_bytes)
+            if self.location.is_local:
+                self.write_bytes(self.marker, marker_bytes)
+            else:
+                self._create_marker(marker_bytes)
         with storage_errors(self.location.url):
             progress = self.staging.child(PROGRESS_NAME)
             if progress.exists():
@@ -261,6 +275,25 @@ class OutputFolder:
                 self.location.fs.rm(self.staging.child(name).path)
             if self.location.is_local:
                 self._swap_into_place()
+
+    def _create_marker(self, data: bytes) -> None:
+        """The commit on an object store: the marker is created, never replaced (`If-None-Match:
+        *`; any earlier marker was removed when this run began), so of two writers that both
+        believe they hold the lock, the second finds the first's model and stops (75)."""
+        self._fence()
+        target = self.location.child(self.marker or "")
+        bucket, _, key = target.path.partition("/")
+        with storage_errors(target.url):
+            try:
+                self.location.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except Exception as exc:
+                if http_status(exc) not in (409, 412):
+                    raise
+                raise TemporaryFailure(
+                    f"another run committed {self.location.url} while this one was writing (its lock was taken "
+                    "over): nothing of this run was committed; rerun (a finished output is then skipped or refused)"
+                ) from None
+        self.location.fs.invalidate_cache(self.location.path)
 
     def _swap_into_place(self) -> None:
         final = self.location.path.rstrip("/")
