@@ -156,7 +156,7 @@ def test_s3_endpoint_without_conditional_writes_gets_a_best_effort_lock(
 
     monkeypatch.setattr(locks._S3Lock, "_put", put)
     refused = resolve(s3.url("plain"), s3.options)
-    with pytest.raises(UnavailableError, match="answers 501.*unsafe_single_writer=true"):
+    with pytest.raises(UnavailableError, match=r"answers 501.*unsafe_single_writer=true"):
         locks._S3Lock(lock_location(refused)).acquire(refused.url)
     assert ".plain.parquant-lock" not in s3.keys("")
     output = resolve(s3.url("plain"), {**s3.options, "unsafe_single_writer": "true"})
