@@ -56,3 +56,58 @@ def test_a_stale_hf_cache_entry_is_replaced_not_an_error(tmp_path: Path, monkeyp
         (folder / "model.safetensors").write_bytes(b"stale")
         assert cached_hf_folder(reader) == folder
     assert (folder / "model.safetensors").read_bytes() == (EXAMPLE_MODEL / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "removed file"])
+def test_a_damaged_hf_cache_entry_is_rebuilt_before_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """Was: a flipped byte was quantized as is (exit 0); a removed file made every later run exit 69."""
+    from parquant import hf_folders
+    from parquant.store.reader import ModelReader
+
+    monkeypatch.setenv("PARQUANT_CACHE_DIR", str(tmp_path / "cache"))
+    import_checkpoint(str(EXAMPLE_MODEL), str(tmp_path / "m"))
+    with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        folder = hf_folders.cached_hf_folder(reader)
+        assert hf_folders.entry_problem(folder, reader) is None
+        weights = folder / "model.safetensors"
+        if damage == "flipped byte":
+            data = bytearray(weights.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            weights.write_bytes(bytes(data))
+            assert "differs from the model" in str(hf_folders.entry_problem(folder, reader))
+        else:
+            (folder / "tokenizer.json").unlink()
+            assert "tokenizer.json is missing" in str(hf_folders.entry_problem(folder, reader))
+        hf_folders._VERIFIED.clear()  # a later run (process) of parquant
+        assert hf_folders.cached_hf_folder(reader) == folder
+        assert hf_folders.entry_problem(folder, reader) is None
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (folder / name).read_bytes() == (EXAMPLE_MODEL / name).read_bytes()
+
+
+def test_two_processes_filling_one_cache_entry_wait_for_each_other(tmp_path: Path) -> None:
+    """Was: the second exited 75 ('another parquant run is writing')."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    import_checkpoint(str(EXAMPLE_MODEL), str(tmp_path / "m"))
+    script = (
+        "import sys\nfrom parquant.fs import resolve\nfrom parquant.hf_folders import cached_hf_folder\n"
+        "from parquant.store.reader import ModelReader\n"
+        "with ModelReader(resolve(sys.argv[1])) as reader:\n    print(cached_hf_folder(reader))\n"
+    )
+    env = {**os.environ, "PARQUANT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO / "pkg")}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "m")], env=env, stdout=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0]
+    assert len(set(outputs)) == 1
+    folder = Path(outputs[0].decode().strip())
+    assert (folder / "model.safetensors").read_bytes() == (EXAMPLE_MODEL / "model.safetensors").read_bytes()

@@ -12,14 +12,17 @@ import contextlib
 import itertools
 import json
 import logging
+import mmap
 import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import crc32c
+
 from .cache import cache_dir
-from .errors import OutputExistsError
+from .errors import OutputExistsError, StorageIOError, TemporaryFailure
 from .fs import ensure_free_space, resolve
 from .hf import (
     DEFAULT_EXPORT_SHARD_BYTES,
@@ -29,6 +32,7 @@ from .hf import (
     safetensors_header,
     write_safetensors,
 )
+from .locks import is_locked, output_lock
 from .outputs import EXPORT_RECORD_NAME, OutputFolder, cleanup_on_bad_input, fingerprint
 from .prefetch import prefetched
 from .progress import ProgressCallback, ProgressEvent, no_progress
@@ -87,25 +91,104 @@ def marker_for(reader: ModelReader) -> str | None:
 def cached_hf_folder(reader: ModelReader) -> Path:
     """A local HF folder of this model's content, exported on first use, shared by every later one.
 
-    Concurrent processes are safe: the folder is written under its output lock and committed
-    atomically, so a second process waits and then finds it done.
+    Nothing in the cache is trusted: before first use in a process an entry is checked against
+    the model's manifest (every file there with its size, every tensor's and file's CRC32C), and
+    a damaged one (a flipped byte, a removed file) is rebuilt. Concurrent processes are safe: an
+    entry is written under its lock and committed atomically, and a second process filling the
+    same entry waits for the first, then finds it done.
     """
     root = cache_dir() / "hf"
     path = root / reader.manifest.digest()[:32]
     started = time.monotonic()
-    try:
-        result = write_hf_folder(reader, _cache_entry(path, reader), source=reader.location.url)
-    except OutputExistsError:
-        # An entry this version did not write (an older parquant's, or a damaged one): the cache
-        # owns the folder, so it is replaced, never a reason to fail.
-        log.info("replacing the stale HF-folder cache entry %s", path.name)
-        shutil.rmtree(path, ignore_errors=True)
-        result = write_hf_folder(reader, _cache_entry(path, reader), source=reader.location.url)
+    result = _fill(path, reader)
+    if not result.skipped:
+        _VERIFIED.add(str(path))  # written (and its files verified) by this very call
+    if str(path) not in _VERIFIED:
+        problem = entry_problem(path, reader)
+        if problem is not None:
+            log.warning("the HF-folder cache entry %s is damaged (%s): rebuilding it", path.name, problem)
+            with output_lock(resolve(str(path))):
+                shutil.rmtree(path, ignore_errors=True)
+            result = _fill(path, reader)
+            problem = entry_problem(path, reader)
+            if problem is not None:
+                raise StorageIOError(f"the HF-folder cache entry {path} is damaged again after a rebuild ({problem})")
+        _VERIFIED.add(str(path))
     if not result.skipped:
         log.info("exported %s to the HF-folder cache in %.1f s", reader.location.url, time.monotonic() - started)
         _evict(root, keep=path)
     os.utime(path)  # last use, for eviction
     return path
+
+
+# Entries checked in this process (once an entry per run: the check reads the whole entry).
+_VERIFIED: set[str] = set()
+_WAIT_SECONDS = 0.2
+
+
+def _fill(path: Path, reader: ModelReader) -> HFExport:
+    """Export into the cache entry, waiting while another process fills the same entry."""
+    waited = False
+    while True:
+        try:
+            return write_hf_folder(reader, _cache_entry(path, reader), source=reader.location.url)
+        except OutputExistsError:
+            # An entry this version did not write (an older parquant's, or a damaged one): the
+            # cache owns the folder, so it is replaced, never a reason to fail.
+            log.info("replacing the stale HF-folder cache entry %s", path.name)
+            with output_lock(resolve(str(path))):
+                shutil.rmtree(path, ignore_errors=True)
+        except TemporaryFailure:
+            if not is_locked(resolve(str(path))):
+                raise
+            if not waited:
+                log.info("another process is filling the HF-folder cache entry %s: waiting for it", path.name)
+                waited = True
+            time.sleep(_WAIT_SECONDS)
+
+
+def entry_problem(path: Path, reader: ModelReader) -> str | None:
+    """Why a cached folder is not exactly the model (a missing or resized file, a CRC that differs),
+    or None. Reads the entry once: CRC32C runs at memory speed, far below an export's cost."""
+    specs = [reader.tensor_spec(n) for n in reader.tensor_names()]
+    plan, kept_layout = plan_export_files(specs, reader.manifest.safetensors_layout, DEFAULT_EXPORT_SHARD_BYTES)
+    for name in reader.file_names():
+        if name == INDEX_NAME and not kept_layout:
+            continue
+        entry = reader.manifest.files[name]
+        problem = _file_problem(path / name, entry.nbytes, entry.crc32c)
+        if problem:
+            return problem
+    tensors = reader.manifest.tensors
+    for file_name, (file_specs, metadata) in plan.items():
+        expected = len(safetensors_header(file_specs, metadata)) + sum(s.nbytes for s in file_specs)
+        target = path / file_name
+        problem = _file_problem(target, expected, None)
+        if problem:
+            return problem
+        offset = len(safetensors_header(file_specs, metadata))
+        with open(target, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)  # slices of a view are not copies: a 1 GB tensor costs no 1 GB
+            try:
+                for spec in file_specs:
+                    if crc32c.crc32c(view[offset : offset + spec.nbytes]) != tensors[spec.name].crc32c:
+                        return f"tensor {spec.name} in {file_name} differs from the model"
+                    offset += spec.nbytes
+            finally:
+                view.release()
+    return None
+
+
+def _file_problem(target: Path, size: int, crc: int | None) -> str | None:
+    try:
+        actual = target.stat().st_size
+    except OSError:
+        return f"{target.name} is missing"
+    if actual != size:
+        return f"{target.name} has {actual} bytes, the model {size}"
+    if crc is not None and crc32c.crc32c(target.read_bytes()) != crc:
+        return f"{target.name} differs from the model"
+    return None
 
 
 def _cache_entry(path: Path, reader: ModelReader) -> OutputFolder:
