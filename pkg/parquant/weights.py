@@ -103,7 +103,8 @@ class WeightLoader:
         return LazyStateDict(self)
 
     def build_model(self, dtype: Any = "auto", trust_remote_code: bool = False) -> PreTrainedModel:
-        """A transformers model with these weights, in eval mode, on CPU.
+        """A transformers model with these weights, in eval mode, on CPU, computing in `dtype`
+        ("auto": the checkpoint's own; validate passes the reference's, so like is compared with like).
 
         GPTQ and AWQ checkpoints need GPU kernel libraries in transformers, and transformers 5
         holds an MoE layer's experts fused (no `nn.Linear` for compressed-tensors to replace), so
@@ -121,7 +122,7 @@ class WeightLoader:
             )
         quantization = self.config().get("quantization_config")
         if quantization and needs_parquant_dequantizer(quantization, self.names()):
-            return self._dequantized_model()
+            return self._dequantized_model(None if dtype == "auto" else dtype)
         folder = cached_hf_folder(self.reader)
         with third_party_output("transformers", stdout=False):  # its loading bars: debug log
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -142,7 +143,7 @@ class WeightLoader:
             except (OSError, ValueError) as exc:
                 raise UnavailableError(f"{self.url} has no usable tokenizer files ({exc})") from None
 
-    def _dequantized_model(self) -> PreTrainedModel:
+    def _dequantized_model(self, dtype: Any = None) -> PreTrainedModel:
         """The float model a quantized checkpoint stands for: its dequantized weights, written as a
         plain checkpoint and loaded by `from_pretrained`, whose weight conversions put per-expert
         tensors into the fused experts transformers 5 holds."""
@@ -154,7 +155,9 @@ class WeightLoader:
 
         config = self.config()
         scale_dtypes = {self.spec(n).dtype for n in self.names() if n.endswith((".scales", ".weight_scale"))}
-        target = {"F16": torch.float16, "F32": torch.float32}.get(min(scale_dtypes, default="BF16"), torch.bfloat16)
+        target = dtype or {"F16": torch.float16, "F32": torch.float32}.get(
+            min(scale_dtypes, default="BF16"), torch.bfloat16
+        )
         state = dequantized_state_dict({n: self.load(n) for n in self.names()}, config["quantization_config"], target)
         plain = {k: v for k, v in config.items() if k != "quantization_config"}
         with work_folder("dequantized") as folder:

@@ -132,3 +132,27 @@ def test_validate_benchmark_and_report_run_on_an_moe_candidate(tmp_path: Path, c
     assert benchmarked.code == 0, benchmarked.err
     assert cli("report", out / "validate.json", out / "benchmark.json", "-o", out / "report").code == 0
     assert "fp8-block" in (out / "report" / "report.md").read_text()
+
+
+def test_experts_an_int4_method_cannot_take_are_named_counted_and_can_fail_the_run(
+    tmp_path: Path, cli: Callable[..., CliResult]
+) -> None:
+    """Was: int4-packed left every expert down_proj (input width 32, groups of 64) in bf16 with exit 0
+    and `warnings: []`."""
+    import_checkpoint(str(make_checkpoint(tmp_path / "hf", "qwen3_moe")), str(tmp_path / "m"))
+    flags = ("--method", "int4-packed", "--group-size", "64")
+    result = cli("quantize", tmp_path / "m", "-o", tmp_path / "q", *flags)
+    assert result.code == 0, result.err
+    warnings = json.loads(result.out.strip().splitlines()[-1])["warnings"]
+    assert len(warnings) == 1 and "left 8 module(s)" in warnings[0], warnings
+    assert "model.layers.0.mlp.experts.0.down_proj [64, 32]" in warnings[0]
+    share = json.loads((tmp_path / "q" / "parquant.json").read_text())["created_by"]["config"]["quantized_share"]
+    experts = share["roles"]["experts"]
+    assert experts["left"] == 8 * 64 * 32 and experts["quantized"] == 16 * 32 * 64 and experts["ignored"] == 0
+    assert share["roles"]["routers"]["ignored"] == share["roles"]["routers"]["total"] > 0
+    assert share["roles"]["attention"]["left"] == 0 and 0.5 < share["fraction"] < 1
+    shown = cli("inspect", tmp_path / "q")
+    assert "experts 67% (16.4K left in full precision)" in shown.out, shown.out
+    refused = cli("quantize", tmp_path / "m", "-o", tmp_path / "refused", *flags, "--min-quantized-fraction", "0.99")
+    assert refused.code == 69 and "--min-quantized-fraction 0.99" in refused.err
+    assert not (tmp_path / "refused").exists()

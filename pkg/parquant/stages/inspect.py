@@ -94,6 +94,7 @@ def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
         *_expert_lines(summary.experts),
         f"size         {summary.total_bytes:,} bytes in {summary.tensor_count} tensors",
         f"quantization {summary.quantization}",
+        *_share_lines(made_by.get("config", {}).get("quantized_share")),
         f"made by      {made_by.get('stage', '?')} (parquant {made_by.get('parquant_version', '?')})",
         f"files        {', '.join(summary.files) or '-'}",
         "bytes by dtype: " + ", ".join(f"{k} {v:,}" for k, v in summary.bytes_by_dtype.items()),
@@ -105,6 +106,15 @@ def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
     if len(summary.tensors) > max_tensors:
         lines.append(f"... {len(summary.tensors) - max_tensors} more (use --json for all)")
     return "\n".join(lines)
+
+
+def _share_lines(share: Any) -> list[str]:
+    """What share of the model a quantization covered, per role (quant/roles.py)."""
+    from ..quant.roles import describe
+
+    if not isinstance(share, dict) or not isinstance(share.get("roles"), dict):
+        return []
+    return [f"quantized    {share.get('fraction', 0):.1%} of the parameters asked for: {describe(share)}"]
 
 
 def _expert_lines(experts: dict[str, Any] | None) -> list[str]:

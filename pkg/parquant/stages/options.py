@@ -175,6 +175,14 @@ class QuantizeOptions(CommonOptions, WriteFlags, FanOutFlags):
         default=False, metadata={"help": "fail (exit 69) instead of falling back to built-in PTQ or to the CPU"}
     )
     dry_run: bool = field(default=False, metadata={"help": "print the plan and estimates; write nothing"})
+    min_quantized_fraction: float = field(
+        default=0.0,
+        metadata={
+            "help": "refuse (exit 69, nothing written) a run that quantizes less than this share of the "
+            "parameters not ignored (0..1; e.g. 0.99: no expert left in full precision by a shape the method "
+            "cannot take)"
+        },
+    )
     compare: str | None = field(
         default=None,
         metadata={

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..cpus import compute_threads, torch_threads
 from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError, UsageError
@@ -26,8 +26,9 @@ from ..quant.angelslim_compat import INSTALL_HINT, angelslim_available
 from ..quant.config import QuantizationConfig, load_config
 from ..quant.detect import detect_quantization
 from ..quant.estimate import Estimate, duration, estimate
+from ..quant.roles import describe, quantized_modules, role_coverage
 from ..store.reader import ModelReader
-from ..store.schema import MANIFEST_NAME
+from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
 from .common import StageContext, StageResult, finished_model, provenance
@@ -142,6 +143,7 @@ def run(options: QuantizeOptions, context: StageContext) -> StageResult:
             placement_note=context.placement_note,
             part=part,
             started=started,
+            min_quantized_fraction=options.min_quantized_fraction,
         )
 
     if options.workers > 1 and not options.dry_run:
@@ -179,6 +181,7 @@ def quantize(
     placement_note: str | None = None,
     part: tuple[int, int] | None = None,
     started: float | None = None,
+    min_quantized_fraction: float = 0.0,
 ) -> StageResult:
     """Quantize the Parquet model at `model` into a Parquet model at `output`.
 
@@ -255,7 +258,19 @@ def quantize(
             for reason in plan.reasons + plan.fallbacks:
                 log.info("plan: %s", reason)
             job = _Job(
-                model, output, reader, config, plan, folder, write, identity, storage_options, progress, started, part
+                model,
+                output,
+                reader,
+                config,
+                plan,
+                folder,
+                write,
+                identity,
+                storage_options,
+                progress,
+                started,
+                part,
+                min_quantized_fraction,
             )
             details = _run(job)
     details.update(
@@ -287,6 +302,7 @@ class _Job:
     progress: ProgressCallback
     started: float  # when quantize started: the manifest's stage_seconds counts from here
     part: tuple[int, int] | None = None  # a fan-out worker's (index, count)
+    min_quantized_fraction: float = 0.0  # refuse a run that quantizes less of the model (quant/roles.py)
 
     def description(self) -> ModelDescription:
         made = provenance("quantize", self.config.to_dict(), backend=self.plan.backend)
@@ -344,6 +360,9 @@ def _quantize_with_angelslim(job: _Job, workdir: Path) -> tuple[AngelSlimRun, fl
 def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> dict[str, object]:
     run, quantized_seconds = outcome
     description = job.description()
+    share = _angelslim_share(job, run.output)
+    warnings = _share_warnings(job, share, {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()})
+    description.created_by.config["quantized_share"] = share
     coverage = run.coverage.to_dict() if run.coverage is not None else None
     if coverage is not None:  # the manifest says which experts calibration reached
         description.created_by.config["expert_coverage"] = coverage
@@ -362,14 +381,26 @@ def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> 
         "engine_seconds": round(run.engine_seconds, 3),
         "import_seconds": round(result.seconds, 3),
         "calibration_samples": run.calibration.samples if run.calibration else 0,
+        "quantized_share": share,
+        "warnings": warnings,
     }
     if coverage is not None:
         details["expert_coverage"] = coverage
-        details["warnings"] = [
+        details["warnings"] = warnings + [
             f"expert {name} received no calibration token (its activation scales were set from its siblings)"
             for name in coverage["uncovered"]
         ]
     return details
+
+
+def _angelslim_share(job: _Job, folder: Path) -> dict[str, Any]:
+    """The quantized share of AngelSlim's result, from the tensor names of the folder it wrote."""
+    from ..hf import HFCheckpoint
+    from ..quant.linear_layers import model_layers
+
+    names = {name for weights in HFCheckpoint.open(resolve(str(folder))).weights for name in weights.tensors}
+    specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
+    return role_coverage(model_layers(job.reader.config()), specs, quantized_modules(names), job.config.ignore)
 
 
 def _run_ptq(job: _Job) -> dict[str, object]:
@@ -380,6 +411,10 @@ def _run_ptq(job: _Job) -> dict[str, object]:
     started = time.monotonic()
     ptq = plan_ptq(job.reader, job.plan.method, job.config.ignore, job.config.group_size)
     description = job.description()
+    specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
+    share = role_coverage(ptq.layers, specs, set(ptq.quantized), job.config.ignore)
+    warnings = _share_warnings(job, share, specs)
+    description.created_by.config["quantized_share"] = share
     # the writer's prefetch thread reads beside torch: count it, or threads fight over the cores
     with cleanup_on_bad_input(job.folder), torch_threads(compute_threads(helper_threads=1)) as threads:
         _guard_memory(
@@ -397,12 +432,39 @@ def _run_ptq(job: _Job) -> dict[str, object]:
         "quantized_layers": len(ptq.quantized),
         "skipped_layers": ptq.skipped,
         "torch_threads": threads,
+        "quantized_share": share,
+        "warnings": warnings,
     }
     if ptq.layers.experts:
         details["quantized_experts"] = len(ptq.quantized_experts)
     if job.part is not None:
         details["part"] = list(job.part)
     return details
+
+
+def _share_warnings(job: _Job, share: dict[str, Any], specs: Mapping[str, TensorSpec]) -> list[str]:
+    """Warn by name and count about modules the method left in full precision although they were
+    not ignored, and refuse (69) a run below --min-quantized-fraction before anything is written."""
+    left = share["left"]
+    warnings = []
+    if left:
+        params = sum(math.prod(specs[f"{m}.weight"].shape) for m in left)
+        example = left[0]
+        warnings.append(
+            f"{job.plan.method} left {len(left)} module(s) ({params:,} parameters) in full precision that were not "
+            f"ignored, e.g. {example} {list(specs[f'{example}.weight'].shape)}: a shape it cannot take (INT4 groups "
+            f"need an input width that is a multiple of --group-size {job.config.group_size}); quantized share: "
+            f"{describe(share)}"
+        )
+        for warning in warnings:
+            log.warning("%s", warning)
+    if share["fraction"] < job.min_quantized_fraction:
+        raise UnavailableError(
+            f"{job.plan.method} quantizes {share['fraction']:.1%} of the parameters asked for, below "
+            f"--min-quantized-fraction {job.min_quantized_fraction}: choose a --group-size the widths allow "
+            "(e.g. 32), another method, or a lower --min-quantized-fraction"
+        )
+    return warnings
 
 
 def _check_memory(plan: Plan, guess: Estimate) -> None:

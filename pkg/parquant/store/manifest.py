@@ -79,7 +79,16 @@ class Provenance:
         model, the experts calibration reached, for results and reports."""
         if self.stage != "quantize":
             return ""
-        return "; ".join([*self.fallbacks, *_coverage_note(self.config.get("expert_coverage"))])
+        share = self.config.get("quantized_share")
+        left = (
+            [
+                f"quantized {share['fraction']:.1%} of the parameters asked for "
+                f"({len(share.get('left', []))} modules left in full precision)"
+            ]
+            if isinstance(share, dict) and isinstance(share.get("fraction"), int | float) and share["fraction"] < 1
+            else []
+        )
+        return "; ".join([*self.fallbacks, *_coverage_note(self.config.get("expert_coverage")), *left])
 
 
 def _coverage_note(coverage: Any) -> list[str]:
