@@ -54,6 +54,7 @@ class QuantMethod:
     calibration_cost: float = 0.0
     default: bool = False
     notes: tuple[str, ...] = field(default=())
+    experimental: bool = False  # works, with a known upstream defect parquant works around: notes say which
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -126,9 +127,9 @@ def default_method() -> str:
 
 def help_text() -> str:
     """`--method` help: every method with its backends."""
-    return "; ".join(f"{m.name} ({', '.join(m.backends)})" for m in _REGISTRY.values()) + (
-        f". Default {default_method()}"
-    )
+    return "; ".join(
+        f"{m.name} ({', '.join(m.backends)}{', experimental' if m.experimental else ''})" for m in _REGISTRY.values()
+    ) + (f". Default {default_method()}")
 
 
 def docs_table() -> str:
@@ -140,6 +141,7 @@ def docs_table() -> str:
     for method in _REGISTRY.values():
         for impl in method.implementations:
             name = f"`{method.name}`" + (" (default)" if method.default else "")
+            name += " (experimental)" if method.experimental else ""
             backend = "AngelSlim" if impl.backend == ANGELSLIM else "built-in PTQ"
             calibration = "yes" if method.calibrated else "no"
             lines.append(
@@ -413,7 +415,14 @@ register(
         calibration_cost=4e-11,
         ptq_fallback="int4-packed",
         angelslim_recipe=_angelslim("w4a8_fp8", 8, weight="per-group", activation="per-tensor"),
-        notes=("served by vLLM / TensorRT-LLM W4A8 kernels on Hopper GPUs",),
+        experimental=True,
+        notes=(
+            "served by vLLM / TensorRT-LLM W4A8 kernels on Hopper GPUs",
+            "experimental: AngelSlim 0.5.0 stores its group steps as absmax/8 for INT4 codes made with absmax/7 "
+            "(every weight 12.5% too small); parquant detects this and corrects the steps exactly (x8/7). Its "
+            "config.json (compressed-tensors `naive-quantized`) does not describe the W4A8 layout: serving needs "
+            "a loader that knows it",
+        ),
     )
 )
 register(

@@ -46,3 +46,23 @@ def dequantize(prefix: str, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor
         return restored
     fp8 = (restored / tensor_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return fp8.to(torch.float32) * tensor_scale
+
+
+def upstream_step_error(steps: torch.Tensor, original: torch.Tensor) -> float:
+    """How AngelSlim stored a module's group steps: the ratio of each group's weight absmax to its
+    step, averaged. Its INT4 codes are round(w / (absmax / 7)) (7: INT4's largest positive value),
+    so the right step is absmax / 7; AngelSlim 0.5.0 stores absmax / 8 (its QDQModule), which
+    makes every restored weight 7/8 of its size (12.5% too small). Returns ~8.0 for that
+    bug, ~7.0 for a correct step."""
+
+    groups = steps.shape[1]
+    absmax = original.float().reshape(original.shape[0], groups, -1).abs().amax(dim=-1)
+    usable = steps.float() > 0
+    return float((absmax[usable] / steps.float()[usable]).mean()) if bool(usable.any()) else 7.0
+
+
+def corrected_steps(steps: torch.Tensor) -> torch.Tensor:
+    """absmax / 7 from a stored absmax / 8, bit for bit what the codes were made with: x8 is exact
+    in binary floating point, then the division rounds once, in the step's own dtype, as
+    AngelSlim's own `scales.div_(7)` did."""
+    return (steps * 8) / 7
