@@ -156,3 +156,30 @@ def test_experts_an_int4_method_cannot_take_are_named_counted_and_can_fail_the_r
     refused = cli("quantize", tmp_path / "m", "-o", tmp_path / "refused", *flags, "--min-quantized-fraction", "0.99")
     assert refused.code == 69 and "--min-quantized-fraction 0.99" in refused.err
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3_moe"])
+def test_export_says_which_runtimes_load_it_and_a_real_load_agrees(
+    tmp_path: Path, cli: Callable[..., CliResult], arch: str
+) -> None:
+    """Was: an int8-weight Qwen3-MoE export failed in from_pretrained with no word at export."""
+    from transformers import AutoModelForCausalLM
+
+    import_checkpoint(str(make_checkpoint(tmp_path / "hf", arch)), str(tmp_path / "m"))
+    assert cli("quantize", tmp_path / "m", "-o", tmp_path / "q", "--method", "int8-weight").code == 0
+    exported = cli("export", tmp_path / "q", "-o", tmp_path / "hf-out")
+    assert exported.code == 0, exported.err
+    said = json.loads(exported.out.strip().splitlines()[-1])
+    loads = said["details"]["loads_in"]["transformers_cpu"]
+    try:
+        AutoModelForCausalLM.from_pretrained(tmp_path / "hf-out")
+        loaded = True
+    except Exception:  # whatever transformers raises: the point is that it does not load
+        loaded = False
+    assert loaded == (loads == "yes"), (arch, loads)
+    if arch == "qwen3_moe":
+        assert loads.startswith("no: its MoE experts are quantized")
+        assert said["warnings"] and "transformers cannot load" in exported.err
+        assert "loads in     transformers on CPU: no" in cli("inspect", tmp_path / "q").out
+    else:
+        assert said["warnings"] == []

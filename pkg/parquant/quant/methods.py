@@ -29,7 +29,7 @@ class Implementation:
     weights: str
     activations: str
     output_format: str
-    loads_on_cpu: str = "yes"
+    loads_on_cpu: str = "dense models; not with quantized MoE experts (transformers 5 fuses experts)"
 
 
 @dataclass(frozen=True)

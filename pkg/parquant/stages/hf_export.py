@@ -10,6 +10,7 @@ from ..hf import DEFAULT_EXPORT_SHARD_BYTES
 from ..hf_folders import marker_for, write_hf_folder
 from ..outputs import OutputFolder
 from ..progress import ProgressCallback, no_progress
+from ..quant.runtimes import loads_in
 from ..store.reader import ModelReader
 from .common import StageContext, StageResult, log
 from .options import ExportOptions
@@ -42,14 +43,28 @@ def export_checkpoint(
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=marker_for(reader))
         check_separate(model_location, folder.location, "model")
         export = write_hf_folder(reader, folder, source=model, shard_bytes=shard_bytes, progress=progress)
+        runtimes = loads_in(reader.config(), reader.tensor_names())
+    warnings = []
+    if runtimes["transformers_cpu"] != "yes":
+        warnings.append(
+            f"transformers cannot load {output} on a CPU ({runtimes['transformers_cpu'].removeprefix('no: ')}): "
+            "serve it with a runtime that has the kernels (vLLM on a GPU); parquant validate and benchmark "
+            "dequantize it themselves"
+        )
+        log.warning("%s", warnings[0])
     if export.skipped:
         log.info("%s already holds this export; skipping (use --force to redo it)", output)
-        return StageResult("export", output, True, time.monotonic() - started)
+        return StageResult("export", output, True, time.monotonic() - started, warnings, {"loads_in": runtimes})
     return StageResult(
         "export",
         output,
         False,
         time.monotonic() - started,
-        [],
-        {"safetensors_files": export.safetensors_files, "files": export.files, "bytes": export.bytes},
+        warnings,
+        {
+            "safetensors_files": export.safetensors_files,
+            "files": export.files,
+            "bytes": export.bytes,
+            "loads_in": runtimes,
+        },
     )

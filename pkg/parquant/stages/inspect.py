@@ -9,6 +9,7 @@ from typing import Any
 from ..fs import resolve
 from ..moe import summarize_experts
 from ..quant.detect import detect_quantization, logical_parameters
+from ..quant.runtimes import loads_in
 from ..store.reader import ModelReader
 from .common import StageContext
 from .options import InspectOptions
@@ -40,6 +41,7 @@ class ModelSummary:
     source: dict[str, str]
     tensors: list[TensorRow]
     experts: dict[str, Any] | None = None  # MoE models: experts per layer, experts per token, active parameters
+    loads_in: dict[str, str] | None = None  # which runtimes load its export (quant/runtimes.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,6 +82,7 @@ def inspect_model(url: str, storage_options: Mapping[str, str] | None = None) ->
             source=manifest.source,
             tensors=rows,
             experts=experts.to_dict() if experts else None,
+            loads_in=loads_in(config, manifest.tensors),
         )
 
 
@@ -95,6 +98,7 @@ def format_summary(summary: ModelSummary, max_tensors: int = 40) -> str:
         f"size         {summary.total_bytes:,} bytes in {summary.tensor_count} tensors",
         f"quantization {summary.quantization}",
         *_share_lines(made_by.get("config", {}).get("quantized_share")),
+        *([f"loads in     transformers on CPU: {summary.loads_in['transformers_cpu']}"] if summary.loads_in else []),
         f"made by      {made_by.get('stage', '?')} (parquant {made_by.get('parquant_version', '?')})",
         f"files        {', '.join(summary.files) or '-'}",
         "bytes by dtype: " + ", ".join(f"{k} {v:,}" for k, v in summary.bytes_by_dtype.items()),
