@@ -65,6 +65,8 @@ class ValidationResult:
     method: str = "none"  # the method that made the candidate (manifest provenance)
     backend: str = "-"
     quantize_seconds: float | None = None  # how long making the candidate took (its manifest)
+    # which activation quantization the candidate ran with (quant/activations.py; validate.md)
+    activation_simulation: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "validation", **asdict(self)}
@@ -80,6 +82,8 @@ class ValidationResult:
         ]
         if worst is not None:
             lines.append(f"  worst tensor    {worst.name} cosine {worst.cosine:.5f} rel.err {worst.relative_error:.4f}")
+        if self.activation_simulation:
+            lines.append(f"  activations     {self.activation_simulation}")
         lines += [
             f"  task {name:<18} {scores['candidate']:.3f} (reference {scores['reference']:.3f})"
             for name, scores in self.tasks.items()

@@ -12,6 +12,7 @@ Thresholds turn the result into a gate (PrecisionGateError, exit 79).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
@@ -141,6 +142,7 @@ class PrecisionValidator:
         # like with like: the candidate computes in the reference's dtype (its scales' dtype made
         # fp8-static run in float32 against a bf16 reference)
         cand_model = candidate.build_model(dtype=ref_model.dtype)
+        simulation, simulated = _activation_simulation(candidate, cand_model)
         tasks = self._task_accuracy(ref_model, cand_model, tokenizer)
         windows = [ids[s : s + self.seq_len] for s in range(0, len(ids) - self.seq_len + 1, self.seq_len)]
         cosines, agree, kl, nll_ref, nll_cand = [], 0, 0.0, 0.0, 0.0
@@ -149,7 +151,8 @@ class PrecisionValidator:
         with torch.no_grad(), third_party_output("transformers", stdout=False):
             for index, window in enumerate(windows, 1):
                 ref_logits = ref_model(window.unsqueeze(0)).logits[0].float()
-                cand_logits = cand_model(window.unsqueeze(0)).logits[0].float()
+                with simulation:
+                    cand_logits = cand_model(window.unsqueeze(0)).logits[0].float()
                 if not bool(torch.isfinite(cand_logits).all()):
                     raise InvalidInputError(f"candidate {self.candidate_url} produced non-finite logits: it is broken")
                 if not bool(torch.isfinite(ref_logits).all()):
@@ -187,6 +190,7 @@ class PrecisionValidator:
             "perplexity_ratio": round(ppl_cand / ppl_ref, 6),
             "tokens_evaluated": tokens,
             "tasks": tasks,
+            "activation_simulation": simulated,
         }
 
     def _task_accuracy(self, reference: Any, candidate: Any, tokenizer: Any) -> dict[str, dict[str, float]]:
@@ -200,6 +204,27 @@ class PrecisionValidator:
         cand = run_tasks(candidate, tokenizer, self.tasks, self.task_limit)
         self.progress(ProgressEvent("tasks", "candidate", 2, 2))
         return {name: {"reference": ref[name], "candidate": cand[name]} for name in self.tasks}
+
+
+def _activation_simulation(candidate: WeightLoader, model: Any) -> tuple[Any, str]:
+    """(a context the candidate runs in, what it simulates). transformers' compressed-tensors path
+    quantizes activations itself; a model parquant dequantized gets them simulated here."""
+    from .quant.activations import ActivationSimulation, activation_schemes
+    from .quant.detect import needs_parquant_dequantizer
+
+    quantization = candidate.config().get("quantization_config") or {}
+    names = candidate.names()
+    if not quantization:
+        return contextlib.nullcontext(), "none: not quantized"
+    if not needs_parquant_dequantizer(quantization, names):
+        groups = (quantization.get("config_groups") or {}).values()
+        if any((g or {}).get("input_activations") for g in groups):
+            return contextlib.nullcontext(), "by compressed-tensors in transformers (the scheme's own)"
+        return contextlib.nullcontext(), "none: the scheme quantizes weights only"
+    wanted = (".input_scale", ".weight_scale", ".weight_scale_2", ".weight_scale_int4")
+    tensors = {n: candidate.load(n) for n in names if n.endswith(wanted)}
+    simulation = ActivationSimulation(model, activation_schemes(quantization, tensors))
+    return simulation, simulation.summary()
 
 
 def _compare(name: str, original: torch.Tensor, restored: torch.Tensor) -> TensorMetric:
