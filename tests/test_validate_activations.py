@@ -8,7 +8,6 @@ the figures of weight-only quantization.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
