@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,8 +175,20 @@ def test_an_endpoint_that_ignores_conditions_is_refused_unless_the_user_opts_in(
     s3: S3Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Was: treated as safe, so two writers both exited 0. The probe: a second create must fail."""
-    real_put = locks._S3Lock._put
-    monkeypatch.setattr(locks._S3Lock, "_put", lambda self, **condition: real_put(self))  # conditions dropped
+    import fsspec.asyn
+
+    from parquant.fs import s3_filesystem_class
+
+    cls = s3_filesystem_class()
+    real = cls._call_s3
+
+    async def conditions_dropped(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("IfNoneMatch", None)  # what such an endpoint does with them
+        kwargs.pop("IfMatch", None)
+        return await real(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "_call_s3", conditions_dropped)
+    monkeypatch.setattr(cls, "call_s3", fsspec.asyn.sync_wrapper(conditions_dropped))
     monkeypatch.setattr(locks, "_CONDITIONS_HONOURED", {})
     output = resolve(s3.url("ignored/m"), s3.options)
     with pytest.raises(UnavailableError, match="ignores If-None-Match"):

@@ -341,18 +341,25 @@ class _S3Lock:
         self._thread.start()
 
     def _conditions_honoured(self) -> bool:
-        """Whether this bucket's endpoint honours `If-None-Match: *` (probed once per process and
-        bucket, on the lock just created: creating it again must fail)."""
+        """Whether this bucket's endpoint honours `If-None-Match: *`, probed once per process and
+        bucket on an object of its own beside the lock (never the lock itself, which another writer
+        may take over meanwhile): created once with the condition, the second create must fail."""
         key = (str(self.where.fs.storage_options.get("client_kwargs", {}).get("endpoint_url")), self.bucket)
         if key not in _CONDITIONS_HONOURED:
+            probe = f"{self.key}.probe-{uuid.uuid4().hex[:12]}"
+            call = self.where.fs.call_s3
             try:
-                self._put(IfNoneMatch="*")
+                call("put_object", Bucket=self.bucket, Key=probe, Body=b"probe", IfNoneMatch="*")
+                call("put_object", Bucket=self.bucket, Key=probe, Body=b"probe", IfNoneMatch="*")
             except Exception as exc:
                 honoured = http_status(exc) in (409, 412)
                 if not honoured and not (http_status(exc) == 501 or _code(exc) == "NotImplemented"):
                     raise
             else:
                 honoured = False
+            finally:
+                with contextlib.suppress(Exception):
+                    call("delete_object", Bucket=self.bucket, Key=probe)
             _CONDITIONS_HONOURED[key] = honoured
         return _CONDITIONS_HONOURED[key]
 

@@ -33,6 +33,12 @@ MANIFEST_OR_RECORD = "parquant.json, .parquant-export.json or report.json"
 # One record per file written by a fan-out worker (import --shard-index): workers run in parallel,
 # so each records its own files instead of sharing the progress record.
 WORKER_RECORD_PREFIX = ".parquant-part-"
+# On object stores a Parquet model's shards live in a folder named after the work's fingerprint
+# (`data-<16 hex>/`): a stale writer of other work (its lock taken over while it was stopped) can
+# only ever write into its own folder, never over the shards of the model another writer
+# committed; writers of the same work write the same bytes. The manifest names the shards with it.
+MODEL_MARKER = "parquant.json"
+DATA_FOLDER_PREFIX = "data-"
 
 
 class OutputFolder:
@@ -49,6 +55,7 @@ class OutputFolder:
             self.staging = location
         self._progress: dict[str, Any] = {}
         self._worker = False  # a fan-out worker's view (begin_worker): never clears shared staging
+        self._data_folder = ""  # object stores, Parquet models: data-<fingerprint>/ (MODEL_MARKER)
         self._lock_suffix = ""  # the lock this run holds: the output's, or a fan-out worker's part
 
     # -- one writer ---------------------------------------------------------------------------------
@@ -86,7 +93,7 @@ class OutputFolder:
             else:
                 names = self._remote_names()
                 taken = any(name != PROGRESS_NAME for name in names)
-                ours = PROGRESS_NAME in names or any(_is_worker_record(name) for name in names)
+                ours = any(_unfinished_run_file(name) for name in names)
                 if taken and ours and not self._marker_exists():
                     taken = False  # our own unfinished run (or fan-out workers' files): resume it
         if taken:
@@ -103,15 +110,26 @@ class OutputFolder:
                 names = os.listdir(path) if os.path.isdir(path) and not os.path.islink(path) else None
             else:
                 names = self._remote_names()
-        if names is not None and (not names or any(n in _OUTPUT_MARKERS or _is_worker_record(n) for n in names)):
+        if names is not None and (not names or any(n in _OUTPUT_MARKERS or _unfinished_run_file(n) for n in names)):
             return
         raise OutputExistsError(
             f"output {self.location.url} holds files that parquant did not write (no {MANIFEST_OR_RECORD}): "
             "--force only replaces parquant outputs; remove them yourself or choose another --output"
         )
 
+    def published(self, relpath: str) -> str:
+        """Where a file written with `open_file(relpath)` lies relative to the output (what a
+        manifest names): in the work's data folder for a Parquet model on an object store."""
+        return f"{self._data_folder}/{relpath}" if self._data_folder else relpath
+
+    def _stage_for(self, fingerprint: str) -> None:
+        if not self.location.is_local and self.marker == MODEL_MARKER:
+            self._data_folder = DATA_FOLDER_PREFIX + hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+            self.staging = self.location.child(self._data_folder)
+
     def begin(self, fingerprint: str) -> dict[str, Any]:
         """Prepare the staging area; returns what a previous run of the same work already finished."""
+        self._stage_for(fingerprint)
         busy = live_worker_locks(self.location)
         if busy:
             raise TemporaryFailure(
@@ -136,8 +154,9 @@ class OutputFolder:
         done: dict[str, Any] = self._progress["done"]
         return done
 
-    def begin_worker(self) -> None:
+    def begin_worker(self, fingerprint: str) -> None:
         """A fan-out worker's start: make the staging area, never clear it (other workers write there)."""
+        self._stage_for(fingerprint)
         self._worker = True
         with storage_errors(self.location.url):
             if self.location.is_local:
@@ -275,6 +294,8 @@ class OutputFolder:
                 self.location.fs.rm(self.staging.child(name).path)
             if self.location.is_local:
                 self._swap_into_place()
+            elif self._data_folder:
+                self._remove_other_data_folders()
 
     def _create_marker(self, data: bytes) -> None:
         """The commit on an object store: the marker is created, never replaced (`If-None-Match:
@@ -294,6 +315,14 @@ class OutputFolder:
                     "over): nothing of this run was committed; rerun (a finished output is then skipped or refused)"
                 ) from None
         self.location.fs.invalidate_cache(self.location.path)
+
+    def _remove_other_data_folders(self) -> None:
+        """Data folders of other work (a writer whose lock was taken over, or a run of other input
+        that was abandoned): no manifest names them; they go after the commit."""
+        others = {n.split("/", 1)[0] for n in self._remote_names() if n.startswith(DATA_FOLDER_PREFIX) and "/" in n}
+        for folder in sorted(others - {self._data_folder}):
+            with contextlib.suppress(FileNotFoundError):
+                self.location.fs.rm(self.location.child(folder).path, recursive=True)
 
     def _swap_into_place(self) -> None:
         final = self.location.path.rstrip("/")
@@ -347,6 +376,9 @@ class OutputFolder:
         """Names of the fan-out workers' records in the staging area."""
         if self.location.is_local:
             names = os.listdir(self.staging.path) if os.path.isdir(self.staging.path) else []
+        elif self._data_folder:
+            prefix = self._data_folder + "/"
+            names = [n[len(prefix) :] for n in self._remote_names() if n.startswith(prefix)]
         else:
             names = self._remote_names()
         return [name for name in names if _is_worker_record(name)]
@@ -366,6 +398,12 @@ class OutputFolder:
             self.location.fs.call_s3(
                 "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
+
+
+def _unfinished_run_file(name: str) -> bool:
+    """A file only parquant's own unfinished run leaves in an output (resumable, replaceable)."""
+    leaf = name.rsplit("/", 1)[-1]
+    return name == PROGRESS_NAME or _is_worker_record(leaf) or name.startswith(DATA_FOLDER_PREFIX)
 
 
 def _is_worker_record(name: str) -> bool:

@@ -64,7 +64,8 @@ def test_single_tensor_read_fetches_a_small_fraction(tmp_path: Path, s3: S3Env) 
     save_file(tensors, str(folder / "model.safetensors"))
     (folder / "config.json").write_text("{}")
     import_checkpoint(upload_folder(s3, folder, "hf"), s3.url("pq"), storage_options=s3.options)
-    shard_bytes = s3.client.head_object(Bucket=s3.bucket, Key="pq/model.parquet")["ContentLength"]
+    (shard,) = [k for k in s3.keys("pq/") if k.endswith(".parquet")]  # pq/data-<work>/model.parquet
+    shard_bytes = s3.client.head_object(Bucket=s3.bucket, Key=shard)["ContentLength"]
     upstream = urlparse(s3.endpoint)
     with ByteCountingProxy((upstream.hostname or "", upstream.port or 80)) as proxy:
         s3_filesystem_class().clear_instance_cache()

@@ -165,7 +165,7 @@ def write_model(
         files.update({k: msgspec.convert(v, FileEntry) for k, v in entries["files"].items()})
     manifest = Manifest(
         format_version=FORMAT_VERSIONS[options.version],
-        shards=names,
+        shards=[output.published(name) for name in names],
         tensors=dict(sorted(tensors.items())),
         files=dict(sorted(files.items())),
         source=description.source,
@@ -202,7 +202,7 @@ def _write_part(
     progress: ProgressCallback,
 ) -> None:
     index, count = part
-    output.begin_worker()
+    output.begin_worker(work)
     done = output.worker_records(work)
     mine = [i for i in range(len(plan)) if i % count == index]
     items = [item for i in mine for item in plan[i]]
