@@ -235,6 +235,7 @@ def test_s3_server_frozen_mid_upload(
     scenario = "S3 server frozen mid-upload"
     fast = ("--storage-option", "read_timeout=3", "--storage-option", "max_attempts=1")
     outcomes = []
+    seconds: list[float] = []  # from the freeze to the exit: docs/reliability.md quotes them
     for attempt in range(3):
         output = f"s3://faults/frozen{attempt}"
         proc = start("import", checkpoint, "-o", output, *IMPORT_FLAGS, *_s3(s3_server), *fast)
@@ -247,6 +248,7 @@ def test_s3_server_frozen_mid_upload(
             run = finish(proc, timeout=90)
         finally:
             s3_server.thaw()
+        seconds.append(run.seconds)
         if run.code is None:
             outcomes.append(campaign.record(scenario, "hung", run.err[-300:]))
         elif has_traceback(run):
@@ -257,6 +259,9 @@ def test_s3_server_frozen_mid_upload(
             rerun = parquant("import", checkpoint, "-o", output, *IMPORT_FLAGS, *_s3(s3_server))
             correct = _exported_equals_source(output, checkpoint, tmp_path / "check", _s3(s3_server))
             outcomes.append(_judge_rerun(campaign, scenario, rerun, correct))
+    campaign.notes.append(
+        f"(figure) frozen S3 server: the run exits {', '.join(f'{s:.0f}' for s in seconds)} s after the freeze"
+    )
     assert set(outcomes) == {"recovered"}, campaign.notes
 
 
