@@ -6,14 +6,17 @@ import contextlib
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from typing import Any
 
 
 class ByteCountingProxy:
-    """Forward 127.0.0.1:<port> to `upstream` (host, port); `received` counts server->client bytes."""
+    """Forward 127.0.0.1:<port> to `upstream` (host, port); `received` counts server->client bytes.
+    `rewrite` changes what the client sends (e.g. drops headers, as some gateways do)."""
 
-    def __init__(self, upstream: tuple[str, int]) -> None:
+    def __init__(self, upstream: tuple[str, int], rewrite: Callable[[bytes], bytes] | None = None) -> None:
         self.upstream = upstream
+        self.rewrite = rewrite
         self.received = 0
         self._lock = threading.Lock()
         proxy = self
@@ -37,6 +40,8 @@ class ByteCountingProxy:
                 if count:
                     with self._lock:
                         self.received += len(data)
+                elif self.rewrite is not None:
+                    data = self.rewrite(data)
                 target.sendall(data)
         except OSError:
             pass

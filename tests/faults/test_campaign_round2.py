@@ -9,16 +9,12 @@ Each try is classified in the campaign table like round 1's (conftest.py).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import re
 import shutil
 import signal
-import socket
-import socketserver
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from ..byte_counting_proxy import ByteCountingProxy
 from .conftest import Campaign, S3Server, finish, has_traceback, parquant, start
 
 pytestmark = pytest.mark.faults
@@ -101,50 +98,21 @@ def test_a_writer_stopped_past_its_lease_never_touches_the_next_writers_model(
 
 
 # -- 2. an endpoint that ignores conditional writes -----------------------------------------------
-class _ConditionStripper:
+_CONDITIONS = re.compile(rb"\r\nIf-(?:None-)?Match:[^\r]*", re.IGNORECASE)
+
+
+def _condition_stripper(upstream_port: int) -> ByteCountingProxy:
     """A loopback forwarder to the S3 server that drops If-None-Match / If-Match from every request,
     as some gateways do: the server then never refuses a conditional write."""
-
-    _HEADER = re.compile(rb"\r\nIf-(?:None-)?Match:[^\r]*", re.IGNORECASE)
-
-    def __init__(self, upstream_port: int) -> None:
-        stripper = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                upstream = socket.create_connection(("127.0.0.1", upstream_port))
-                back = threading.Thread(target=stripper._pump, args=(upstream, self.request, False), daemon=True)
-                back.start()
-                stripper._pump(self.request, upstream, True)
-                back.join(timeout=5)
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, strip: bool) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(self._HEADER.sub(b"", data) if strip else data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    return ByteCountingProxy(("127.0.0.1", upstream_port), rewrite=lambda data: _CONDITIONS.sub(b"", data))
 
 
 def test_an_endpoint_that_ignores_conditions_is_refused_before_anything_is_written(
     sources: tuple[Path, Path], tmp_path: Path, campaign: Campaign, rng: random.Random, s3_server: S3Server
 ) -> None:
     scenario = "endpoint ignores conditions"
-    stripper = _ConditionStripper(s3_server.port)
-    options = ("--storage-option", f"endpoint_url={stripper.endpoint}")
+    stripper = _condition_stripper(s3_server.port)
+    options = ("--storage-option", f"endpoint_url=http://127.0.0.1:{stripper.port}")
     outcomes = []
     try:
         for attempt in range(2):
