@@ -138,6 +138,7 @@ class OutputFolder:
             )
         with storage_errors(self.location.url):
             if not self.location.is_local:
+                self._fence()  # a stale writer never aborts the uploads of the run that took over
                 self._abort_dangling_uploads()
             previous = self._read_progress()
             workers = self.worker_records(fingerprint)
@@ -234,8 +235,11 @@ class OutputFolder:
 
     def staged_size(self, relpath: str) -> int:
         """Size of a file written into the staging area (recorded, so a resume can check it)."""
-        with storage_errors(self.location.url):
-            return int(self.location.fs.size(self.staging.child(relpath).path))
+        if not self.location.is_local:
+            self._fence()  # a file gone because another writer took over: 75, not "not found"
+        target = self.staging.child(relpath)
+        with storage_errors(target.url), _lost_upload_is_retryable(target.url):
+            return int(self.location.fs.size(target.path))
 
     def intact(self, relpath: str, size: int | None, parquet: bool = False) -> bool:
         """Whether a file a previous run recorded as finished is still whole (size, Parquet footer).
@@ -317,12 +321,18 @@ class OutputFolder:
         self.location.fs.invalidate_cache(self.location.path)
 
     def _remove_other_data_folders(self) -> None:
-        """Data folders of other work (a writer whose lock was taken over, or a run of other input
-        that was abandoned): no manifest names them; they go after the commit."""
-        others = {n.split("/", 1)[0] for n in self._remote_names() if n.startswith(DATA_FOLDER_PREFIX) and "/" in n}
-        for folder in sorted(others - {self._data_folder}):
+        """What the committed manifest does not name: other works' data folders (a writer whose
+        lock was taken over, an abandoned run of other input) and an older layout's shards."""
+        keep = (self._data_folder + "/", self.marker or "")
+        others = [n for n in self._remote_names() if not n.startswith(keep) and n != self.marker]
+        folders = sorted({n.split("/", 1)[0] for n in others if n.startswith(DATA_FOLDER_PREFIX) and "/" in n})
+        files = [n for n in others if not (n.startswith(DATA_FOLDER_PREFIX) and "/" in n)]
+        for name in folders:
             with contextlib.suppress(FileNotFoundError):
-                self.location.fs.rm(self.location.child(folder).path, recursive=True)
+                self.location.fs.rm(self.location.child(name).path, recursive=True)
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                self.location.fs.rm(self.location.child(name).path)
 
     def _swap_into_place(self) -> None:
         final = self.location.path.rstrip("/")
@@ -365,11 +375,15 @@ class OutputFolder:
             if os.path.isdir(self.staging.path):
                 shutil.rmtree(self.staging.path)
             return
+        self._fence()  # a writer stopped past its lease deletes nothing of the run that took over
         if self._marker_exists():
             # Remove the marker first: from here on readers see "incomplete", never a mix.
             self.location.fs.rm(self.location.child(self.marker or "").path)
-        if self.location.fs.exists(self.location.path):
-            self.location.fs.rm(self.location.path, recursive=True)
+        # a model's own data folder only: other objects (another work's folder, an older layout's
+        # shards) go after this run's commit, never before it
+        target = self.staging if self._data_folder else self.location
+        if self.location.fs.exists(target.path):
+            self.location.fs.rm(target.path, recursive=True)
         self.location.fs.invalidate_cache(self.location.path)
 
     def _staged_worker_records(self) -> list[str]:
