@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := out/demo
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo docs docs-serve test test-faults browser lint lint-deploy format bench bench-digests bench-precision train-example clean \
+.PHONY: venv demo docs docs-serve test test-fast test-faults browser lint lint-deploy format bench bench-digests bench-precision train-example clean \
         image-cpu image-gpu image-gpu-check test-image control-plane test-k8s
 
 venv: $(STAMP)
@@ -33,6 +33,11 @@ demo: venv
 ## tier (tests/k8s) is `make test-k8s`; the executor it covers is measured there.
 test: venv browser
 	$(BIN)/python -m pytest -q --cov --cov-report=term --cov-fail-under=90 -m 'not control_plane and not faults' tests
+
+## test-fast: the unit tier, every test not marked slow (no CLI runs, no S3 server, no model builds
+## beyond the tiniest): under two minutes on two cores, for the edit-test loop. `make test` runs all.
+test-fast: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m 'not slow and not control_plane and not faults' tests
 
 ## browser: Debian's chromium for the report test (installed as root with apt; otherwise that test is
 ## skipped and says why)

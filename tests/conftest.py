@@ -241,3 +241,41 @@ def upload_folder(s3: S3Env, folder: Path, prefix: str) -> str:
         if path.is_file():
             s3.client.upload_file(str(path), s3.bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
     return s3.url(prefix)
+
+
+# The fast tier (`make test-fast`, under two minutes on two cores) is every test not marked slow.
+# Slow are: tests that drive the whole CLI or a real S3 server (the `cli`, `s3` fixtures), and the
+# modules below that build models, run AngelSlim, the docs or the benchmarks; a test may also carry
+# `@pytest.mark.slow` itself.
+SLOW_FIXTURES = frozenset({"cli", "s3", "s3_endpoint"})
+SLOW_MODULES = frozenset(
+    {
+        "test_angelslim_methods",
+        "test_bench",
+        "test_compare",
+        "test_convert_fanout",
+        "test_convert_resume",
+        "test_convert_signals",
+        "test_doc_examples",
+        "test_docs",
+        "test_examples",
+        "test_method_digests",
+        "test_moe",
+        "test_quantize",
+        "test_quantize_fanout",
+        "test_quantize_recovery",
+        "test_report",
+        "test_validate",
+        "test_validate_activations",
+        "test_validate_lossless",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or (
+            item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES
+        ):
+            item.add_marker(pytest.mark.slow)

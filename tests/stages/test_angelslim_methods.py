@@ -190,4 +190,4 @@ def test_auto_picks_angelslim_for_qwen3_moe_and_explains_what_it_cannot_run() ->
     assert plan("fp8-dynamic", "qwen3_moe") == ("angelslim", "fp8-dynamic")  # was: unsupported architecture
     assert plan("int8-smooth", "qwen3_moe") == ("angelslim", "int8-smooth")
     assert plan("fp8-dynamic", "mixtral") == ("ptq", "fp8-dynamic")  # no AngelSlim class for Mixtral
-    assert plan("nvfp4", "mistral") == ("ptq", "fp8-dynamic")
+    assert plan("nvfp4", "mistral") == ("ptq", "int4-packed")  # the same 4-bit weights

@@ -64,9 +64,11 @@ class ActivationScheme:
         elif self.strategy == "token":
             scale = values.abs().amax(dim=-1, keepdim=True) / qmax
         elif self.strategy == "group" and self.group_size:
-            grouped = values.reshape(*values.shape[:-1], -1, self.group_size)
-            scale = (grouped.abs().amax(dim=-1, keepdim=True) / qmax).repeat_interleave(self.group_size, dim=-1)
-            scale = scale.reshape(values.shape)
+            width, size = values.shape[-1], self.group_size
+            padded = torch.nn.functional.pad(values, (0, -width % size))  # a last, partial group
+            grouped = padded.reshape(*padded.shape[:-1], -1, size)
+            scale = (grouped.abs().amax(dim=-1, keepdim=True) / qmax).repeat_interleave(size, dim=-1)
+            scale = scale.reshape(padded.shape)[..., :width]
         else:
             scale = values.abs().amax() / qmax
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
