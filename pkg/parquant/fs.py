@@ -133,11 +133,22 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, str]:
     return options
 
 
+# Local disk and S3 (and S3-compatible stores): what OutputFolder and the locks implement. Any other
+# fsspec protocol is refused up front (64), never half-supported until an S3-only call fails.
+SUPPORTED_PROTOCOLS = ("file", "local", "s3", "s3a")
+
+
 def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> Location:
     """Open the filesystem behind `url` once; S3 options come from AWS_* variables and `storage_options`."""
     if not url:
         raise UsageError("an empty URL was given: pass a local path or s3://bucket/key")
     protocol = fsspec.core.split_protocol(url)[0] or "file"
+    if protocol not in SUPPORTED_PROTOCOLS:
+        raise UsageError(
+            f"{_safe_url(url)!r}: parquant reads and writes local paths and s3:// URLs, not {protocol}:// (its atomic "
+            "writes and locks are implemented for those two): copy the data to S3 (or an S3-compatible store) or "
+            "local disk"
+        )
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):
         options = _s3_options(storage_options or {})
