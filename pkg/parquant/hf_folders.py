@@ -107,8 +107,7 @@ def cached_hf_folder(reader: ModelReader) -> Path:
         problem = entry_problem(path, reader)
         if problem is not None:
             log.warning("the HF-folder cache entry %s is damaged (%s): rebuilding it", path.name, problem)
-            with output_lock(resolve(str(path))):
-                shutil.rmtree(path, ignore_errors=True)
+            _remove_entry(path)
             result = _fill(path, reader)
             problem = entry_problem(path, reader)
             if problem is not None:
@@ -136,8 +135,7 @@ def _fill(path: Path, reader: ModelReader) -> HFExport:
             # An entry this version did not write (an older parquant's, or a damaged one): the
             # cache owns the folder, so it is replaced, never a reason to fail.
             log.info("replacing the stale HF-folder cache entry %s", path.name)
-            with output_lock(resolve(str(path))):
-                shutil.rmtree(path, ignore_errors=True)
+            _remove_entry(path)
         except TemporaryFailure:
             if not is_locked(resolve(str(path))):
                 raise
@@ -145,6 +143,12 @@ def _fill(path: Path, reader: ModelReader) -> HFExport:
                 log.info("another process is filling the HF-folder cache entry %s: waiting for it", path.name)
                 waited = True
             time.sleep(_WAIT_SECONDS)
+
+
+def _remove_entry(path: Path) -> None:
+    """The cache owns its entries: one it cannot use is removed, under the entry's lock."""
+    with output_lock(resolve(str(path))):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def entry_problem(path: Path, reader: ModelReader) -> str | None:
@@ -161,12 +165,11 @@ def entry_problem(path: Path, reader: ModelReader) -> str | None:
             return problem
     tensors = reader.manifest.tensors
     for file_name, (file_specs, metadata) in plan.items():
-        expected = len(safetensors_header(file_specs, metadata)) + sum(s.nbytes for s in file_specs)
+        offset = len(safetensors_header(file_specs, metadata))  # the first tensor's byte
         target = path / file_name
-        problem = _file_problem(target, expected, None)
+        problem = _file_problem(target, offset + sum(s.nbytes for s in file_specs), None)
         if problem:
             return problem
-        offset = len(safetensors_header(file_specs, metadata))
         with open(target, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)  # slices of a view are not copies: a 1 GB tensor costs no 1 GB
             try:

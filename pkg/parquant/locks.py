@@ -169,24 +169,14 @@ def is_locked(output: Location, suffix: str = "") -> bool:
 
 def live_worker_locks(output: Location) -> list[str]:
     """Names of the fan-out workers' locks of `output` that a live worker still holds."""
-    base = lock_location(output, "-part-")
-    parent, prefix = posixpath.split(base.path)
-    live = []
-    for name in _lock_names(output, parent, prefix):
-        suffix = name[len(prefix) - len("-part-") :]
-        if is_locked(output, suffix):
-            live.append(name)
-    return live
+    return [name for name, suffix in _worker_locks(output) if is_locked(output, suffix)]
 
 
 def remove_dead_worker_locks(output: Location) -> list[str]:
     """Remove the fan-out part locks of `output` whose holder is gone (a killed worker leaves its
     lock file or object behind; nothing is held by it, but it misleads whoever lists the folder)."""
-    base = lock_location(output, "-part-")
-    parent, prefix = posixpath.split(base.path)
     removed = []
-    for name in _lock_names(output, parent, prefix):
-        suffix = name[len(prefix) - len("-part-") :]
+    for name, suffix in _worker_locks(output):
         if not is_locked(output, suffix):
             where = lock_location(output, suffix)
             with storage_errors(output.url), contextlib.suppress(FileNotFoundError):
@@ -199,13 +189,18 @@ def remove_dead_worker_locks(output: Location) -> list[str]:
     return removed
 
 
-def _lock_names(output: Location, parent: str, prefix: str) -> list[str]:
+def _worker_locks(output: Location) -> list[tuple[str, str]]:
+    """(name, suffix for lock_location) of every fan-out part lock beside `output`, held or not."""
+    base = lock_location(output, "-part-")
+    parent, prefix = posixpath.split(base.path)
     with storage_errors(output.url):
         if output.is_local:
-            return sorted(n for n in os.listdir(parent) if n.startswith(prefix)) if os.path.isdir(parent) else []
-        bucket, _, key_prefix = posixpath.join(parent, prefix).partition("/")
-        listing = output.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key_prefix)
-        return sorted(posixpath.basename(item["Key"]) for item in listing.get("Contents", []))
+            names = [n for n in os.listdir(parent) if n.startswith(prefix)] if os.path.isdir(parent) else []
+        else:
+            bucket, _, key_prefix = base.path.partition("/")
+            listing = output.fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=key_prefix)
+            names = [posixpath.basename(item["Key"]) for item in listing.get("Contents", [])]
+    return [(name, name[len(prefix) - len("-part-") :]) for name in sorted(names)]
 
 
 class _LocalLock:
@@ -317,7 +312,7 @@ class _S3Lock:
             try:
                 self.etag = self._put(IfNoneMatch="*")
             except Exception as exc:
-                if http_status(exc) == 501 or _code(exc) == "NotImplemented":
+                if _not_implemented(exc):
                     self._refuse_unless_opted_in(output_url, "answers 501 (not implemented) to conditional writes")
                     self.conditional = False
                     self._acquire_unconditional(output_url)
@@ -353,7 +348,7 @@ class _S3Lock:
                 call("put_object", Bucket=self.bucket, Key=probe, Body=b"probe", IfNoneMatch="*")
             except Exception as exc:
                 honoured = http_status(exc) in (409, 412)
-                if not honoured and not (http_status(exc) == 501 or _code(exc) == "NotImplemented"):
+                if not honoured and not _not_implemented(exc):
                     raise
             else:
                 honoured = False
@@ -472,6 +467,11 @@ def _response(exc: BaseException) -> dict[str, Any]:
 
 def http_status(exc: BaseException) -> int:
     return int(_response(exc).get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _not_implemented(exc: BaseException) -> bool:
+    """The endpoint has no conditional writes (it says 501 / NotImplemented to them)."""
+    return http_status(exc) == 501 or _code(exc) == "NotImplemented"
 
 
 def _code(exc: BaseException) -> str:

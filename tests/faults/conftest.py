@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,6 +124,16 @@ def finish(proc: subprocess.Popen[bytes], timeout: float) -> Run:
         proc.kill()
         _, err = proc.communicate()
         return Run(None, err.decode(errors="replace"), time.monotonic() - started)
+
+
+def exported_equals_source(model: str, source: Path, work: Path, options: tuple[str, ...] = ()) -> bool:
+    """Whether `model`, exported into `work`, gives the source checkpoint's weights and config back
+    byte for byte (the rerun-after-a-fault check of every scenario)."""
+    shutil.rmtree(work, ignore_errors=True)
+    run = parquant("export", model, "-o", work, *options, timeout=120)
+    if run.code != 0:
+        return False
+    return all((work / n).read_bytes() == (source / n).read_bytes() for n in ("model.safetensors", "config.json"))
 
 
 def has_traceback(run: Run) -> bool:

@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 from parquant.fs import resolve
 from parquant.store.reader import ModelReader
 
-from .conftest import Campaign, Run, S3Server, finish, has_traceback, parquant, start
+from .conftest import Campaign, Run, S3Server, exported_equals_source, finish, has_traceback, parquant, start
 
 pytestmark = pytest.mark.faults
 IMPORT_FLAGS = ("--shard-size", "1MiB", "--chunk-size", "256KiB")
@@ -47,14 +47,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _s3(server: S3Server) -> tuple[str, ...]:
     return ("--storage-option", f"endpoint_url={server.endpoint}")
-
-
-def _exported_equals_source(model: str, source: Path, work: Path, options: tuple[str, ...] = ()) -> bool:
-    shutil.rmtree(work, ignore_errors=True)
-    run = parquant("export", model, "-o", work, *options, timeout=120)
-    if run.code != 0:
-        return False
-    return all((work / n).read_bytes() == (source / n).read_bytes() for n in ("model.safetensors", "config.json"))
 
 
 def _kill_at(proc: subprocess.Popen[bytes], delay: float) -> bool:
@@ -99,7 +91,7 @@ def test_kill9_during_import(
         proc = start("import", checkpoint, "-o", output, *IMPORT_FLAGS, *options)
         _kill_at(proc, rng.uniform(0.2, clean * 1.2))
         rerun = parquant("import", checkpoint, "-o", output, *IMPORT_FLAGS, *options)
-        correct = _exported_equals_source(output, checkpoint, tmp_path / "check", options)
+        correct = exported_equals_source(output, checkpoint, tmp_path / "check", options)
         outcomes.append(_judge_rerun(campaign, scenario, rerun, correct))
         extra = set(os.listdir(tmp_path)) - before - {"check", f"out{attempt}"}
         if extra - {f".out{attempt}.parquant-lock"}:
@@ -121,13 +113,13 @@ def test_kill9_during_forced_reimport_keeps_the_previous_output(
         proc = start("import", checkpoint, "-o", output, "--shard-size", "1MiB", *chunk, "--force")
         _kill_at(proc, rng.uniform(0.2, clean * 1.2))
         # Whatever the moment of the kill, a reader sees a whole model: the old one or the new one.
-        whole = _exported_equals_source(str(output), checkpoint, tmp_path / "check")
+        whole = exported_equals_source(str(output), checkpoint, tmp_path / "check")
         if not whole:
             outcomes.append(campaign.record(scenario, "corrupt", "the previous good output was damaged"))
             continue
         rerun = parquant("import", checkpoint, "-o", output, "--shard-size", "1MiB", *chunk, "--force")
         outcomes.append(
-            _judge_rerun(campaign, scenario, rerun, _exported_equals_source(str(output), checkpoint, tmp_path / "c2"))
+            _judge_rerun(campaign, scenario, rerun, exported_equals_source(str(output), checkpoint, tmp_path / "c2"))
         )
     assert set(outcomes) == {"recovered"}, campaign.notes
 
@@ -220,7 +212,7 @@ def test_s3_server_killed_then_restarted(checkpoint: Path, tmp_path: Path, campa
         else:
             server.start()  # a fresh server: everything is uploaded again
             rerun = parquant("import", checkpoint, "-o", output, *IMPORT_FLAGS, *_s3(server))
-            correct = _exported_equals_source(output, checkpoint, tmp_path / "check", _s3(server))
+            correct = exported_equals_source(output, checkpoint, tmp_path / "check", _s3(server))
             outcomes.append(_judge_rerun(campaign, scenario, rerun, correct))
         server.kill()
     assert set(outcomes) == {"recovered"}, campaign.notes
@@ -257,7 +249,7 @@ def test_s3_server_frozen_mid_upload(
             outcomes.append(campaign.record(scenario, "corrupt", f"exit {run.code}"))
         else:
             rerun = parquant("import", checkpoint, "-o", output, *IMPORT_FLAGS, *_s3(s3_server))
-            correct = _exported_equals_source(output, checkpoint, tmp_path / "check", _s3(s3_server))
+            correct = exported_equals_source(output, checkpoint, tmp_path / "check", _s3(s3_server))
             outcomes.append(_judge_rerun(campaign, scenario, rerun, correct))
     campaign.notes.append(
         f"(figure) frozen S3 server: the run exits {', '.join(f'{s:.0f}' for s in seconds)} s after the freeze"
@@ -290,7 +282,7 @@ def test_two_concurrent_writers(
             outcomes.append(campaign.record(scenario, "corrupt", f"exit codes {codes}"))
             continue
         rerun = parquant("import", checkpoint, "-o", output, *IMPORT_FLAGS, *options)
-        correct = _exported_equals_source(output, checkpoint, tmp_path / "check", options)
+        correct = exported_equals_source(output, checkpoint, tmp_path / "check", options)
         outcomes.append(_judge_rerun(campaign, scenario, rerun, correct and "skipping" in rerun.err))
     assert set(outcomes) == {"recovered"}, campaign.notes
 
@@ -335,6 +327,6 @@ def test_disk_full(checkpoint: Path, small_disk: Path, tmp_path: Path, campaign:
     else:
         filler.unlink()
         rerun = parquant("import", checkpoint, "-o", small_disk / "pq", *IMPORT_FLAGS)
-        correct = _exported_equals_source(str(small_disk / "pq"), checkpoint, tmp_path / "check")
+        correct = exported_equals_source(str(small_disk / "pq"), checkpoint, tmp_path / "check")
         outcomes.append(_judge_rerun(campaign, scenario, rerun, correct))
     assert set(outcomes) == {"recovered"}, campaign.notes

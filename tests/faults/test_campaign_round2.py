@@ -24,7 +24,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from ..byte_counting_proxy import ByteCountingProxy
-from .conftest import Campaign, S3Server, finish, has_traceback, parquant, start
+from .conftest import Campaign, S3Server, exported_equals_source, finish, has_traceback, parquant, start
 
 pytestmark = pytest.mark.faults
 FLAGS = ("--shard-size", "1MiB", "--chunk-size", "256KiB")
@@ -51,12 +51,6 @@ def sources(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _s3(server: S3Server, *extra: str) -> tuple[str, ...]:
     return ("--storage-option", f"endpoint_url={server.endpoint}", *extra)
-
-
-def _same_as(model: str, source: Path, work: Path, options: tuple[str, ...] = ()) -> bool:
-    shutil.rmtree(work, ignore_errors=True)
-    run = parquant("export", model, "-o", work, *options, timeout=120)
-    return run.code == 0 and (work / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
 
 
 def _judge(campaign: Campaign, scenario: str, runs: list[Any], ok: bool, note: str) -> str:
@@ -86,7 +80,7 @@ def test_a_writer_stopped_past_its_lease_never_touches_the_next_writers_model(
         first.send_signal(signal.SIGCONT)
         stale = finish(first, 120)
         rerun = parquant("import", sources[1], "-o", output, *FLAGS, *_s3(s3_server), env=lease)
-        intact = _same_as(output, sources[1], tmp_path / "check", _s3(s3_server))
+        intact = exported_equals_source(output, sources[1], tmp_path / "check", _s3(s3_server))
         # the stale writer stops with 75 (it lost its lock), 74 (its own upload was aborted by the
         # other writer's cleanup) or, stopped before its lock or its first check of the output, 73
         # (the output now holds the other writer's model): never 0, never a write into that model
@@ -134,7 +128,9 @@ def test_an_endpoint_that_ignores_conditions_is_refused_before_anything_is_writt
             "--storage-option",
             "unsafe_single_writer=true",
         )
-        ok = opted.code == 0 and _same_as("s3://faults/opted", sources[0], tmp_path / "check", _s3(s3_server))
+        ok = opted.code == 0 and exported_equals_source(
+            "s3://faults/opted", sources[0], tmp_path / "check", _s3(s3_server)
+        )
         outcomes.append(_judge(campaign, scenario, [opted], ok, f"opted in: {opted.code} {opted.err[-200:]}"))
     finally:
         stripper.close()

@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 from ..errors import EXIT_CODES, ParquantError, TemporaryFailure, UsageError
@@ -68,9 +67,9 @@ def fan_out_part(options: Any, context: StageContext) -> tuple[int, int] | None:
     return index, options.shard_count
 
 
-def run_local_workers(stage: str, options: Any, count: int, output: Location) -> float:
-    """Run `count` workers of `stage` as child processes of this one, wait for all of them, and
-    return how long they took (the stage's time includes it, not only the commit's).
+def run_local_workers(stage: str, options: Any, count: int, output: Location) -> None:
+    """Run `count` workers of `stage` as child processes of this one and wait for all of them (the
+    stage passes its start time on, so its seconds count the workers, not only the commit).
 
     Each is `parquant <stage>` with this run's options plus `--shard-index i --shard-count count`
     (quiet: N progress bars would garble each other; their log lines show). The first failure's
@@ -78,7 +77,6 @@ def run_local_workers(stage: str, options: Any, count: int, output: Location) ->
     worker killed by a signal is a temporary failure (75: rerun, its part is redone), and the part
     lock it leaves behind is removed.
     """
-    started = time.monotonic()
     check_part((0, count), options.force)
     defaults = STAGE_OPTIONS[stage]
     params = {
@@ -96,7 +94,7 @@ def run_local_workers(stage: str, options: Any, count: int, output: Location) ->
     codes = [worker.wait() for worker in workers]
     failed = [(i, code) for i, code in enumerate(codes) if code != 0]
     if not failed:
-        return time.monotonic() - started
+        return
     index, code = failed[0]
     if code < 0:  # killed by a signal: its part is unfinished, the rest is kept; a rerun redoes it
         removed = remove_dead_worker_locks(output)

@@ -360,8 +360,9 @@ def _quantize_with_angelslim(job: _Job, workdir: Path) -> tuple[AngelSlimRun, fl
 def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> dict[str, object]:
     run, quantized_seconds = outcome
     description = job.description()
-    share = _angelslim_share(job, run.output)
-    warnings = _share_warnings(job, share, {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()})
+    specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
+    share = _angelslim_share(job, run.output, specs)
+    warnings = _share_warnings(job, share, specs)
     description.created_by.config["quantized_share"] = share
     coverage = run.coverage.to_dict() if run.coverage is not None else None
     if coverage is not None:  # the manifest says which experts calibration reached
@@ -393,13 +394,12 @@ def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> 
     return details
 
 
-def _angelslim_share(job: _Job, folder: Path) -> dict[str, Any]:
+def _angelslim_share(job: _Job, folder: Path, specs: Mapping[str, TensorSpec]) -> dict[str, Any]:
     """The quantized share of AngelSlim's result, from the tensor names of the folder it wrote."""
     from ..hf import HFCheckpoint
     from ..quant.linear_layers import model_layers
 
     names = {name for weights in HFCheckpoint.open(resolve(str(folder))).weights for name in weights.tensors}
-    specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
     return role_coverage(model_layers(job.reader.config()), specs, quantized_modules(names), job.config.ignore)
 
 
