@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from parquant.quant.builders import build
+from parquant.quant.checkpoint_config import config_block
 from parquant.quant.config import load_config
 from parquant.quant.formats.compressed_tensors import dequantize, dequantize_packed, dequantize_scaled
 from parquant.quant.fp8_block import quantize_fp8_blocks
@@ -63,9 +65,10 @@ def test_fp8_block_refuses_nan() -> None:
 
 
 def test_fp8_block_dequantizes_through_the_config(blocky: torch.Tensor) -> None:
-    method = get_method("fp8-block").build(128)
+    recipe = get_method("fp8-block").recipe("ptq")
+    method = build(recipe.single, recipe)
     tensors = {f"l.{k}": v for k, v in method.quantize_tensors(blocky.to(torch.bfloat16)).items()}
-    config = method.quantization_config([])
+    config = config_block(recipe, [])
     assert config["config_groups"]["group_0"]["weights"]["block_structure"] == [128, 128]
     restored = dequantize("l", tensors, config)
     assert restored is not None and restored.shape == (200, 300)
@@ -79,7 +82,8 @@ def test_int4_packed_matches_the_library_packing_and_error_bound(group_size: int
     torch.manual_seed(2)
     w = (torch.randn(64, 256) * torch.linspace(0.01, 2, 64).unsqueeze(1)).to(torch.bfloat16)
     w[3] = 0.0
-    out = get_method("int4-packed").build(group_size).quantize_tensors(w)
+    recipe = get_method("int4-packed").recipe("ptq", group_size)
+    out = build(recipe.single, recipe).quantize_tensors(w)
     assert out["weight_packed"].shape == (64, 32) and out["weight_scale"].shape == (64, 256 // group_size)
     assert out["weight_shape"].tolist() == [64, 256]
     signed = unpack_from_int32(out["weight_packed"], 4, torch.Size([64, 256]))

@@ -10,31 +10,31 @@ import torch
 from parquant.errors import ConfigError, UsageError
 from parquant.pipeline import StageSpec
 from parquant.quant import methods
+from parquant.quant.checkpoint_config import config_block
 from parquant.quant.config import load_config
-from parquant.quant.formats import compressed_tensors
-from parquant.quant.ptq import ChannelMethod, QuantizedWeight
+from parquant.quant.recipe import Recipe, RecipeGroup, Scheme
 from parquant.weights import WeightLoader
 
 from ..conftest import REPO, embedded_model_in
 
-
-class Int7Method(ChannelMethod):
-    """A toy: int8 storage, but only 7 bits used (absmax / 63). Made and registered in this test alone."""
-
-    def quantize(self, weight: torch.Tensor) -> QuantizedWeight:
-        stored = (weight.float().abs().amax(dim=1, keepdim=True) / 63).to(weight.dtype)
-        scale = torch.where(stored.float() > 0, stored.float(), torch.ones_like(stored.float()))
-        values = torch.round(weight.float() / scale).clamp(-63, 63).to(torch.int8)
-        return QuantizedWeight(values, stored)
-
-
+# A method made of data alone: FP8 weights per channel with 16-bit activations (W8A16 in FP8), a
+# scheme no shipped preset has. Registering it is the whole change: the built-in PTQ derives its
+# quantizer and its config.json block from the recipe.
 TOY = methods.QuantMethod(
-    "toy-int7",
-    "7-bit weights stored as int8 (test only)",
-    (methods.Implementation(methods.PTQ, "INT7 in int8, per channel", "16-bit", "compressed-tensors"),),
-    compressed_tensors.NAME,
-    builder=lambda group_size: Int7Method("toy-int7", "int", activations_dynamic=False),
+    "toy-fp8-weight",
+    "FP8 weights per channel, 16-bit activations (test only)",
+    (
+        methods.Implementation(
+            methods.PTQ,
+            lambda group_size: Recipe(
+                "toy-fp8-weight",
+                (RecipeGroup(("Linear",), Scheme(FP8_CHANNEL, None, "float-quantized")),),
+            ),
+            "compressed-tensors `float-quantized`",
+        ),
+    ),
 )
+FP8_CHANNEL = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None, "strategy": "channel"}
 
 
 def test_a_method_registered_in_a_test_runs_through_quantize_validate_and_report(tmp_path: Path) -> None:
@@ -43,8 +43,9 @@ def test_a_method_registered_in_a_test_runs_through_quantize_validate_and_report
     from parquant.stages.validate import validate
 
     with embedded_model_in(tmp_path, "model") as model, methods.registered(TOY):
-        result = quantize(str(model), str(tmp_path / "toy"), load_config(flags={"method": "toy-int7"}, environ={}))
-        assert result.details["backend"] == "ptq" and result.details["method"] == "toy-int7"
+        flags = {"method": "toy-fp8-weight"}
+        result = quantize(str(model), str(tmp_path / "toy"), load_config(flags=flags, environ={}))
+        assert result.details["backend"] == "ptq" and result.details["method"] == "toy-fp8-weight"
         checked = validate(
             str(model),
             str(tmp_path / "toy"),
@@ -56,11 +57,12 @@ def test_a_method_registered_in_a_test_runs_through_quantize_validate_and_report
         with WeightLoader(str(tmp_path / "toy")) as loader:
             stored = loader.load("model.layers.0.mlp.down_proj.weight")
             config = loader.config()
-    assert stored.dtype == torch.int8 and int(stored.abs().max()) == 63  # the toy's own math ran
-    assert config["quantization_config"]["quant_method"] == "compressed-tensors"
+    assert stored.dtype == torch.float8_e4m3fn  # the scheme's math ran
+    block = config["quantization_config"]
+    assert block["format"] == "float-quantized" and block["config_groups"]["group_0"]["input_activations"] is None
     assert 0.99 < min(t.cosine for t in checked.tensors) < 1.0
     assert checked.logits_cosine_mean > 0.99 and checked.passed
-    assert written and "toy-int7" in (tmp_path / "report" / "report.md").read_text()
+    assert written and "toy-fp8-weight" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_an_unknown_method_is_an_error_everywhere() -> None:
@@ -77,10 +79,9 @@ def test_an_unknown_method_is_an_error_everywhere() -> None:
 def test_registration_refuses_duplicates_and_half_described_methods() -> None:
     with pytest.raises(ValueError, match="already registered"):
         methods.register(methods.get_method("int8-weight"))
-    with pytest.raises(ValueError, match="needs a builder"):
-        methods.register(
-            methods.QuantMethod("half", "no builder", (methods.Implementation(methods.PTQ, "", "", ""),), "gptq")
-        )
+    with pytest.raises(ValueError, match="one implementation per backend"):
+        twice = methods.Implementation(methods.PTQ, TOY.implementations[0].recipe, "")
+        methods.register(methods.QuantMethod("half", "two of one backend", (twice, twice)))
     assert "half" not in methods.method_names()
 
 
@@ -126,7 +127,7 @@ def test_a_fallback_keeps_the_weight_bit_width(name: str) -> None:
     """`--backend auto` never turns a 4-bit request into an 8-bit model (int4-gptq used to become int8-weight)."""
     fallback = methods.get_method(methods.get_method(name).fallback)
     assert fallback.offered_by(methods.PTQ)
-    config = fallback.build(128).quantization_config([])
+    config = config_block(fallback.recipe(methods.PTQ), [])
     groups = config.get("config_groups", {}).values()
     bits = {group["weights"]["num_bits"] for group in groups} or {config["bits"]}  # compressed-tensors or GPTQ
     assert bits == {_WEIGHT_BITS[name]}, (name, fallback.name, bits)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
+from parquant.quant.builders import build
+from parquant.quant.checkpoint_config import config_block
 from parquant.quant.formats.compressed_tensors import dequantize_scaled
 from parquant.quant.methods import get_method
 from parquant.quant.ptq import (
@@ -23,9 +27,15 @@ def dequantize(quantized: QuantizedWeight) -> torch.Tensor:
 
 
 def channel_method(name: str) -> ChannelMethod:
-    method = get_method(name).build(128)
+    recipe = get_method(name).recipe("ptq")
+    method = build(recipe.single, recipe)
     assert isinstance(method, ChannelMethod)
     return method
+
+
+def config_of(name: str, ignore: list[str]) -> dict[str, Any]:
+    """The config.json block the built-in PTQ writes for a method (from its preset recipe)."""
+    return config_block(get_method(name).recipe("ptq"), ignore)
 
 
 @pytest.fixture
@@ -67,12 +77,12 @@ def test_blockwise_quantization_is_bit_identical(weight: torch.Tensor) -> None:
 
 
 def test_quantization_configs_describe_the_methods() -> None:
-    dynamic = channel_method("int8-dynamic").quantization_config(["lm_head"])
+    dynamic = config_of("int8-dynamic", ["lm_head"])
     group = dynamic["config_groups"]["group_0"]
     assert dynamic["format"] == "int-quantized" and group["input_activations"]["dynamic"] is True
-    weight_only = channel_method("int8-weight").quantization_config([])
+    weight_only = config_of("int8-weight", [])
     assert weight_only["config_groups"]["group_0"]["input_activations"] is None
-    assert channel_method("fp8-dynamic").quantization_config([])["format"] == "float-quantized"
+    assert config_of("fp8-dynamic", [])["format"] == "float-quantized"
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
@@ -93,7 +103,7 @@ def test_int4_rtn_round_trips_through_the_gptq_dequantizer(weight: torch.Tensor,
     bound = step / 2 if symmetric else step
     assert bool((error <= bound * 1.01 + 1e-6).all())
     assert float((error / step.clamp(min=1e-12))[step > 0].mean()) < 0.3
-    assert method.quantization_config(["lm_head"])["sym"] is symmetric
+    assert config_of(method.name, ["lm_head"])["sym"] is symmetric
 
 
 def test_config_blocks_keep_the_bytes_outputs_always_had() -> None:
@@ -134,7 +144,7 @@ def test_config_blocks_keep_the_bytes_outputs_always_had() -> None:
             }
         },
     }
-    block = channel_method("int8-dynamic").quantization_config(["model.embed", "lm_head"])
+    block = config_of("int8-dynamic", ["model.embed", "lm_head"])
     assert json.dumps(block, sort_keys=True) == json.dumps(expected, sort_keys=True)
 
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .targets import targeted
+
 FP8_MAX = 448.0
 _E2M1_BOUNDS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 _E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -118,21 +120,12 @@ def activation_schemes(
         strategy = str(settings.get("strategy") or ("group" if settings.get("group_size") else "tensor"))
         base = ActivationScheme(name, strategy, bool(settings.get("dynamic")), settings.get("group_size"))
         for module in quantized:
-            if not _targeted(module, group.get("targets") or ["Linear"]):
+            if not targeted(module, group.get("targets") or ["Linear"]):
                 continue
             scale = tensors.get(f"{module}.input_scale")
             static = float(scale.float().reshape(-1).max()) if scale is not None else None
             schemes[module] = base.with_scale(static)
     return schemes
-
-
-def _targeted(module: str, targets: list[str]) -> bool:
-    for target in targets:
-        if target == "Linear" or module == target:
-            return True
-        if target.startswith("re:") and re.fullmatch(target[3:], module):
-            return True
-    return False
 
 
 class ActivationSimulation(torch.overrides.TorchFunctionMode):

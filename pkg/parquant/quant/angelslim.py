@@ -31,7 +31,8 @@ from .calibration import CalibrationSet, prepare_calibration
 from .config import QuantizationConfig
 from .coverage import ExpertCoverage, count_routing, repair_scales
 from .linear_layers import is_ignored, model_layers
-from .methods import get_method
+from .methods import ANGELSLIM, get_method
+from .recipe import Recipe, Scheme
 
 log = logging.getLogger("parquant")
 
@@ -50,19 +51,74 @@ class AngelSlimRun:
 
 
 def quantization_section(config: QuantizationConfig, modules: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """AngelSlim's `compression.quantization` section: the method's recipe (registry), the layers to
-    leave alone (globs resolved against the model's `modules`), and the user's pass-through options
-    (`angelslim:` in the config) on top."""
-    recipe = get_method(config.method).angelslim_recipe
-    if recipe is None:
+    """AngelSlim's `compression.quantization` section: the method's recipe in AngelSlim's words, the
+    layers to leave alone (globs resolved against the model's `modules`), and the user's
+    pass-through options (`angelslim:` in the config) on top."""
+    method = get_method(config.method)
+    if not method.offered_by(ANGELSLIM):
         raise UnavailableError(f"method {config.method} is not an AngelSlim method: use --backend ptq")
-    section = recipe(config.group_size)
+    section = recipe_section(method.recipe(ANGELSLIM, config.group_size))
     section.update({"ignore_layers": angelslim_ignore(config.ignore, modules)})
     overrides = dict(config.angelslim)
     if "quant_method" in overrides:
         section["quant_method"] = {**section["quant_method"], **overrides.pop("quant_method")}
     section.update(overrides)
     return section
+
+
+_STRATEGY = {"tensor": "per-tensor", "channel": "per-channel", "token": "per-token", "tensor_group": "per-block"}
+
+
+def recipe_section(recipe: Recipe) -> dict[str, Any]:
+    """A one-group recipe as AngelSlim 0.5.0's section (`bits`, `quant_method`, `name`, helpers);
+    UnavailableError for a recipe AngelSlim has no method for (per-layer mixes, other schemes)."""
+    if len(recipe.groups) != 1:
+        raise UnavailableError(f"recipe {recipe.name} mixes {len(recipe.groups)} schemes: AngelSlim runs one per model")
+    scheme = recipe.single
+    acts = scheme.input_activations or {}
+    name = _angelslim_name(recipe, scheme)
+    method: dict[str, Any] = {}
+    if scheme.strategy == "group":
+        method.update({"weight": "per-group", "group_size": scheme.group_size})
+    else:
+        method["weight"] = _STRATEGY[scheme.strategy]
+    if acts:
+        method["activation"] = _STRATEGY[str(acts.get("strategy"))]
+    if scheme.strategy == "tensor_group":
+        method["group_size"] = scheme.group_size
+    if not scheme.symmetric:
+        method["zero_point"] = True
+    if recipe.algorithm == "awq":
+        method["mse_range"] = False
+    section: dict[str, Any] = {"bits": 8 if name == "w4a8_fp8" else scheme.bits, "quant_method": method, "name": name}
+    if recipe.algorithm == "smoothquant":
+        section["quant_helpers"] = ["smooth"]
+    return section
+
+
+def _angelslim_name(recipe: Recipe, scheme: Scheme) -> str:
+    """AngelSlim's name for a (algorithm, scheme): the quantizer class it picks."""
+    acts = scheme.input_activations or {}
+    group4 = scheme.bits == 4 and scheme.weight_type == "int" and scheme.strategy == "group"
+    if recipe.algorithm in ("gptq", "gptaq", "awq") and group4:
+        return f"int4_{recipe.algorithm}"
+    if recipe.algorithm == "smoothquant" and scheme.bits == 8 and scheme.weight_type == "int":
+        return "int8_dynamic"
+    if recipe.algorithm == "rtn" and acts and not acts.get("dynamic"):
+        raise UnavailableError(f"recipe {recipe.name}: static activation scales need algorithm minmax (calibration)")
+    if recipe.algorithm in ("rtn", "minmax"):
+        if scheme.weight_type == "float" and scheme.bits == 4 and scheme.strategy == "tensor_group":
+            return "nvfp4"
+        if group4 and acts.get("type") == "float":
+            return "w4a8_fp8"
+        if scheme.weight_type == "float" and scheme.bits == 8 and scheme.strategy == "tensor" and acts:
+            return "fp8_dynamic" if acts.get("dynamic") else "fp8_static"
+        if scheme.weight_type == "int" and scheme.bits == 8 and scheme.strategy == "channel" and acts.get("dynamic"):
+            return "int8_dynamic"
+    raise UnavailableError(
+        f"AngelSlim 0.5.0 has no method for {recipe.algorithm} with weights {scheme.describe_weights()} and "
+        f"activations {scheme.describe_activations()}: use a preset --method or --backend ptq"
+    )
 
 
 def angelslim_ignore(patterns: list[str], modules: frozenset[str]) -> list[str]:

@@ -10,12 +10,10 @@ scale of their own over the values they hold.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ..store.schema import TensorSpec
-from .formats import compressed_tensors
 from .formats.compressed_tensors import BLOCK
 from .ptq import FP8_MAX, NonFiniteWeightError
 
@@ -68,6 +66,3 @@ class FP8Block:
     def quantize_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
         values, scales = quantize_fp8_blocks(weight, self.block)
         return {"weight": values, "weight_scale": scales}
-
-    def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
-        return compressed_tensors.config_block(compressed_tensors.FLOAT_BLOCK, ignore)

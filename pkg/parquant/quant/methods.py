@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .ptq import Method
+from .recipe import Recipe, RecipeGroup, Scheme
 
 ANGELSLIM = "angelslim"
 PTQ = "ptq"
@@ -23,31 +22,38 @@ BACKENDS = ("auto", ANGELSLIM, PTQ)
 
 @dataclass(frozen=True)
 class Implementation:
-    """One backend's version of a method: what it stores, for the docs table."""
+    """One backend's version of a method: its preset recipe (for a `--group-size`), and what the
+    docs table says of its output beyond the recipe."""
 
     backend: str
-    weights: str
-    activations: str
+    recipe: Callable[[int], Recipe]
     output_format: str
     loads_on_cpu: str = "dense models; not with quantized MoE experts (transformers 5 fuses experts)"
+
+    @property
+    def scheme(self) -> Scheme:
+        return self.recipe(128).single
+
+    @property
+    def weights(self) -> str:
+        return self.scheme.describe_weights()
+
+    @property
+    def activations(self) -> str:
+        return self.scheme.describe_activations()
 
 
 @dataclass(frozen=True)
 class QuantMethod:
-    """A quantization method: its backends (the first one is what `--backend auto` prefers), whether
-    it needs calibration data, the built-in method that replaces it when its backend cannot run
-    (`ptq_fallback`), the checkpoint format it writes (a module of `quant.formats`), and the two
-    ways to run it: AngelSlim's recipe section (`angelslim_recipe(group_size)`) and the built-in
-    quantizer (`builder(group_size)`)."""
+    """A quantization method: a preset recipe per backend (the first backend is what `--backend
+    auto` prefers), the built-in method that replaces it when its backend cannot run
+    (`ptq_fallback`), and what the docs say of it. Everything else (calibration, the quantizer,
+    AngelSlim's section, the config.json block) is derived from the recipe."""
 
     name: str
     summary: str
     implementations: tuple[Implementation, ...]
-    checkpoint_format: str
-    calibrated: bool = False
     ptq_fallback: str | None = None
-    angelslim_recipe: Callable[[int], dict[str, Any]] | None = None
-    builder: Callable[[int], Method] | None = None
     angelslim_models: tuple[str, ...] = ()  # AngelSlim model classes that run it (empty: every one)
     # seconds per parameter per calibration token on a CPU, measured on the 3.4M-parameter embedded
     # model (AWQ also searches scales per layer): quant/estimate.py's time estimates
@@ -59,6 +65,11 @@ class QuantMethod:
     @property
     def backends(self) -> tuple[str, ...]:
         return tuple(i.backend for i in self.implementations)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether its preferred implementation needs calibration data."""
+        return self.implementations[0].recipe(128).calibrated
 
     def offered_by(self, backend: str) -> bool:
         return backend in self.backends
@@ -73,10 +84,12 @@ class QuantMethod:
         """The built-in method that stands in when this one's backend cannot run."""
         return self.ptq_fallback or self.name
 
-    def build(self, group_size: int) -> Method:
-        if self.builder is None:
-            raise KeyError(f"{self.name} has no built-in implementation")
-        return self.builder(group_size)
+    def recipe(self, backend: str, group_size: int = 128) -> Recipe:
+        """The preset recipe `backend` runs for this method."""
+        for implementation in self.implementations:
+            if implementation.backend == backend:
+                return implementation.recipe(group_size)
+        raise KeyError(f"{self.name} is not offered by the {backend} backend")
 
 
 _REGISTRY: dict[str, QuantMethod] = {}
@@ -86,10 +99,8 @@ def register(method: QuantMethod) -> QuantMethod:
     """Add a method (its name must be new, and its fallback, when it has one, a built-in method)."""
     if method.name in _REGISTRY:
         raise ValueError(f"quantization method {method.name!r} is already registered")
-    if method.offered_by(PTQ) != (method.builder is not None):
-        raise ValueError(f"{method.name}: a method offered by the ptq backend needs a builder, and only such a one")
-    if method.offered_by(ANGELSLIM) != (method.angelslim_recipe is not None):
-        raise ValueError(f"{method.name}: an AngelSlim method needs an angelslim_recipe, and only such a one")
+    if len(set(method.backends)) != len(method.backends):
+        raise ValueError(f"{method.name}: one implementation per backend")
     _REGISTRY[method.name] = method
     return method
 
@@ -135,7 +146,7 @@ def help_text() -> str:
 def docs_table() -> str:
     """The Markdown table of docs/quantize.md (a test keeps the two equal)."""
     lines = [
-        "| method | backend | weights | activations | calibration | output format | loads in transformers on CPU |",
+        "| method | backend | weights | activations | algorithm | output format | loads in transformers on CPU |",
         "|---|---|---|---|---|---|---|",
     ]
     for method in _REGISTRY.values():
@@ -143,9 +154,10 @@ def docs_table() -> str:
             name = f"`{method.name}`" + (" (default)" if method.default else "")
             name += " (experimental)" if method.experimental else ""
             backend = "AngelSlim" if impl.backend == ANGELSLIM else "built-in PTQ"
-            calibration = "yes" if method.calibrated else "no"
+            recipe = impl.recipe(128)
+            algorithm = ALGORITHM_NAMES[recipe.algorithm] + (" (calibration)" if recipe.calibrated else " (data-free)")
             lines.append(
-                f"| {name} | {backend} | {impl.weights} | {impl.activations} | {calibration} | "
+                f"| {name} | {backend} | {impl.weights} | {impl.activations} | {algorithm} | "
                 f"{impl.output_format} | {impl.loads_on_cpu} |"
             )
     return "\n".join(lines)
@@ -153,66 +165,67 @@ def docs_table() -> str:
 
 # -- the methods parquant ships -------------------------------------------------------------------
 
-
-def _channel(name: str, weight_type: str, dynamic: bool) -> Callable[[int], Method]:
-    def build(group_size: int) -> Method:
-        from .ptq import ChannelMethod
-
-        return ChannelMethod(name, weight_type, activations_dynamic=dynamic)
-
-    return build
-
-
-def _rtn(name: str, symmetric: bool) -> Callable[[int], Method]:
-    def build(group_size: int) -> Method:
-        from .rtn import RTNInt4
-
-        return RTNInt4(name, symmetric=symmetric, group_size=group_size if group_size > 0 else 128)
-
-    return build
+ALGORITHM_NAMES = {
+    "rtn": "round to nearest",
+    "minmax": "min-max scales",
+    "gptq": "GPTQ",
+    "gptaq": "GPTAQ",
+    "awq": "AWQ",
+    "smoothquant": "SmoothQuant",
+}
 
 
-def _fp8_block(group_size: int) -> Method:
-    from .fp8_block import FP8Block
-
-    return FP8Block()
-
-
-def _int4_packed(group_size: int) -> Method:
-    from .rtn import PackedInt4
-
-    return PackedInt4("int4-packed", group_size=group_size if group_size > 0 else 128)
+def _args(bits: int, kind: str, strategy: str, **extra: Any) -> dict[str, Any]:
+    """compressed-tensors QuantizationArgs fields, in the order the library writes them."""
+    args: dict[str, Any] = {"num_bits": bits, "type": kind, "symmetric": extra.pop("symmetric", True)}
+    args["group_size"] = extra.pop("group_size", None)
+    args["strategy"] = strategy
+    args.update(extra)
+    return args
 
 
-def _angelslim(
-    name: str, bits: int, helpers: tuple[str, ...] = (), **quant_method: Any
-) -> Callable[[int], dict[str, Any]]:
-    """AngelSlim's `compression.quantization` section (the values of its Qwen3 PTQ recipes);
-    `helpers` are its `quant_helpers` (e.g. `smooth`: SmoothQuant before quantizing)."""
+def _channel8(kind: str) -> dict[str, Any]:
+    return _args(8, kind, "channel", dynamic=False, observer="minmax")
 
-    def recipe(group_size: int) -> dict[str, Any]:
-        method = dict(quant_method)
-        if method.get("weight") == "per-group":
-            method = {
-                "weight": "per-group",
-                "group_size": group_size,
-                **{k: v for k, v in method.items() if k != "weight"},
-            }
-        section: dict[str, Any] = {"bits": bits, "quant_method": method, "name": name}  # AngelSlim saves this order
-        if helpers:
-            section["quant_helpers"] = list(helpers)
-        return section
+
+def _per_token(kind: str) -> dict[str, Any]:
+    return _args(8, kind, "token", dynamic=True, observer=None)
+
+
+def _group4(group_size: int, symmetric: bool = True) -> dict[str, Any]:
+    return _args(4, "int", "group", symmetric=symmetric, group_size=group_size, dynamic=False)
+
+
+def _preset(
+    name: str,
+    weights: Callable[[int], dict[str, Any]],
+    activations: dict[str, Any] | None = None,
+    layout: str | None = None,
+    algorithm: str = "rtn",
+    checkpoint_format: str = "compressed-tensors",
+) -> Callable[[int], Recipe]:
+    """A whole-model preset: one group targeting every linear layer, for a `--group-size`."""
+
+    def recipe(group_size: int) -> Recipe:
+        scheme = Scheme(weights(group_size), activations, layout)
+        return Recipe(name, (RecipeGroup(("Linear",), scheme),), (), algorithm, checkpoint_format)
 
     return recipe
 
 
+def _built_in_group(group_size: int) -> int:
+    """The built-in INT4 methods' group: `--group-size`, 128 for -1 (they have no per-channel INT4)."""
+    return group_size if group_size > 0 else 128
+
+
+_NAIVE = "naive-quantized"
 _FP8_ANGELSLIM = "compressed-tensors `naive-quantized`"
 # GPTQ v1 output (output format, loads in transformers on CPU), written by GPTQ, GPTAQ and INT4 RTN
 _GPTQ_V1 = (
     "GPTQ v1 (`qweight`, `qzeros`, `scales`, `g_idx`)",
     "needs gptqmodel; parquant dequantizes it itself for validation",
 )
-_INT8_LAYOUT = "compressed-tensors `int-quantized`"
+_FP8_TENSOR = _args(8, "float", "tensor", dynamic=False, observer="minmax")
 register(
     QuantMethod(
         "fp8-static",
@@ -220,17 +233,13 @@ register(
         (
             Implementation(
                 ANGELSLIM,
-                "FP8 E4M3, per tensor",
-                "FP8, static per-tensor scale",
+                _preset("fp8-static", lambda g: _FP8_TENSOR, _FP8_TENSOR, _NAIVE, "minmax"),
                 _FP8_ANGELSLIM,
                 "yes (with `compressed-tensors`)",
             ),
         ),
-        "compressed-tensors",
-        calibrated=True,
         calibration_cost=8e-11,
         ptq_fallback="fp8-dynamic",
-        angelslim_recipe=_angelslim("fp8_static", 8, weight="per-tensor", activation="per-tensor"),
     )
 )
 register(
@@ -238,14 +247,17 @@ register(
         "fp8-dynamic",
         "FP8 weights, activations quantized at run time",
         (
-            Implementation(ANGELSLIM, "FP8 E4M3, per tensor", "FP8, dynamic", _FP8_ANGELSLIM),
             Implementation(
-                PTQ, "FP8 E4M3, **per channel**", "FP8, dynamic per token", "compressed-tensors `float-quantized`"
+                ANGELSLIM,
+                _preset("fp8-dynamic", lambda g: _FP8_TENSOR, _args(8, "float", "tensor", dynamic=True), _NAIVE),
+                _FP8_ANGELSLIM,
+            ),
+            Implementation(
+                PTQ,
+                _preset("fp8-dynamic", lambda g: _channel8("float"), _per_token("float"), "float-quantized"),
+                "compressed-tensors `float-quantized`",
             ),
         ),
-        "compressed-tensors",
-        angelslim_recipe=_angelslim("fp8_dynamic", 8, weight="per-tensor", activation="per-tensor"),
-        builder=_channel("fp8-dynamic", "float", dynamic=True),
     )
 )
 register(
@@ -254,13 +266,16 @@ register(
         "INT8 weights per channel, activations per token at run time (W8A8)",
         (
             Implementation(
-                ANGELSLIM, "INT8, per channel", "INT8, dynamic per token", "compressed-tensors `int-quantized`"
+                ANGELSLIM,
+                _preset("int8-dynamic", lambda g: _channel8("int"), _per_token("int"), "int-quantized"),
+                "compressed-tensors `int-quantized`",
             ),
-            Implementation(PTQ, "INT8, per channel", "INT8, dynamic per token", "compressed-tensors `int-quantized`"),
+            Implementation(
+                PTQ,
+                _preset("int8-dynamic", lambda g: _channel8("int"), _per_token("int"), "int-quantized"),
+                "compressed-tensors `int-quantized`",
+            ),
         ),
-        "compressed-tensors",
-        angelslim_recipe=_angelslim("int8_dynamic", 8, weight="per-channel", activation="per-token"),
-        builder=_channel("int8-dynamic", "int", dynamic=True),
     )
 )
 register(
@@ -269,17 +284,11 @@ register(
         "INT4 weights in groups, GPTQ (second-order error correction)",
         (
             Implementation(
-                ANGELSLIM,
-                "INT4, group 128 (`--group-size`), symmetric, desc_act",
-                "16-bit",
-                *_GPTQ_V1,
+                ANGELSLIM, _preset("int4-gptq", _group4, algorithm="gptq", checkpoint_format="gptq"), *_GPTQ_V1
             ),
         ),
-        "gptq",
-        calibrated=True,
         calibration_cost=8e-11,
         ptq_fallback="int4-rtn",
-        angelslim_recipe=_angelslim("int4_gptq", 4, weight="per-group"),
     )
 )
 register(
@@ -289,26 +298,26 @@ register(
         (
             Implementation(
                 ANGELSLIM,
-                "INT4, group 128, zero point",
-                "16-bit",
+                _preset("int4-awq", lambda g: _group4(g, symmetric=False), algorithm="awq", checkpoint_format="awq"),
                 "AWQ GEMM",
                 "needs a GPU AWQ kernel; parquant dequantizes it itself",
             ),
         ),
-        "awq",
-        calibrated=True,
         calibration_cost=4.6e-10,
         ptq_fallback="int4-rtn-asym",
-        angelslim_recipe=_angelslim("int4_awq", 4, weight="per-group", zero_point=True, mse_range=False),
     )
 )
 register(
     QuantMethod(
         "int8-weight",
         "INT8 weights per output channel, 16-bit activations (W8A16)",
-        (Implementation(PTQ, "INT8, per channel, symmetric", "16-bit", "compressed-tensors `int-quantized` (W8A16)"),),
-        "compressed-tensors",
-        builder=_channel("int8-weight", "int", dynamic=False),
+        (
+            Implementation(
+                PTQ,
+                _preset("int8-weight", lambda g: _channel8("int"), None, "int-quantized"),
+                "compressed-tensors `int-quantized` (W8A16)",
+            ),
+        ),
         default=True,
     )
 )
@@ -319,13 +328,10 @@ register(
         (
             Implementation(
                 PTQ,
-                "INT4, group 128 (`--group-size`), symmetric, round to nearest",
-                "16-bit",
+                _preset("int4-rtn", lambda g: _group4(_built_in_group(g)), checkpoint_format="gptq"),
                 *_GPTQ_V1,
             ),
         ),
-        "gptq",
-        builder=_rtn("int4-rtn", symmetric=True),
     )
 )
 register(
@@ -335,13 +341,12 @@ register(
         (
             Implementation(
                 PTQ,
-                "INT4, group 128, zero point, round to nearest",
-                "16-bit",
+                _preset(
+                    "int4-rtn-asym", lambda g: _group4(_built_in_group(g), symmetric=False), checkpoint_format="gptq"
+                ),
                 *_GPTQ_V1,
             ),
         ),
-        "gptq",
-        builder=_rtn("int4-rtn-asym", symmetric=False),
     )
 )
 register(
@@ -351,13 +356,15 @@ register(
         (
             Implementation(
                 PTQ,
-                "FP8 E4M3, one scale per 128x128 block",
-                "FP8, dynamic per group of 128",
+                _preset(
+                    "fp8-block",
+                    lambda g: _args(8, "float", "block", block_structure=[128, 128], dynamic=False),
+                    _args(8, "float", "group", group_size=128, dynamic=True),
+                    "float-quantized",
+                ),
                 "compressed-tensors `float-quantized` (block)",
             ),
         ),
-        "compressed-tensors",
-        builder=_fp8_block,
     )
 )
 register(
@@ -367,13 +374,10 @@ register(
         (
             Implementation(
                 PTQ,
-                "INT4, group 128 (`--group-size`), symmetric, round to nearest",
-                "16-bit",
+                _preset("int4-packed", lambda g: _group4(_built_in_group(g)), None, "pack-quantized"),
                 "compressed-tensors `pack-quantized`",
             ),
         ),
-        "compressed-tensors",
-        builder=_int4_packed,
     )
 )
 
@@ -384,17 +388,11 @@ register(
         "INT4 weights in groups, GPTAQ (GPTQ that also corrects the error quantized inputs carry)",
         (
             Implementation(
-                ANGELSLIM,
-                "INT4, group 128 (`--group-size`), symmetric",
-                "16-bit",
-                *_GPTQ_V1,
+                ANGELSLIM, _preset("int4-gptaq", _group4, algorithm="gptaq", checkpoint_format="gptq"), *_GPTQ_V1
             ),
         ),
-        "gptq",
-        calibrated=True,
         calibration_cost=8e-11,
         ptq_fallback="int4-rtn",
-        angelslim_recipe=_angelslim("int4_gptaq", 4, weight="per-group"),
     )
 )
 register(
@@ -404,17 +402,13 @@ register(
         (
             Implementation(
                 ANGELSLIM,
-                "INT4, group 128 (`--group-size`), under a per-tensor FP8 scale",
-                "FP8, static per-tensor scale",
+                _preset("w4a8-fp8", _group4, _FP8_TENSOR, _NAIVE, "minmax"),
                 "AngelSlim W4A8 (`qweight` int8 pairs, `weight_scale_int4`, `weight_scale`, `input_scale`)",
                 _DEQUANTIZED,
             ),
         ),
-        "compressed-tensors",
-        calibrated=True,
         calibration_cost=4e-11,
         ptq_fallback="int4-packed",
-        angelslim_recipe=_angelslim("w4a8_fp8", 8, weight="per-group", activation="per-tensor"),
         experimental=True,
         notes=(
             "served by vLLM / TensorRT-LLM W4A8 kernels on Hopper GPUs",
@@ -432,19 +426,16 @@ register(
         (
             Implementation(
                 ANGELSLIM,
-                "INT8, per channel, after smoothing",
-                "INT8, dynamic per token",
+                _preset("int8-smooth", lambda g: _channel8("int"), _per_token("int"), "int-quantized", "smoothquant"),
                 "compressed-tensors `int-quantized`",
             ),
         ),
-        "compressed-tensors",
-        calibrated=True,
         calibration_cost=8e-11,
         ptq_fallback="int8-dynamic",
-        angelslim_recipe=_angelslim("int8_dynamic", 8, ("smooth",), weight="per-channel", activation="per-token"),
         angelslim_models=("Qwen",),
     )
 )
+_FP4_BLOCK = _args(4, "float", "tensor_group", group_size=16, dynamic=False, observer="minmax")
 register(
     QuantMethod(
         "nvfp4",
@@ -452,17 +443,19 @@ register(
         (
             Implementation(
                 ANGELSLIM,
-                "FP4 E2M1, block 16, FP8 block scale x FP32 global scale",
-                "FP4, static global scale",
+                _preset(
+                    "nvfp4",
+                    lambda g: _FP4_BLOCK,
+                    _args(4, "float", "tensor_group", group_size=16, dynamic="local", observer="minmax"),
+                    "nvfp4-pack-quantized",
+                    "minmax",
+                ),
                 "NVFP4 (`weight` FP4 pairs, `weight_scale`, `weight_scale_2`, `input_scale`)",
                 _DEQUANTIZED,
             ),
         ),
-        "compressed-tensors",
-        calibrated=True,
         calibration_cost=1.2e-10,
         ptq_fallback="int4-packed",
-        angelslim_recipe=_angelslim("nvfp4", 4, weight="per-block", activation="per-block", group_size=16),
         angelslim_models=("Qwen",),
         notes=("served by FP4 tensor cores (Blackwell) in vLLM / TensorRT-LLM",),
     )

@@ -17,12 +17,11 @@ dequantization (q x stored scale) reproduces exactly the values the rounding aim
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from ..store.schema import TensorSpec
-from .formats import compressed_tensors
 
 INT8_MAX = 127.0
 FP8_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
@@ -62,14 +61,10 @@ class ChannelMethod:
         quantized = quantize_rows(self, weight)
         return {"weight": quantized.weight, "weight_scale": quantized.weight_scale}
 
-    def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
-        """The `quantization_config` block of config.json (compressed-tensors)."""
-        scheme = compressed_tensors.channel_scheme(self.weight_type, self.activations_dynamic)
-        return compressed_tensors.config_block(scheme, ignore)
-
 
 class Method(Protocol):
-    """What the streaming stage needs from a built-in method (a registry record's `builder` makes one)."""
+    """What the streaming stage needs from a built-in quantizer (quant/builders.py makes one per
+    recipe scheme; the config.json block comes from the recipe, quant/checkpoint_config.py)."""
 
     @property
     def name(self) -> str: ...
@@ -79,8 +74,6 @@ class Method(Protocol):
     def supports(self, spec: TensorSpec) -> bool: ...
 
     def quantize_tensors(self, weight: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-    def quantization_config(self, ignore: list[str]) -> dict[str, Any]: ...
 
 
 def _channel_scale(weight: torch.Tensor, qmax: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,17 +15,19 @@ from typing import Any
 
 import torch
 
-from ..errors import InvalidInputError, UnavailableError
+from ..errors import ConfigError, InvalidInputError, UnavailableError
 from ..hf import INDEX_NAME
 from ..memory import release_free_memory
 from ..numerics import count_nonfinite
 from ..store.items import ModelItem, rechunked, sliced
 from ..store.reader import ModelReader
 from ..store.schema import FLOAT_DTYPES, KIND_FILE, KIND_TENSOR, TensorSpec
+from .builders import UnsupportedSchemeError, build
+from .checkpoint_config import config_block
 from .dtypes import torch_dtype
-from .linear_layers import ModelLayers, is_ignored, model_layers
-from .methods import get_method
+from .linear_layers import ModelLayers, model_layers
 from .ptq import ChannelMethod, Method, NonFiniteWeightError
+from .recipe import PRESET, Recipe, RecipeError
 
 
 @dataclass(frozen=True)
@@ -41,41 +43,48 @@ class PTQPlan:
         return [m for m in self.quantized if m in self.layers.experts]
 
 
-def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_size: int = 128) -> PTQPlan:
-    method = get_method(method_name).build(group_size)
+def plan_ptq(reader: ModelReader, recipe: Recipe, ignore: list[str]) -> PTQPlan:
+    """Every output item of `recipe` applied to the model (nothing computed yet): each targeted
+    linear layer through its group's quantizer, everything else copied, config.json with the
+    recipe's block. A recipe that does not fit the model is refused here, before any work."""
+    recipe = recipe.with_ignore(ignore)
     config = reader.config()
     layers = model_layers(config)
     linear = layers.candidates
     names = set(reader.tensor_names())
+    candidates = {m for m in linear if f"{m}.weight" in names and _quantizable(reader.tensor_spec(f"{m}.weight"))}
+    try:
+        assigned = recipe.assign(candidates, every_group_used=recipe.source != PRESET)
+    except RecipeError as exc:
+        raise ConfigError(str(exc)) from None
+    quantizers = _quantizers(recipe)
     targets = {
-        m
-        for m in linear
-        if f"{m}.weight" in names
-        and not is_ignored(m, ignore)
-        and _quantizable(reader.tensor_spec(f"{m}.weight"))
-        and method.supports(reader.tensor_spec(f"{m}.weight"))
+        module: quantizers[group]
+        for module, group in assigned.items()
+        if quantizers[group].supports(reader.tensor_spec(f"{module}.weight"))
     }
     if not targets:
         raise UnavailableError(
             f"architecture {config.get('model_type')!r} has no nn.Linear layers to quantize outside --ignore "
-            f"{' '.join(ignore)} (e.g. GPT-2 uses Conv1D): unsupported by the built-in PTQ backend"
+            f"{' '.join(recipe.ignore)} (e.g. GPT-2 uses Conv1D): unsupported by the built-in PTQ backend"
         )
-    cache = _OneTensorCache(reader, method)
+    cache = _OneTensorCache(reader)
     items: list[ModelItem] = []
     for name in reader.tensor_names():
         spec = reader.tensor_spec(name)
         module = name.removesuffix(".weight")
-        if module in targets:
+        method = targets.get(module) if name.endswith(".weight") else None
+        if method is not None:
             items += [
-                ModelItem(KIND_TENSOR, out.name, out.nbytes, _output_chunks(cache, module, spec, out), out)
+                ModelItem(KIND_TENSOR, out.name, out.nbytes, _output_chunks(cache, method, module, spec, out), out)
                 for out in method.outputs(spec, module)
             ]
         else:
             items.append(ModelItem(KIND_TENSOR, name, spec.nbytes, _checked_copy(reader, spec), spec))
     # every nn.Linear left out is named (as before MoE support, so dense outputs keep their bytes);
     # routers and experts only where the checkpoint has them under that name
-    skipped = sorted((layers.linear - targets) | {m for m in linear - targets if f"{m}.weight" in names})
-    quantization = method.quantization_config(ignore=skipped)
+    skipped = sorted((layers.linear - set(targets)) | {m for m in linear - set(targets) if f"{m}.weight" in names})
+    quantization = config_block(recipe, ignore=skipped)
     for file in reader.file_names():
         if file == INDEX_NAME:
             continue  # the safetensors layout changes; export writes a fresh index
@@ -86,6 +95,19 @@ def plan_ptq(reader: ModelReader, method_name: str, ignore: list[str], group_siz
     return PTQPlan(items, sorted(targets), skipped, layers, kept_fused)
 
 
+def _quantizers(recipe: Recipe) -> list[Method]:
+    """The built-in quantizer of each group; 69 (or 78 for a recipe file) naming a scheme it lacks."""
+    quantizers = []
+    for index, group in enumerate(recipe.groups):
+        try:
+            quantizers.append(build(group.scheme, recipe))
+        except UnsupportedSchemeError as exc:
+            where = f"{recipe.source}: group {index}" if recipe.source != PRESET else f"method {recipe.name}"
+            error = ConfigError if recipe.source != PRESET else UnavailableError
+            raise error(f"{where}: {exc} (built-in PTQ backend)") from None
+    return quantizers
+
+
 def _quantizable(spec: TensorSpec) -> bool:
     return spec.dtype in FLOAT_DTYPES and len(spec.shape) == 2
 
@@ -93,23 +115,22 @@ def _quantizable(spec: TensorSpec) -> bool:
 class _OneTensorCache:
     """A module's output tensors come from one quantization and are written back to back."""
 
-    def __init__(self, reader: ModelReader, method: Method) -> None:
+    def __init__(self, reader: ModelReader) -> None:
         self.reader = reader
-        self.method = method
         self.module = ""
         self.result: dict[str, torch.Tensor] = {}
 
-    def get(self, module: str, spec: TensorSpec) -> dict[str, torch.Tensor]:
+    def get(self, method: Method, module: str, spec: TensorSpec) -> dict[str, torch.Tensor]:
         if module != self.module or not self.result:
             self.result = {}  # free the previous one before loading the next
             release_free_memory()
             with self.reader.mapped_tensor(spec.name) as views:
                 weight = self._load(spec, views)
                 # ChannelMethod finds NaN/Inf in its row maxima for free; other methods get a pass of their own
-                if not isinstance(self.method, ChannelMethod) and not bool(torch.isfinite(weight).all()):
+                if not isinstance(method, ChannelMethod) and not bool(torch.isfinite(weight).all()):
                     raise InvalidInputError(f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it")
                 try:
-                    self.result, self.module = self.method.quantize_tensors(weight), module
+                    self.result, self.module = method.quantize_tensors(weight), module
                 except NonFiniteWeightError:
                     message = f"tensor {spec.name} contains NaN/Inf values: refusing to quantize it"
                     raise InvalidInputError(message) from None
@@ -129,12 +150,12 @@ class _OneTensorCache:
 
 
 def _output_chunks(
-    cache: _OneTensorCache, module: str, spec: TensorSpec, output: TensorSpec
+    cache: _OneTensorCache, method: Method, module: str, spec: TensorSpec, output: TensorSpec
 ) -> Callable[[int], Iterator[bytes | memoryview]]:
     suffix = output.name.rsplit(".", 1)[1]
 
     def chunks(size: int) -> Iterator[bytes | memoryview]:
-        return sliced(_raw(cache.get(module, spec)[suffix]), size)
+        return sliced(_raw(cache.get(method, module, spec)[suffix]), size)
 
     return chunks
 

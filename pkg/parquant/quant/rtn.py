@@ -9,12 +9,10 @@ scale = (max - min) / 15, zero point = round(-min / scale). Written in the GPTQ 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from ..store.schema import TensorSpec
-from .formats import compressed_tensors, gptq
 from .formats.packing import pack_columns, pack_rows
 
 
@@ -65,9 +63,6 @@ class RTNInt4:
             "scales": scales.t().contiguous(),
         }
 
-    def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
-        return gptq.config_block(4, self.group_size, self.symmetric, ignore, self.name)
-
 
 @dataclass(frozen=True)
 class PackedInt4:
@@ -97,6 +92,3 @@ class PackedInt4:
             "weight_scale": scales,
             "weight_shape": torch.tensor(weight.shape, dtype=torch.int64),
         }
-
-    def quantization_config(self, ignore: list[str]) -> dict[str, Any]:
-        return compressed_tensors.config_block(compressed_tensors.INT4_PACKED, ignore, self.group_size)

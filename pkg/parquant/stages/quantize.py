@@ -409,7 +409,8 @@ def _run_ptq(job: _Job) -> dict[str, object]:
     if not methods.get_method(job.plan.method).offered_by(methods.PTQ):
         raise UnavailableError(f"method {job.plan.method} is not offered by the built-in PTQ backend")
     started = time.monotonic()
-    ptq = plan_ptq(job.reader, job.plan.method, job.config.ignore, job.config.group_size)
+    recipe = methods.get_method(job.plan.method).recipe(methods.PTQ, job.config.group_size)
+    ptq = plan_ptq(job.reader, recipe, job.config.ignore)
     description = job.description()
     specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
     share = role_coverage(ptq.layers, specs, set(ptq.quantized), job.config.ignore)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+from ..targets import targeted
 from . import nvfp4, w4a8_fp8
 
 NAME = "compressed-tensors"
@@ -28,23 +29,19 @@ def matches(quantization_config: Mapping[str, Any]) -> bool:
 
 
 BLOCK = 128  # block FP8: 128 x 128 weight blocks, the layout of DeepSeek-V3 checkpoints and vLLM's kernels
-FLOAT_BLOCK = "float-block"
-INT4_PACKED = "int4-packed"
+MIXED = "mixed-precision"  # the config's format when its groups have formats of their own that differ
 
 
-def config_block(scheme: str, ignore: list[str], group_size: int = 128) -> dict[str, Any]:
-    """The `quantization_config` of a built-in scheme: per-channel 8-bit (`int-weight-only`,
-    `int-dynamic`, `float-weight-only`, `float-dynamic`), block FP8 (`float-block`) or
-    pack-quantized INT4 (`int4-packed`, groups of `group_size`).
+def config_block(groups: list[tuple[list[str], dict[str, Any]]], ignore: list[str]) -> dict[str, Any]:
+    """The `quantization_config` of a recipe: one `config_groups` entry per (targets, scheme fields).
 
     Built by the library in a child process once per library version (importing it costs a
     streaming stage 3.5 s and its memory: see quant/isolated.py); the ignore list is filled in here."""
     from ..isolated import isolated_call
 
-    blocks = isolated_call(
-        "parquant.quant.formats.compressed_tensors.library_blocks", [group_size], ("compressed-tensors",)
+    block: dict[str, Any] = isolated_call(
+        "parquant.quant.formats.compressed_tensors.library_block", [groups], ("compressed-tensors",)
     )
-    block: dict[str, Any] = blocks[scheme]
     block["ignore"] = sorted(ignore)
     return block
 
@@ -56,88 +53,57 @@ def needs_own_dequantizer(tensor_names: Iterable[str]) -> bool:
     return any(name.endswith(markers) for name in tensor_names)
 
 
-def channel_scheme(weight_type: str, activations_dynamic: bool) -> str:
-    return f"{weight_type}-{'dynamic' if activations_dynamic else 'weight-only'}"
+def library_block(groups: list[tuple[list[str], dict[str, Any]]]) -> dict[str, Any]:
+    """The config block as the compressed-tensors library builds it from the schemes (no ignore list):
+    the library validates each scheme, the format is the groups' own or `mixed-precision`."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
-
-def library_blocks(group_size: int) -> dict[str, dict[str, Any]]:
-    """Every block parquant writes, built by the compressed-tensors library (no ignore list)."""
-    blocks = {
-        channel_scheme(weight_type, dynamic): library_block(weight_type, dynamic)
-        for weight_type in ("int", "float")
-        for dynamic in (False, True)
+    schemes = {
+        f"group_{index}": QuantizationScheme.model_validate({"targets": targets, **fields})
+        for index, (targets, fields) in enumerate(groups)
     }
-    blocks[FLOAT_BLOCK] = _preset_block("FP8_BLOCK", "float-quantized")
-    blocks[INT4_PACKED] = _int4_packed_block(group_size)
-    return blocks
-
-
-def _preset_block(preset: str, layout: str) -> dict[str, Any]:
-    """A config of one of the library's preset schemes (the ones llm-compressor and vLLM name)."""
-    from compressed_tensors.quantization import preset_name_to_scheme
-
-    scheme = preset_name_to_scheme(preset, ["Linear"])
-    scheme.format = layout
-    return _dumped(layout, scheme)
-
-
-def _dumped(layout: str, scheme: Any) -> dict[str, Any]:
-    """The config block of one scheme (group_0), as the library writes it, without an ignore list."""
-    from compressed_tensors.quantization import QuantizationConfig
-
+    formats = list(dict.fromkeys(str(scheme.format) for scheme in schemes.values()))
     config = QuantizationConfig(
         quant_method=NAME,
-        format=layout,
+        format=formats[0] if len(formats) == 1 else MIXED,
         quantization_status="compressed",
         ignore=[],
         kv_cache_scheme=None,
-        config_groups={"group_0": scheme},
+        config_groups=schemes,
     )
     block: dict[str, Any] = config.model_dump(mode="json", exclude=_UNWRITTEN)
+    for written, (_, fields) in zip(block["config_groups"].values(), groups, strict=True):
+        # A field the scheme gives that the library leaves out when it dumps (a dynamic activation's
+        # `observer: null`) is written as given: parquant's outputs have always said it, and keep
+        # their config.json byte for byte the same.
+        for part in ("weights", "input_activations"):
+            given, dumped = fields.get(part), written.get(part)
+            if isinstance(given, dict) and isinstance(dumped, dict):
+                for key, value in given.items():
+                    dumped.setdefault(key, value)
     return block
 
 
-def _int4_packed_block(group_size: int) -> dict[str, Any]:
-    """W4A16, symmetric, groups along the input dimension (the library's W4A16 preset, our group size)."""
-    block = _preset_block("W4A16", "pack-quantized")
-    block["config_groups"]["group_0"]["weights"]["group_size"] = group_size
-    return block
+def validated_schemes(raw: list[Any]) -> list[dict[str, Any]]:
+    """Each user scheme checked by the library: a preset name (`W4A16`, `FP8_DYNAMIC`...) or the
+    fields of a QuantizationScheme, answered as {"fields": ...} or {"error": what is wrong}."""
+    from compressed_tensors.quantization import QuantizationScheme, preset_name_to_scheme
+    from pydantic import ValidationError
 
-
-def library_block(weight_type: str, activations_dynamic: bool) -> dict[str, Any]:
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-
-    layout = "float-quantized" if weight_type == "float" else "int-quantized"
-    weights = QuantizationArgs(
-        num_bits=8,
-        type=weight_type,
-        symmetric=True,
-        strategy="channel",
-        dynamic=False,
-        group_size=None,
-        observer="minmax",
-    )
-    activations = None
-    if activations_dynamic:
-        activations = QuantizationArgs(
-            num_bits=8,
-            type=weight_type,
-            symmetric=True,
-            strategy="token",
-            dynamic=True,
-            group_size=None,
-            observer=None,
-        )
-    # The per-group format matters: without it, weight-only int8 is read as packed int4-style.
-    scheme = QuantizationScheme(
-        targets=["Linear"], weights=weights, input_activations=activations, output_activations=None, format=layout
-    )
-    block = _dumped(layout, scheme)
-    if activations is not None:
-        # the library leaves `observer` out for dynamic activations; parquant's outputs have always
-        # said `null` there, and keep saying it so their config.json stays byte for byte the same
-        block["config_groups"]["group_0"]["input_activations"].setdefault("observer", None)
-    return block
+    answers: list[dict[str, Any]] = []
+    for entry in raw:
+        try:
+            if isinstance(entry, str):
+                scheme = preset_name_to_scheme(entry, ["Linear"])
+            else:
+                scheme = QuantizationScheme.model_validate({"targets": ["Linear"], **entry})
+        except (ValidationError, KeyError, ValueError, TypeError) as exc:
+            first = " ".join(str(exc).split())
+            answers.append({"error": first[:300]})
+            continue
+        fields = scheme.model_dump(mode="json", exclude={"targets"}, exclude_none=False)
+        answers.append({"fields": fields})
+    return answers
 
 
 def describe(quantization_config: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
@@ -177,11 +143,15 @@ def dequantize_scaled(weight: torch.Tensor, scale: torch.Tensor, block: tuple[in
     return values * scale
 
 
-def block_structure(quantization_config: Mapping[str, Any]) -> tuple[int, int] | None:
-    """The first config group's weight block (rows, columns), when its strategy is `block`."""
+def block_structure(quantization_config: Mapping[str, Any], module: str | None = None) -> tuple[int, int] | None:
+    """The weight block (rows, columns) of the config group that targets `module` (the first group
+    when none is named or none targets it), when its strategy is `block`."""
     groups = quantization_config.get("config_groups") or {}
-    first: Any = next(iter(groups.values()), {}) if isinstance(groups, Mapping) else {}
-    weights = (first.get("weights") or {}) if isinstance(first, Mapping) else {}
+    candidates = [g for g in groups.values() if isinstance(g, Mapping)] if isinstance(groups, Mapping) else []
+    chosen: Any = next(iter(candidates), {})
+    if module is not None:
+        chosen = next((g for g in candidates if targeted(module, g.get("targets") or ["Linear"])), chosen)
+    weights = (chosen.get("weights") or {}) if isinstance(chosen, Mapping) else {}
     structure = weights.get("block_structure") if weights.get("strategy") == "block" else None
     if isinstance(structure, list) and len(structure) == 2:
         return int(structure[0]), int(structure[1])
@@ -202,7 +172,7 @@ def dequantize(
     if weight is None:
         return None
     scale = tensors.get(f"{prefix}.weight_scale")
-    block = block_structure(quantization_config)
+    block = block_structure(quantization_config, prefix)
     return dequantize_scaled(weight, scale if scale is not None else weight.new_ones(1), block)
 
 
