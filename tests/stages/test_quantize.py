@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from parquant.quant import methods
 from parquant.quant.angelslim import angelslim_config
 from parquant.quant.angelslim_compat import host_as_cuda, load_angelslim
 from parquant.quant.calibration import prepare_calibration
@@ -99,7 +100,9 @@ def direct_angelslim_run(config: QuantizationConfig, model_dir: Path, out: Path,
         calibration = prepare_calibration(
             config.calibration, tokenizer, hashlib.sha256((model_dir / "tokenizer.json").read_bytes()).hexdigest()
         ).path
-    parsed = SlimConfigParser()._get_configs(angelslim_config(config, model_dir, calibration, out, model_type, "cpu"))
+    recipe = methods.get_method(config.method).recipe(methods.ANGELSLIM, config.group_size)
+    slim = angelslim_config(config, recipe, model_dir, calibration, out, model_type, "cpu")
+    parsed = SlimConfigParser()._get_configs(slim)
     engine = engine_module.Engine()
     m = parsed.model_config
     engine.prepare_model(

@@ -31,7 +31,6 @@ from .calibration import CalibrationSet, prepare_calibration
 from .config import QuantizationConfig
 from .coverage import ExpertCoverage, count_routing, repair_scales
 from .linear_layers import is_ignored, model_layers
-from .methods import ANGELSLIM, get_method
 from .recipe import Recipe, Scheme
 
 log = logging.getLogger("parquant")
@@ -50,15 +49,14 @@ class AngelSlimRun:
     coverage: ExpertCoverage | None = None  # MoE models: calibration tokens per expert
 
 
-def quantization_section(config: QuantizationConfig, modules: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """AngelSlim's `compression.quantization` section: the method's recipe in AngelSlim's words, the
-    layers to leave alone (globs resolved against the model's `modules`), and the user's
-    pass-through options (`angelslim:` in the config) on top."""
-    method = get_method(config.method)
-    if not method.offered_by(ANGELSLIM):
-        raise UnavailableError(f"method {config.method} is not an AngelSlim method: use --backend ptq")
-    section = recipe_section(method.recipe(ANGELSLIM, config.group_size))
-    section.update({"ignore_layers": angelslim_ignore(config.ignore, modules)})
+def quantization_section(
+    config: QuantizationConfig, recipe: Recipe, modules: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """AngelSlim's `compression.quantization` section: the recipe in AngelSlim's words, the layers
+    to leave alone (globs resolved against the model's `modules`), and the user's pass-through
+    options (`angelslim:` in the config) on top."""
+    section = recipe_section(recipe)
+    section.update({"ignore_layers": angelslim_ignore([*config.ignore, *recipe.ignore], modules)})
     overrides = dict(config.angelslim)
     if "quant_method" in overrides:
         section["quant_method"] = {**section["quant_method"], **overrides.pop("quant_method")}
@@ -151,7 +149,13 @@ def _modules(model_dir: Path) -> frozenset[str]:
 
 
 def angelslim_config(
-    config: QuantizationConfig, model_dir: Path, calibration: Path | None, save_dir: Path, model_type: str, device: str
+    config: QuantizationConfig,
+    recipe: Recipe,
+    model_dir: Path,
+    calibration: Path | None,
+    save_dir: Path,
+    model_type: str,
+    device: str,
 ) -> dict[str, Any]:
     """The whole dict AngelSlim's SlimConfigParser takes (what a YAML recipe would hold)."""
     model_name = MODEL_NAMES.get(model_type)
@@ -171,7 +175,7 @@ def angelslim_config(
             "low_cpu_mem_usage": True,
             "use_cache": False,
         },
-        "compression": {"name": "PTQ", "quantization": quantization_section(config, _modules(model_dir))},
+        "compression": {"name": "PTQ", "quantization": quantization_section(config, recipe, _modules(model_dir))},
     }
     if calibration is not None:
         result["dataset"] = {
@@ -352,6 +356,7 @@ def quantize_with_angelslim(
     model_url: str,
     reader: ModelReader,
     config: QuantizationConfig,
+    recipe: Recipe,
     device: str,
     workdir: Path,
     storage_options: Mapping[str, str] | None,
@@ -361,7 +366,7 @@ def quantize_with_angelslim(
     model_dir = cached_hf_folder(reader)
     exported = time.monotonic()
     calibration = None
-    if config.needs_calibration:
+    if recipe.calibrated:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -373,7 +378,7 @@ def quantize_with_angelslim(
         calibration = prepare_calibration(config.calibration, tokenizer, tokenizer_id, storage_options)
     save_dir = workdir / "angelslim-output"
     slim_config = angelslim_config(
-        config, model_dir, calibration.path if calibration else None, save_dir, model_type, device
+        config, recipe, model_dir, calibration.path if calibration else None, save_dir, model_type, device
     )
     log.info("running AngelSlim %s on %s (%s)", slim_config["compression"]["quantization"]["name"], device, model_type)
     coverage = run_engine(slim_config, device)
@@ -386,7 +391,7 @@ def quantize_with_angelslim(
                 expert,
             )
         repair_scales(save_dir, coverage)
-    if config.method == "w4a8-fp8":
+    if slim_config["compression"]["quantization"]["name"] == "w4a8_fp8":
         correct_w4a8_steps(save_dir, reader)
     replacements = {str(model_dir): model_url, str(workdir): ".", str(cache_dir()): "parquant cache"}
     if calibration is not None:

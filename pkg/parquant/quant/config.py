@@ -9,13 +9,15 @@ job's config would otherwise quantize with defaults).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import ConfigError, UsageError
 from ..yamlfile import read_yaml_file
 from . import methods
+from .recipe import Recipe
+from .recipe_file import read_recipe, recipe_digest
 
 DEVICES = ("auto", "cuda", "cpu")
 # AngelSlim QuantizationConfig fields a user may pass through (`angelslim:` in YAML).
@@ -46,6 +48,7 @@ ENVIRONMENT = {
     "PARQUANT_SEED": "calibration.seed",
     "PARQUANT_DEVICE": "device",
     "PARQUANT_FALLBACK": "fallback",
+    "PARQUANT_RECIPE": "recipe",
 }
 
 
@@ -67,12 +70,31 @@ class QuantizationConfig:
     device: str = "auto"
     fallback: bool = True
     angelslim: dict[str, Any] = field(default_factory=dict)
+    recipe: str | None = None  # a recipe file (quant/recipe_file.py) instead of a --method
+    custom_recipe: Recipe | None = field(default=None, repr=False, compare=False)  # that file, read and checked
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings as recorded (manifest, fingerprint); a recipe file by its path and what it
+        says (its digest), and nothing about recipes when there is none, so that runs without one
+        keep the fingerprints they always had."""
+        data = asdict(self)
+        data.pop("custom_recipe")
+        if self.custom_recipe is None:
+            data.pop("recipe")
+        else:
+            data["recipe"] = {"file": self.recipe, "name": self.custom_recipe.name}
+            data["recipe_digest"] = recipe_digest(self.custom_recipe)
+        return data
+
+    @property
+    def method_name(self) -> str:
+        """The method a run reports: the preset's name, or the recipe file's."""
+        return self.custom_recipe.name if self.custom_recipe is not None else self.method
 
     @property
     def needs_calibration(self) -> bool:
+        if self.custom_recipe is not None:
+            return self.custom_recipe.calibrated
         return methods.get_method(self.method).calibrated
 
 
@@ -138,8 +160,8 @@ def _build(values: dict[str, Any], origin: dict[str, str]) -> QuantizationConfig
     }
     config = QuantizationConfig()
     for key, value in values.items():
-        if key not in top or key == "calibration":
-            known = ", ".join(k for k in top if k != "calibration")
+        if key not in top or key in ("calibration", "custom_recipe"):
+            known = ", ".join(k for k in top if k not in ("calibration", "custom_recipe"))
             raise _error(origin[key], f"unknown key {key!r} in {origin[key]}: known keys are {known}")
         target, name = (config.calibration, key.split(".")[1]) if key.startswith("calibration.") else (config, key)
         setattr(target, name, _coerce(key, value, getattr(target, name), origin[key]))
@@ -174,35 +196,28 @@ def _validate(config: QuantizationConfig, origin: dict[str, str]) -> None:
     def where(key: str) -> str:
         return origin.get(key, "the default")
 
-    known = methods.method_names()
-    if config.method not in known:
+    if config.backend not in methods.backend_names():
         raise _error(
-            where("method"),
-            f"method {config.method!r} (from {where('method')}) is unknown: choose one of {', '.join(known)}",
-        )
-    if config.backend not in methods.BACKENDS:
-        raise _error(
-            where("backend"), f"backend {config.backend!r} is unknown: choose one of {', '.join(methods.BACKENDS)}"
+            where("backend"),
+            f"backend {config.backend!r} is unknown: choose one of {', '.join(methods.backend_names())}",
         )
     if config.device not in DEVICES:
         raise _error(where("device"), f"device {config.device!r} is unknown: choose one of {', '.join(DEVICES)}")
-    method = methods.get_method(config.method)
-    if config.backend == methods.PTQ and not method.offered_by(methods.PTQ):
-        raise _error(
-            where("method"),
-            f"method {config.method} is not offered by the built-in ptq backend "
-            f"(it offers {', '.join(methods.method_names(methods.PTQ))}): use --backend angelslim or auto",
-        )
-    if config.backend == methods.ANGELSLIM and not method.offered_by(methods.ANGELSLIM):
-        raise _error(
-            where("method"),
-            f"method {config.method} is not an AngelSlim method "
-            f"({', '.join(methods.method_names(methods.ANGELSLIM))}): use --backend ptq or auto",
-        )
+    if config.recipe is not None:
+        if "method" in origin:
+            raise _error(
+                where("method"),
+                f"both a method ({where('method')}) and a recipe file ({where('recipe')}) were given: a recipe "
+                "says everything a method does; give one of them",
+            )
+        config.custom_recipe = read_recipe(config.recipe)
+    else:
+        _validate_method(config, where)
     if config.needs_calibration and not config.calibration.data:
         raise _error(
-            where("method"),
-            f"method {config.method} needs calibration data: pass --calibration-data URL (jsonl, txt or parquet)",
+            where("recipe" if config.recipe else "method"),
+            f"{'recipe' if config.recipe else 'method'} {config.method_name} needs calibration data: pass "
+            "--calibration-data URL (jsonl, txt or parquet)",
         )
     if config.group_size not in (32, 64, 128, 256, -1):
         raise _error(where("group_size"), f"group_size {config.group_size} must be 32, 64, 128, 256 or -1")
@@ -214,6 +229,24 @@ def _validate(config: QuantizationConfig, origin: dict[str, str]) -> None:
             where("angelslim"),
             f"angelslim option(s) {', '.join(unknown)} are not passed through: "
             f"allowed are {', '.join(ANGELSLIM_PASSTHROUGH)}",
+        )
+
+
+def _validate_method(config: QuantizationConfig, where: Callable[[str], str]) -> None:
+    known = methods.method_names()
+    if config.method not in known:
+        raise _error(
+            where("method"),
+            f"method {config.method!r} (from {where('method')}) is unknown: choose one of {', '.join(known)}",
+        )
+    method = methods.get_method(config.method)
+    if config.backend != "auto" and not method.offered_by(config.backend):
+        others = ", ".join(b for b in method.backends)
+        offered = ", ".join(methods.method_names(config.backend))
+        raise _error(
+            where("method"),
+            f"method {config.method} is not offered by the {config.backend} backend (it offers {offered}): "
+            f"use --backend {others} or auto",
         )
 
 

@@ -17,7 +17,25 @@ from .recipe import Recipe, RecipeGroup, Scheme
 
 ANGELSLIM = "angelslim"
 PTQ = "ptq"
-BACKENDS = ("auto", ANGELSLIM, PTQ)
+# The names of the backends (the objects are in parquant.backends, which sits above this layer:
+# config validation checks a name against this list). The shipped ones are named here; one
+# registered later (a plugin, a test's toy) adds its name when it registers.
+_BACKEND_NAMES: list[str] = ["auto", ANGELSLIM, PTQ]
+
+
+def backend_names() -> tuple[str, ...]:
+    """`auto` and every registered backend's name, in registration order."""
+    return tuple(_BACKEND_NAMES)
+
+
+def add_backend_name(name: str) -> None:
+    if name not in _BACKEND_NAMES:
+        _BACKEND_NAMES.append(name)
+
+
+def remove_backend_name(name: str) -> None:
+    if name in _BACKEND_NAMES and name not in ("auto", ANGELSLIM, PTQ):
+        _BACKEND_NAMES.remove(name)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ class PTQPlan:
     skipped: list[str]  # linear modules left in full precision (ignored, or a shape the method cannot take)
     layers: ModelLayers
     kept_fused: list[str]  # fused 3-D expert tensors in the checkpoint, copied unquantized (named in a warning)
+    not_asked: list[str]  # ignore patterns, and modules no recipe group targets: full precision on purpose
 
     @property
     def quantized_experts(self) -> list[str]:
@@ -92,7 +93,8 @@ def plan_ptq(reader: ModelReader, recipe: Recipe, ignore: list[str]) -> PTQPlan:
         items.append(_file_item(reader, file, data))
     items.sort(key=lambda item: (item.kind != KIND_FILE, item.name))
     kept_fused = sorted(layers.fused_experts & names)
-    return PTQPlan(items, sorted(targets), skipped, layers, kept_fused)
+    untargeted = sorted(m for m in candidates - set(assigned) if recipe.group_of(m) is None)
+    return PTQPlan(items, sorted(targets), skipped, layers, kept_fused, [*recipe.ignore, *untargeted])
 
 
 def _quantizers(recipe: Recipe) -> list[Method]:

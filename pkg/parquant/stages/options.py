@@ -129,7 +129,7 @@ class QuantizeOptions(CommonOptions, WriteFlags, FanOutFlags):
         default=None,
         metadata={
             "type": str,
-            "help": "YAML QuantizationConfig (keys: method, backend, group_size, ignore, calibration, "
+            "help": "YAML QuantizationConfig (keys: method, recipe, backend, group_size, ignore, calibration, "
             "device, fallback, angelslim); flags and PARQUANT_* variables override it",
         },
     )
@@ -141,11 +141,20 @@ class QuantizeOptions(CommonOptions, WriteFlags, FanOutFlags):
             "help": methods.help_text(),
         },
     )
+    recipe: str | None = field(
+        default=None,
+        metadata={
+            "type": str,
+            "help": "a recipe file (YAML) instead of --method: groups of (targets, compressed-tensors scheme) for "
+            "per-layer mixes, plus ignore patterns; checked before any work (docs/recipes.md)",
+        },
+    )
     backend: str | None = field(
         default=None,
         metadata={
             "type": str,
-            "help": "auto (default: AngelSlim when installed and offering the method, else PTQ), angelslim, ptq",
+            "help": "auto (default: AngelSlim when installed and offering the method, else PTQ; for a recipe "
+            "file the eligible backend estimated fastest), angelslim, ptq",
         },
     )
     group_size: int | None = field(default=None, metadata={"type": int, "help": "INT4 group size (default 128)"})

@@ -12,9 +12,10 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..backends import Backend, BackendJob, BackendOutput, Hardware, ModelFacts, all_backends, get_backend
+from ..backends.angelslim import NOT_INSTALLED
 from ..cpus import compute_threads, torch_threads
 from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError, UsageError
 from ..fs import check_separate, ensure_free_space, resolve
@@ -22,76 +23,109 @@ from ..memory import available_memory
 from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
 from ..progress import ProgressCallback, no_progress
 from ..quant import methods
-from ..quant.angelslim_compat import INSTALL_HINT, angelslim_available
+from ..quant.angelslim_compat import INSTALL_HINT
 from ..quant.config import QuantizationConfig, load_config
 from ..quant.detect import detect_quantization
-from ..quant.estimate import Estimate, duration, estimate
-from ..quant.roles import describe, quantized_modules, role_coverage
+from ..quant.estimate import Estimate, duration
+from ..quant.recipe import Recipe
+from ..quant.roles import describe, role_coverage
 from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
 from .common import StageContext, StageResult, finished_model, provenance
 from .fanout import check_part, fan_out_part, run_local_workers
-from .hf_import import import_checkpoint
 from .options import QuantizeOptions
 
-if TYPE_CHECKING:
-    from ..quant.angelslim import AngelSlimRun
-
 log = logging.getLogger("parquant")
-# AngelSlim failures that the built-in PTQ may not share: missing or broken AngelSlim (69), its
+# A backend's failures that the built-in PTQ may not share: a missing or broken package (69), its
 # own bugs (70), its memory use (71, PTQ streams). Bad input, storage and credentials fail PTQ too.
-_ANGELSLIM_FAILURES = (69, 70, 71)
+_BACKEND_FAILURES = (69, 70, 71)
 
 
 @dataclass
 class Plan:
-    """The backend, method and device a run will use, and why."""
+    """What a run will do, resolved once: the backend object, the recipe it runs, the device, and why."""
 
-    backend: str
-    method: str
+    backend: Backend
+    recipe: Recipe
     device: str
     reasons: list[str] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
 
+    @property
+    def method(self) -> str:
+        return self.recipe.name
 
-def choose(config: QuantizationConfig, model_type: str, cuda: bool | None = None) -> Plan:
-    """Apply the fallback chain to the config, without running anything."""
-    from ..quant.angelslim import MODEL_NAMES
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend.name,
+            "method": self.method,
+            "device": self.device,
+            "reasons": self.reasons,
+            "fallbacks": self.fallbacks,
+            "recipe": [
+                {
+                    "targets": list(g.targets),
+                    "weights": g.scheme.describe_weights(),
+                    "activations": g.scheme.describe_activations(),
+                }
+                for g in self.recipe.groups
+            ],
+        }
 
+
+def choose(config: QuantizationConfig, model: ModelFacts, cuda: bool | None = None) -> Plan:
+    """Apply the fallback chain to the config, without running anything: the first backend that
+    is eligible for the recipe (the one asked for, or under `auto` the method's preferred one), or,
+    when `--backend auto` allows it, the built-in PTQ with the closest method."""
     if cuda is None:
         cuda = _cuda_available()
     device = "cuda" if (config.device in ("auto", "cuda") and cuda) else "cpu"
-    plan = Plan(config.backend, config.method, device)
+    fallbacks = []
     if config.device == "cuda" and not cuda:
         if not config.fallback:
             raise UnavailableError("device cuda was requested but no CUDA GPU is available (fallback disabled)")
-        plan.fallbacks.append("cuda requested but not available -> cpu")
-    if methods.get_method(config.method).backend_for(config.backend) == methods.PTQ:
-        plan.backend = "ptq"
-        plan.reasons.append(f"{config.method} runs on the built-in PTQ backend")
+        fallbacks.append("cuda requested but not available -> cpu")
+    if config.custom_recipe is not None:
+        plan = _choose_for_recipe(config, config.custom_recipe, model, device)
+        plan.fallbacks[:0] = fallbacks
         return plan
-    if not angelslim_available():
-        if not may_change_backend(config):
+    method = methods.get_method(config.method)
+    backend = get_backend(method.backend_for(config.backend))
+    recipe = backend.recipe_for(config.method, config.group_size)
+    assert recipe is not None, "config validation checks the method is offered by the backend asked for"
+    why = backend.eligible(model, recipe, device)
+    if why is None:
+        return Plan(backend, recipe, device, [backend.describe(recipe, device)], fallbacks)
+    if not may_change_backend(config):
+        if why == NOT_INSTALLED:
             raise UnavailableError(f"the AngelSlim backend needs the angelslim package: {INSTALL_HINT}{_ASKED}")
-        fall_back(plan, "angelslim is not installed")
-        return plan
-    supported = methods.get_method(config.method).angelslim_models
-    why = ""
-    if model_type not in MODEL_NAMES:
-        why = f"AngelSlim 0.5.0 does not support architecture {model_type!r} (supported: {', '.join(MODEL_NAMES)})"
-    elif supported and MODEL_NAMES[model_type] not in supported:
-        runs_on = [name for name, cls in MODEL_NAMES.items() if cls in supported]
-        why = f"AngelSlim 0.5.0 runs {config.method} only on {', '.join(runs_on)} models, not {model_type!r}"
-    if why:
-        if not may_change_backend(config):
-            raise UnavailableError(f"{why}: use --backend ptq{_ASKED}")
-        fall_back(plan, why)
-        return plan
-    plan.backend = "angelslim"
-    plan.reasons.append(f"AngelSlim {config.method} on {device}" + (" (CPU adapter active)" if device == "cpu" else ""))
+        raise UnavailableError(f"{why}: use --backend ptq{_ASKED}")
+    plan = Plan(backend, recipe, device, [], fallbacks)
+    fall_back(plan, why, config.group_size)
     return plan
+
+
+def _choose_for_recipe(config: QuantizationConfig, recipe: Recipe, model: ModelFacts, device: str) -> Plan:
+    """A recipe file runs on the backend asked for, or (auto) on the eligible one estimated fastest."""
+    candidates = all_backends() if config.backend == "auto" else (get_backend(config.backend),)
+    refusals = []
+    eligible = []
+    for backend in candidates:
+        why = backend.eligible(model, recipe, device)
+        if why is None:
+            eligible.append(backend)
+        else:
+            refusals.append(f"{backend.name}: {why}")
+    if not eligible:
+        raise UnavailableError(
+            f"no backend can run {recipe.source} ({'; '.join(refusals)}): change the recipe's schemes"
+        )
+    hardware = Hardware(device)
+    backend = min(eligible, key=lambda b: b.estimate(model, recipe, config, hardware).seconds)
+    reasons = [backend.describe(recipe, device)] + [f"not {r}" for r in refusals]
+    return Plan(backend, recipe, device, reasons)
 
 
 _ASKED = " (--backend angelslim was asked for explicitly: --backend auto lets parquant fall back to PTQ)"
@@ -100,18 +134,21 @@ _ASKED = " (--backend angelslim was asked for explicitly: --backend auto lets pa
 def may_change_backend(config: QuantizationConfig) -> bool:
     """The rule: a backend the user named (`--backend angelslim`) is never swapped for another; only
     `--backend auto` with fallback on lets parquant move to the built-in PTQ (and say so: log,
-    manifest `created_by.fallbacks`, report notes)."""
-    return config.fallback and config.backend == "auto"
+    manifest `created_by.fallbacks`, report notes). A recipe file is never swapped for a method."""
+    return config.fallback and config.backend == "auto" and config.custom_recipe is None
 
 
-def fall_back(plan: Plan, why: str) -> None:
+def fall_back(plan: Plan, why: str, group_size: int) -> None:
     """Switch a plan to built-in PTQ with the closest method (the same weight bit width where the
     built-in PTQ has one: a 4-bit request stays 4-bit), and say so on one line."""
     method = methods.get_method(plan.method).fallback
     plan.fallbacks.append(f"{why} -> ptq {method}")
     change = f"method {plan.method} -> {method}, " if method != plan.method else ""
     log.warning("%s: falling back to the built-in PTQ backend with %s (%sbackend ptq)", why, method, change)
-    plan.backend, plan.method = "ptq", method
+    ptq = get_backend(methods.PTQ)
+    recipe = ptq.recipe_for(method, group_size)
+    assert recipe is not None, "a method's fallback is a built-in method (the registry's tests check it)"
+    plan.backend, plan.recipe = ptq, recipe
 
 
 def _cuda_available() -> bool:
@@ -156,6 +193,7 @@ def config_flags(options: QuantizeOptions) -> dict[str, object]:
     """The options that are QuantizationConfig keys (flags override the config file and PARQUANT_*)."""
     return {
         "method": options.method,
+        "recipe": options.recipe,
         "backend": options.backend,
         "group_size": options.group_size,
         "ignore": options.ignore,
@@ -205,37 +243,32 @@ def quantize(
             raise InvalidInputError(
                 f"{model} is already quantized ({scheme.describe()}): quantize the original model instead"
             )
-        plan = choose(config, str(reader.config().get("model_type")))
-        if part is not None and plan.backend != methods.PTQ:
+        facts = ModelFacts(
+            str(reader.config().get("model_type")),
+            sum(math.prod(e.shape) for e in reader.manifest.tensors.values()),
+            sum(e.nbytes for e in reader.manifest.tensors.values()),
+            reader.config(),
+        )
+        plan = choose(config, facts)
+        if part is not None and not plan.backend.fans_out:
             raise UsageError(
-                f"{plan.method} runs on {plan.backend}, which cannot fan out: --shard-count/--workers/fan_out split "
-                "the built-in PTQ's data-free methods (add --backend ptq, or choose e.g. fp8-block or int8-weight)"
+                f"{plan.method} runs on {plan.backend.name}, which cannot fan out: --shard-count/--workers/"
+                "fan_out split the built-in PTQ's data-free methods (add --backend ptq, or choose e.g. fp8-block "
+                "or int8-weight)"
             )
         if placement_note:
             plan.fallbacks.insert(0, placement_note)
-        if config.calibration.data and not methods.get_method(plan.method).calibrated:
+        if config.calibration.data and not plan.recipe.calibrated:
             plan.reasons.append(f"calibration data {config.calibration.data} is not used: {plan.method} is data-free")
             log.warning("%s", plan.reasons[-1])
-        model_bytes = sum(e.nbytes for e in reader.manifest.tensors.values())
-        parameters = sum(math.prod(e.shape) for e in reader.manifest.tensors.values())
-        calibration = config.calibration
-        method = methods.get_method(plan.method)
-        guess = estimate(
-            plan.backend,
-            method.calibration_cost if plan.backend == methods.ANGELSLIM else 0.0,  # 0 for data-free methods
-            plan.device,
-            model_bytes,
-            parameters,
-            calibration.num_samples,
-            calibration.seq_len,
-        )
+        guess = plan.backend.estimate(facts, plan.recipe, config, Hardware(plan.device))
         if guess.long_cpu_run(plan.device):
             log.warning(
                 "%s on the CPU is estimated to take about %s (%s parameters x %s calibration tokens): use a GPU, "
                 "fewer --num-samples / a shorter --seq-len, or a data-free method such as fp8-dynamic",
                 plan.method,
                 duration(guess.seconds),
-                f"{parameters:,}",
+                f"{facts.parameters:,}",
                 f"{guess.calibration_tokens:,}",
             )
         if dry_run:
@@ -245,7 +278,7 @@ def quantize(
                 True,
                 time.monotonic() - started,
                 [],
-                {"dry_run": True, "plan": plan.__dict__, "estimate": guess.to_dict()},
+                {"dry_run": True, "plan": plan.to_dict(), "estimate": guess.to_dict()},
             )
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
         identity = fingerprint("quantize", reader.manifest.digest(), config.to_dict(), write.__dict__)
@@ -254,7 +287,7 @@ def quantize(
                 log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
                 return StageResult("quantize", output, True, time.monotonic() - started)
             _check_memory(plan, guess)
-            ensure_free_space(folder.staging, model_bytes, folder.staged_bytes())
+            ensure_free_space(folder.staging, facts.model_bytes, folder.staged_bytes())
             for reason in plan.reasons + plan.fallbacks:
                 log.info("plan: %s", reason)
             job = _Job(
@@ -275,7 +308,7 @@ def quantize(
             details = _run(job)
     details.update(
         {
-            "backend": plan.backend,
+            "backend": plan.backend.name,
             "method": plan.method,
             "device": plan.device,
             "fallbacks": plan.fallbacks,
@@ -288,7 +321,7 @@ def quantize(
 
 @dataclass
 class _Job:
-    """One quantize run, as the backends see it."""
+    """One quantize run, as the stage carries it out."""
 
     model: str
     output: str
@@ -305,7 +338,7 @@ class _Job:
     min_quantized_fraction: float = 0.0  # refuse a run that quantizes less of the model (quant/roles.py)
 
     def description(self) -> ModelDescription:
-        made = provenance("quantize", self.config.to_dict(), backend=self.plan.backend)
+        made = provenance("quantize", self.config.to_dict(), backend=self.plan.backend.name)
         made.fallbacks = list(self.plan.fallbacks)
         made.config["effective_method"] = self.plan.method
         made.config["device"] = self.plan.device
@@ -314,133 +347,89 @@ class _Job:
 
 
 def _run(job: _Job) -> dict[str, object]:
-    if job.plan.backend == "angelslim":
-        with work_folder("angelslim") as workdir:
-            try:
-                run = _quantize_with_angelslim(job, workdir)
-            except KeyboardInterrupt:
+    """Run the plan's backend; a backend other than the built-in PTQ that fails before anything is
+    written falls back to it (when `--backend auto` allows), and the fallback runs instead."""
+    with work_folder(job.plan.backend.name) as workdir:
+        backend_job = BackendJob(
+            job.model, job.reader, job.plan.recipe, job.config, job.plan.device, workdir, job.storage_options
+        )
+        started = time.monotonic()
+        try:
+            output = _guard_memory(lambda: job.plan.backend.run(backend_job), job.plan)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # a backend's own failures, of any type
+            if job.plan.backend.name == methods.PTQ:  # the end of the fallback chain
                 raise
-            except Exception as exc:  # AngelSlim's own failures, of any type
-                if isinstance(exc, ParquantError) and exc.exit_code not in _ANGELSLIM_FAILURES:
-                    raise  # the user's input or storage is at fault: PTQ would not fix it
-                _fall_back_or_refuse(job, exc)
-            else:
-                # Nothing was written to the output before this point: that is why any failure
-                # above can still fall back; from here on a failure is the stage's failure.
-                return _import_angelslim_result(job, run)
-    return _run_ptq(job)
+            if isinstance(exc, ParquantError) and exc.exit_code not in _BACKEND_FAILURES:
+                raise  # the user's input or storage is at fault: PTQ would not fix it
+            _fall_back_or_refuse(job, exc)
+            return _run(job)
+        # Nothing was written to the output before this point: that is why any failure above can
+        # still fall back; from here on a failure is the stage's failure.
+        return _write(job, output, time.monotonic() - started)
+
+
+def _write(job: _Job, output: BackendOutput, run_seconds: float) -> dict[str, object]:
+    description = job.description()
+    specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
+    share = role_coverage(output.layers, specs, output.quantized, output.not_asked)
+    warnings = _share_warnings(job, share, specs) + output.warnings
+    description.created_by.config["quantized_share"] = share
+    if "expert_coverage" in output.details:  # the manifest says which experts calibration reached
+        description.created_by.config["expert_coverage"] = output.details["expert_coverage"]
+    if output.safetensors_layout is not None:  # a backend that made safetensors files: export keeps their layout
+        description.safetensors_layout = output.safetensors_layout
+    started = time.monotonic()
+    # the writer's prefetch thread reads beside torch: count it, or threads fight over the cores
+    with cleanup_on_bad_input(job.folder), torch_threads(compute_threads(helper_threads=1)) as threads:
+        _guard_memory(
+            lambda: write_model(
+                job.folder, output.items, job.write, description, job.fingerprint, job.progress, job.part
+            ),
+            job.plan,
+        )
+    for fused in output.kept_fused:
+        log.warning(
+            "%s holds fused experts (3-D) and is copied unquantized: re-export the checkpoint with transformers "
+            "(save_pretrained writes one 2-D weight per expert) to quantize it",
+            fused,
+        )
+    for name, count in sorted(output.nonfinite.items()):
+        warnings.append(f"tensor {name} has {count} NaN/Inf values")
+        log.warning("%s", warnings[-1])
+    details: dict[str, object] = {
+        "quantize_seconds": round(run_seconds + time.monotonic() - started, 3),
+        **output.details,
+        "write_seconds": round(time.monotonic() - started, 3),
+        "torch_threads": threads,
+        "quantized_share": share,
+        "warnings": warnings,
+    }
+    if output.layers.experts:
+        details["quantized_experts"] = len(output.quantized & output.layers.experts)
+    if job.part is not None:
+        details["part"] = list(job.part)
+    return details
 
 
 def _fall_back_or_refuse(job: _Job, exc: Exception) -> None:
     """Record the fallback to PTQ, or (--no-fallback) fail: 69, or the failure's own code (e.g. 71)."""
     reason = exc.message if isinstance(exc, ParquantError) else f"{type(exc).__name__}: {exc}"
     reason = " ".join(reason.split())[:200]
+    name = job.plan.backend.title
     if not may_change_backend(job.config):
         if isinstance(exc, ParquantError) and exc.exit_code != UnavailableError.exit_code:
             raise exc
-        why = "fallback is disabled" if not job.config.fallback else "--backend angelslim was asked for explicitly"
-        raise UnavailableError(f"AngelSlim failed ({reason}) and {why}: fix the cause or pass --backend ptq") from None
-    fall_back(job.plan, f"AngelSlim failed ({reason[:160]})")
-
-
-def _quantize_with_angelslim(job: _Job, workdir: Path) -> tuple[AngelSlimRun, float]:
-    """AngelSlim's run (it writes only into `workdir`) and its wall time."""
-    from ..quant.angelslim import quantize_with_angelslim
-
-    started = time.monotonic()
-    run = _guard_memory(
-        lambda: quantize_with_angelslim(
-            job.model, job.reader, job.config, job.plan.device, workdir, job.storage_options
-        ),
-        job.plan,
-    )
-    return run, time.monotonic() - started
-
-
-def _import_angelslim_result(job: _Job, outcome: tuple[AngelSlimRun, float]) -> dict[str, object]:
-    run, quantized_seconds = outcome
-    description = job.description()
-    specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
-    share = _angelslim_share(job, run.output, specs)
-    warnings = _share_warnings(job, share, specs)
-    description.created_by.config["quantized_share"] = share
-    coverage = run.coverage.to_dict() if run.coverage is not None else None
-    if coverage is not None:  # the manifest says which experts calibration reached
-        description.created_by.config["expert_coverage"] = coverage
-    result = import_checkpoint(
-        str(run.output),
-        job.output,
-        write=job.write,
-        force=True,
-        storage_options=job.storage_options,
-        progress=job.progress,
-        description=description,
-    )
-    details: dict[str, object] = {
-        "quantize_seconds": round(quantized_seconds, 3),
-        "export_seconds": round(run.export_seconds, 3),
-        "engine_seconds": round(run.engine_seconds, 3),
-        "import_seconds": round(result.seconds, 3),
-        "calibration_samples": run.calibration.samples if run.calibration else 0,
-        "quantized_share": share,
-        "warnings": warnings,
-    }
-    if coverage is not None:
-        details["expert_coverage"] = coverage
-        details["warnings"] = warnings + [
-            f"expert {name} received no calibration token (its activation scales were set from its siblings)"
-            for name in coverage["uncovered"]
-        ]
-    return details
-
-
-def _angelslim_share(job: _Job, folder: Path, specs: Mapping[str, TensorSpec]) -> dict[str, Any]:
-    """The quantized share of AngelSlim's result, from the tensor names of the folder it wrote."""
-    from ..hf import HFCheckpoint
-    from ..quant.linear_layers import model_layers
-
-    names = {name for weights in HFCheckpoint.open(resolve(str(folder))).weights for name in weights.tensors}
-    return role_coverage(model_layers(job.reader.config()), specs, quantized_modules(names), job.config.ignore)
-
-
-def _run_ptq(job: _Job) -> dict[str, object]:
-    from ..quant.ptq_stage import plan_ptq
-
-    if not methods.get_method(job.plan.method).offered_by(methods.PTQ):
-        raise UnavailableError(f"method {job.plan.method} is not offered by the built-in PTQ backend")
-    started = time.monotonic()
-    recipe = methods.get_method(job.plan.method).recipe(methods.PTQ, job.config.group_size)
-    ptq = plan_ptq(job.reader, recipe, job.config.ignore)
-    description = job.description()
-    specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
-    share = role_coverage(ptq.layers, specs, set(ptq.quantized), job.config.ignore)
-    warnings = _share_warnings(job, share, specs)
-    description.created_by.config["quantized_share"] = share
-    # the writer's prefetch thread reads beside torch: count it, or threads fight over the cores
-    with cleanup_on_bad_input(job.folder), torch_threads(compute_threads(helper_threads=1)) as threads:
-        _guard_memory(
-            lambda: write_model(job.folder, ptq.items, job.write, description, job.fingerprint, job.progress, job.part),
-            job.plan,
+        why = (
+            "fallback is disabled"
+            if not job.config.fallback
+            else f"--backend {job.config.backend} was asked for explicitly"
+            if job.config.custom_recipe is None
+            else "a recipe file is never swapped for a method"
         )
-    for fused in ptq.kept_fused:
-        log.warning(
-            "%s holds fused experts (3-D) and is copied unquantized: re-export the checkpoint with transformers "
-            "(save_pretrained writes one 2-D weight per expert) to quantize it",
-            fused,
-        )
-    details: dict[str, object] = {
-        "quantize_seconds": round(time.monotonic() - started, 3),
-        "quantized_layers": len(ptq.quantized),
-        "skipped_layers": ptq.skipped,
-        "torch_threads": threads,
-        "quantized_share": share,
-        "warnings": warnings,
-    }
-    if ptq.layers.experts:
-        details["quantized_experts"] = len(ptq.quantized_experts)
-    if job.part is not None:
-        details["part"] = list(job.part)
-    return details
+        raise UnavailableError(f"{name} failed ({reason}) and {why}: fix the cause or pass --backend ptq") from None
+    fall_back(job.plan, f"{name} failed ({reason[:160]})", job.config.group_size)
 
 
 def _share_warnings(job: _Job, share: dict[str, Any], specs: Mapping[str, TensorSpec]) -> list[str]:
