@@ -59,6 +59,8 @@ def config_page() -> str:
     defaults = QuantizationConfig()
     rows = []
     for item in dataclasses.fields(QuantizationConfig):
+        if item.name == "custom_recipe":  # the recipe file, read: not a key
+            continue
         if item.name == "calibration":
             for sub in dataclasses.fields(CalibrationConfig):
                 key = f"calibration.{sub.name}"
@@ -75,7 +77,8 @@ def config_page() -> str:
         + "\n".join(rows)
         + "\n\n`angelslim:` passes these AngelSlim options through: "
         + ", ".join(f"`{key}`" for key in ANGELSLIM_PASSTHROUGH)
-        + ".\n"
+        + ".\n\n`recipe:` names a recipe file (per-layer mixes of compressed-tensors schemes) instead of a `method`; "
+        "see [Mix schemes per layer](../how-to/recipes.md).\n"
     )
 
 

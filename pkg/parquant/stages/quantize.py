@@ -17,7 +17,7 @@ from typing import Any
 from ..backends import Backend, BackendJob, BackendOutput, Hardware, ModelFacts, all_backends, get_backend
 from ..backends.angelslim import NOT_INSTALLED
 from ..cpus import compute_threads, torch_threads
-from ..errors import InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError, UsageError
+from ..errors import ConfigError, InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError, UsageError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..memory import available_memory
 from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
@@ -250,6 +250,8 @@ def quantize(
             reader.config(),
         )
         plan = choose(config, facts)
+        if config.custom_recipe is not None:
+            _check_fits(reader, plan.recipe.with_ignore(config.ignore))
         if part is not None and not plan.backend.fans_out:
             raise UsageError(
                 f"{plan.method} runs on {plan.backend.name}, which cannot fan out: --shard-count/--workers/"
@@ -317,6 +319,20 @@ def quantize(
     )
     warnings = list(plan.fallbacks) + list(details.pop("warnings", None) or [])  # type: ignore[call-overload]
     return StageResult("quantize", output, False, time.monotonic() - started, warnings, details)
+
+
+def _check_fits(reader: ModelReader, recipe: Recipe) -> None:
+    """A recipe file's groups against the model's linear layers (each group matches one, no module
+    matches two), before a lock is taken or a byte written: 78 naming the group or the module."""
+    from ..quant.linear_layers import model_layers
+    from ..quant.recipe import RecipeError
+
+    names = set(reader.tensor_names())
+    modules = {m for m in model_layers(reader.config()).candidates if f"{m}.weight" in names}
+    try:
+        recipe.assign(modules)
+    except RecipeError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass
