@@ -196,9 +196,9 @@ def test_a_bad_recipe_file_is_refused_with_78_naming_the_fault(tmp_path: Path, t
 
 def test_recipe_flags_conflicts_and_missing_files(tmp_path: Path) -> None:
     good = _write(tmp_path, GOOD_GROUP)
-    with pytest.raises(UsageError, match="both a method .* and a recipe file"):
+    with pytest.raises(UsageError, match=r"both a method .* and a recipe file"):
         load_config(flags={"method": "int8-weight", "recipe": good}, environ={})
-    with pytest.raises(InputNotFoundError, match="recipe file .*missing.yaml not found"):
+    with pytest.raises(InputNotFoundError, match=r"recipe file .*missing.yaml not found"):
         load_config(flags={"recipe": str(tmp_path / "missing.yaml")}, environ={})
     calibrated = _write(tmp_path, "algorithm: gptq\n" + GOOD_GROUP, "gptq")
     with pytest.raises(UsageError, match="recipe gptq needs calibration data"):

@@ -71,7 +71,8 @@ def test_a_mixed_recipe_runs_end_to_end_and_loads_in_transformers(tmp_path: Path
 def test_a_recipe_that_does_not_fit_the_model_is_refused_before_anything_is_written(tmp_path: Path, cli: Cli) -> None:
     overlapping = tmp_path / "overlap.yaml"
     overlapping.write_text(
-        f"groups:\n  - {{targets: [Linear], scheme: {INT8_CHANNEL}}}\n  - {{targets: ['re:.*mlp'], scheme: FP8_DYNAMIC}}\n"
+        f"groups:\n  - {{targets: [Linear], scheme: {INT8_CHANNEL}}}\n"
+        "  - {targets: ['re:.*mlp'], scheme: FP8_DYNAMIC}\n"
     )
     nothing = tmp_path / "nothing.yaml"
     nothing.write_text("groups:\n  - {targets: ['re:.*experts'], scheme: FP8_DYNAMIC}\n")
