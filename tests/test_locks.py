@@ -18,6 +18,7 @@ from parquant import locks
 from parquant.errors import TemporaryFailure, UnavailableError
 from parquant.fs import resolve
 from parquant.locks import check_lock_held, is_locked, live_worker_locks, lock_location, output_lock
+from parquant.storage import s3 as s3_store
 
 from .conftest import REPO, CliResult, S3Env, make_checkpoint
 
@@ -111,27 +112,27 @@ def test_s3_lock_is_exclusive_and_released(s3: S3Env) -> None:
         holder = json.loads(s3.client.get_object(Bucket=s3.bucket, Key="models/.m.parquant-lock")["Body"].read())
         assert holder["pid"] == os.getpid()
         with pytest.raises(TemporaryFailure, match="is writing"):
-            locks._S3Lock(where).acquire(output.url)  # a second writer (as another process would)
+            s3_store.LeaseLock(where).acquire(output.url)  # a second writer (as another process would)
         assert is_locked(output)
     assert "models/.m.parquant-lock" not in s3.keys("models/")
 
 
 def test_s3_stale_lock_is_taken_over_and_the_loser_learns_it(s3: S3Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(locks, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(s3_store, "LEASE_SECONDS", 1.0)
     output = resolve(s3.url("m"), s3.options)
     where = lock_location(output)
     # A writer killed with -9 leaves its lock object behind; nobody renews its lease.
     s3.client.put_object(Bucket=s3.bucket, Key=".m.parquant-lock", Body=b'{"owner": "dead", "pid": 1}')
     with pytest.raises(TemporaryFailure):
-        locks._S3Lock(where).acquire(output.url)
+        s3_store.LeaseLock(where).acquire(output.url)
     time.sleep(2.1)  # S3 times have one-second resolution
-    first = locks._S3Lock(where)
+    first = s3_store.LeaseLock(where)
     first.acquire(output.url)  # took the dead writer's lock over
     first._stop.set()  # now this writer stalls: its renewals stop...
     assert first._thread is not None
     first._thread.join()
     time.sleep(2.1)
-    second = locks._S3Lock(where)
+    second = s3_store.LeaseLock(where)
     second.acquire(output.url)  # ...so a new writer takes over
     assert first.renew() is False  # the stalled writer's next renewal finds out
     with pytest.raises(TemporaryFailure, match="lost the writer lock"):
@@ -147,25 +148,25 @@ def test_s3_endpoint_without_conditional_writes_gets_a_best_effort_lock(
 ) -> None:
     from botocore.exceptions import ClientError
 
-    real_put = locks._S3Lock._put
+    real_put = s3_store.LeaseLock._put
 
-    def put(self: locks._S3Lock, **condition: str) -> str:
+    def put(self: s3_store.LeaseLock, **condition: str) -> str:
         if condition:  # an endpoint that implements no conditional writes
             error = {"Error": {"Code": "NotImplemented"}, "ResponseMetadata": {"HTTPStatusCode": 501}}
             raise ClientError(error, "PutObject")
         return real_put(self)
 
-    monkeypatch.setattr(locks._S3Lock, "_put", put)
+    monkeypatch.setattr(s3_store.LeaseLock, "_put", put)
     refused = resolve(s3.url("plain"), s3.options)
     with pytest.raises(UnavailableError, match=r"answers 501.*unsafe_single_writer=true"):
-        locks._S3Lock(lock_location(refused)).acquire(refused.url)
+        s3_store.LeaseLock(lock_location(refused)).acquire(refused.url)
     assert ".plain.parquant-lock" not in s3.keys("")
     output = resolve(s3.url("plain"), {**s3.options, "unsafe_single_writer": "true"})
-    first = locks._S3Lock(lock_location(output))
+    first = s3_store.LeaseLock(lock_location(output))
     first.acquire(output.url)
     assert "best effort" in caplog.text and "NOT guaranteed" in caplog.text and first.conditional is False
     with pytest.raises(TemporaryFailure, match="is writing"):
-        locks._S3Lock(lock_location(output)).acquire(output.url)  # its lock is read back: refused
+        s3_store.LeaseLock(lock_location(output)).acquire(output.url)  # its lock is read back: refused
     assert first.renew() is True
     first.release()
     assert ".plain.parquant-lock" not in s3.keys("")
@@ -189,13 +190,13 @@ def test_an_endpoint_that_ignores_conditions_is_refused_unless_the_user_opts_in(
 
     monkeypatch.setattr(cls, "_call_s3", conditions_dropped)
     monkeypatch.setattr(cls, "call_s3", fsspec.asyn.sync_wrapper(conditions_dropped))
-    monkeypatch.setattr(locks, "_CONDITIONS_HONOURED", {})
+    monkeypatch.setattr(s3_store, "_CONDITIONS_HONOURED", {})
     output = resolve(s3.url("ignored/m"), s3.options)
     with pytest.raises(UnavailableError, match="ignores If-None-Match"):
-        locks._S3Lock(lock_location(output)).acquire(output.url)
+        s3_store.LeaseLock(lock_location(output)).acquire(output.url)
     assert "ignored/.m.parquant-lock" not in s3.keys("ignored/")  # nothing left behind
     opted = resolve(s3.url("ignored/m"), {**s3.options, "unsafe_single_writer": "true"})
-    lock = locks._S3Lock(lock_location(opted))
+    lock = s3_store.LeaseLock(lock_location(opted))
     lock.acquire(opted.url)
     assert lock.conditional is False
     lock.release()
@@ -207,7 +208,7 @@ def test_a_writer_stopped_past_its_lease_learns_it_before_its_next_upload(
     """The heartbeat of a stopped writer has not run: the read-back before each upload finds out."""
     from parquant.outputs import OutputFolder
 
-    monkeypatch.setattr(locks, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(s3_store, "LEASE_SECONDS", 1.0)
     output = resolve(s3.url("fenced/m"), s3.options)
     folder = OutputFolder(output, force=False, marker="parquant.json")
     with folder.locked():
@@ -216,7 +217,7 @@ def test_a_writer_stopped_past_its_lease_learns_it_before_its_next_upload(
         held._thread.join()
         folder.write_bytes("before.txt", b"ok")
         time.sleep(2.1)
-        other = locks._S3Lock(lock_location(output))
+        other = s3_store.LeaseLock(lock_location(output))
         other.acquire(output.url)  # the lease ran out: another writer takes over
         assert held.lost is False  # nothing told the stopped writer yet
         with pytest.raises(TemporaryFailure, match="lost the writer lock"):

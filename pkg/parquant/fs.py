@@ -133,9 +133,10 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, str]:
     return options
 
 
-# Local disk and S3 (and S3-compatible stores): what OutputFolder and the locks implement. Any other
-# fsspec protocol is refused up front (64), never half-supported until an S3-only call fails.
-SUPPORTED_PROTOCOLS = ("file", "local", "s3", "s3a")
+# The stores of parquant.storage: local disk, S3 (and S3-compatible stores), and fsspec's in-memory
+# filesystem (one process). Any other fsspec protocol is refused up front (64), never half-supported
+# until a call only some stores have fails.
+SUPPORTED_PROTOCOLS = ("file", "local", "s3", "s3a", "memory")
 
 
 def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> Location:
@@ -145,9 +146,9 @@ def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> Locat
     protocol = fsspec.core.split_protocol(url)[0] or "file"
     if protocol not in SUPPORTED_PROTOCOLS:
         raise UsageError(
-            f"{_safe_url(url)!r}: parquant reads and writes local paths and s3:// URLs, not {protocol}:// (its atomic "
-            "writes and locks are implemented for those two): copy the data to S3 (or an S3-compatible store) or "
-            "local disk"
+            f"{_safe_url(url)!r}: parquant reads and writes local paths, s3:// and memory:// URLs, not {protocol}:// "
+            "(its atomic writes and locks are implemented for those stores): copy the data to S3 (or an "
+            "S3-compatible store) or local disk"
         )
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):

@@ -13,15 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import shutil
-import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
 from .errors import OutputExistsError, ParquantError, StorageIOError, TemporaryFailure
 from .fs import Location, storage_errors
-from .locks import check_lock_held, http_status, is_locked, live_worker_locks, output_lock
+from .locks import check_lock_held, is_locked, live_worker_locks, output_lock
+from .storage import lost_upload_is_retryable, store_for
 
 PROGRESS_NAME = ".parquant-progress.json"
 # Inside an exported HF folder: what was exported (a hidden name, so a later import ignores it).
@@ -42,17 +40,15 @@ DATA_FOLDER_PREFIX = "data-"
 
 
 class OutputFolder:
-    """One output folder of one stage run; see the module docstring for the protocol."""
+    """One output folder of one stage run, over the storage protocol (storage/); see the module
+    docstring for the protocol."""
 
     def __init__(self, location: Location, *, force: bool, marker: str | None) -> None:
         self.location = location
+        self.store = store_for(location)
         self.force = force
         self.marker = marker
-        if location.is_local:
-            parent, name = os.path.split(location.path.rstrip("/"))
-            self.staging = Location(location.fs, os.path.join(parent, f".{name}.parquant-partial"), location.url)
-        else:
-            self.staging = location
+        self.staging = self.store.staging_for(location)
         self._progress: dict[str, Any] = {}
         self._worker = False  # a fan-out worker's view (begin_worker): never clears shared staging
         self._data_folder = ""  # object stores, Parquet models: data-<fingerprint>/ (MODEL_MARKER)
@@ -86,12 +82,9 @@ class OutputFolder:
             self._check_replaceable()
             return
         with storage_errors(self.location.url):
-            if self.location.is_local:
-                taken = os.path.exists(self.location.path) and (
-                    not os.path.isdir(self.location.path) or bool(os.listdir(self.location.path))
-                )
-            else:
-                names = self._remote_names()
+            names = self.store.entries(self.location) or []
+            taken = bool(names)
+            if taken and not self.store.renames:
                 taken = any(name != PROGRESS_NAME for name in names)
                 ours = any(_unfinished_run_file(name) for name in names)
                 if taken and ours and not self._marker_exists():
@@ -103,14 +96,8 @@ class OutputFolder:
 
     def _check_replaceable(self) -> None:
         with storage_errors(self.location.url):
-            if self.location.is_local:
-                path = self.location.path
-                if not os.path.lexists(path):
-                    return
-                names = os.listdir(path) if os.path.isdir(path) and not os.path.islink(path) else None
-            else:
-                names = self._remote_names()
-        if names is not None and (not names or any(n in _OUTPUT_MARKERS or _unfinished_run_file(n) for n in names)):
+            names = self.store.entries(self.location)
+        if names is None or not names or any(n in _OUTPUT_MARKERS or _unfinished_run_file(n) for n in names):
             return
         raise OutputExistsError(
             f"output {self.location.url} holds files that parquant did not write (no {MANIFEST_OR_RECORD}): "
@@ -123,7 +110,7 @@ class OutputFolder:
         return f"{self._data_folder}/{relpath}" if self._data_folder else relpath
 
     def _stage_for(self, fingerprint: str) -> None:
-        if not self.location.is_local and self.marker == MODEL_MARKER:
+        if not self.store.renames and self.marker == MODEL_MARKER:
             self._data_folder = DATA_FOLDER_PREFIX + hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
             self.staging = self.location.child(self._data_folder)
 
@@ -137,9 +124,8 @@ class OutputFolder:
                 "wait for them to finish, then rerun"
             )
         with storage_errors(self.location.url):
-            if not self.location.is_local:
-                self._fence()  # a stale writer never aborts the uploads of the run that took over
-                self._abort_dangling_uploads()
+            self._fence()  # a stale writer never aborts the uploads of the run that took over
+            self.store.abort_uploads(self.location)
             previous = self._read_progress()
             workers = self.worker_records(fingerprint)
             if previous.get("fingerprint") == fingerprint and not (self.force and self._marker_exists()):
@@ -150,8 +136,7 @@ class OutputFolder:
             else:
                 self._clear_staging()
                 self._progress = {"fingerprint": fingerprint, "done": {}}
-                if self.location.is_local:
-                    os.makedirs(self.staging.path, exist_ok=True)
+                self.store.prepare(self.staging)
         done: dict[str, Any] = self._progress["done"]
         return done
 
@@ -160,8 +145,7 @@ class OutputFolder:
         self._stage_for(fingerprint)
         self._worker = True
         with storage_errors(self.location.url):
-            if self.location.is_local:
-                os.makedirs(self.staging.path, exist_ok=True)
+            self.store.prepare(self.staging)
 
     def record_worker_file(self, relpath: str, fingerprint: str, info: Any) -> None:
         """A fan-out worker's record of one finished file, for the run that writes the marker."""
@@ -190,40 +174,20 @@ class OutputFolder:
         slower than a Python file for plain big writes, measured).
         """
         target = self.staging.child(relpath)
-        with storage_errors(target.url):
-            if self.location.is_local:
-                with _local_atomic(target.path, native) as handle:
-                    yield handle
-            else:
-                self._fence()
-                with _lost_upload_is_retryable(target.url):
-                    remote = self.location.fs.open(target.path, "wb", autocommit=False)
-                    try:
-                        yield remote
-                        remote.close()
-                        self._fence()  # the object becomes visible with the commit: only while ours
-                        remote.commit()
-                    except BaseException:
-                        _abandon(remote)
-                        raise
+        with storage_errors(target.url), self.store.open_atomic(target, native, self._fence) as handle:
+            yield handle
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
-        if self.location.is_local:
-            with self.open_file(relpath) as handle:
-                handle.write(data)
-            return
-        # One PUT, atomic on S3: a file opened for writing would take three calls (start, part,
-        # complete), and small records (progress after every shard) are written often.
         target = self.staging.child(relpath)
-        self._fence()
-        with storage_errors(target.url), _lost_upload_is_retryable(target.url):
-            self.location.fs.pipe_file(target.path, data)
+        with storage_errors(target.url):
+            self.store.put_atomic(target, data, self._fence)
 
     def _fence(self) -> None:
-        """Before an upload to an object store: this run still holds its lock (read back, one
-        request), else exit 75 without writing. A writer stopped past its lease never writes into
-        the output of the run that took the lock over (locks.py)."""
-        check_lock_held(self.location, self._lock_suffix, verify=True)
+        """Before a write to a store where a lock can be lost: this run still holds its lock (read
+        back, one request), else exit 75 without writing. A writer stopped past its lease never
+        writes into the output of the run that took the lock over (locks.py)."""
+        if self.store.fenced:
+            check_lock_held(self.location, self._lock_suffix, verify=True)
 
     def record(self, relpath: str, info: Any) -> None:
         """Mark `relpath` finished so a rerun of the same work skips it."""
@@ -235,10 +199,9 @@ class OutputFolder:
 
     def staged_size(self, relpath: str) -> int:
         """Size of a file written into the staging area (recorded, so a resume can check it)."""
-        if not self.location.is_local:
-            self._fence()  # a file gone because another writer took over: 75, not "not found"
+        self._fence()  # a file gone because another writer took over: 75, not "not found"
         target = self.staging.child(relpath)
-        with storage_errors(target.url), _lost_upload_is_retryable(target.url):
+        with storage_errors(target.url), lost_upload_is_retryable(target.url):
             return int(self.location.fs.size(target.path))
 
     def intact(self, relpath: str, size: int | None, parquet: bool = False) -> bool:
@@ -272,52 +235,38 @@ class OutputFolder:
 
     def staged_bytes(self) -> int:
         """Bytes already in the local staging area: a rerun either reuses them or frees them."""
-        if not self.location.is_local or not os.path.isdir(self.staging.path):
-            return 0
-        total = 0
-        for root, _, names in os.walk(self.staging.path):
-            for name in names:
-                with contextlib.suppress(OSError):
-                    total += os.lstat(os.path.join(root, name)).st_size
-        return total
+        return self.store.staged_bytes(self.staging)
 
     # -- finishing --------------------------------------------------------------------------------
     def commit(self, marker_bytes: bytes | None = None) -> None:
         """Write the marker last and make the folder visible at its final URL."""
         check_lock_held(self.location)
         if self.marker is not None and marker_bytes is not None:
-            if self.location.is_local:
+            if self.store.renames:
                 self.write_bytes(self.marker, marker_bytes)
             else:
                 self._create_marker(marker_bytes)
         with storage_errors(self.location.url):
             progress = self.staging.child(PROGRESS_NAME)
             if progress.exists():
-                self.location.fs.rm(progress.path)
+                self.store.remove(progress)
             for name in self._staged_worker_records():
-                self.location.fs.rm(self.staging.child(name).path)
-            if self.location.is_local:
-                self._swap_into_place()
-            elif self._data_folder:
+                self.store.remove(self.staging.child(name))
+            self.store.install(self.staging, self.location)
+            if self._data_folder:
                 self._remove_other_data_folders()
 
     def _create_marker(self, data: bytes) -> None:
-        """The commit on an object store: the marker is created, never replaced (`If-None-Match:
-        *`; any earlier marker was removed when this run began), so of two writers that both
-        believe they hold the lock, the second finds the first's model and stops (75)."""
+        """The commit where nothing is renamed: the marker is created, never replaced (any earlier
+        marker was removed when this run began), so of two writers that both believe they hold the
+        lock, the second finds the first's model and stops (75)."""
         self._fence()
         target = self.location.child(self.marker or "")
-        bucket, _, key = target.path.partition("/")
-        with storage_errors(target.url):
-            try:
-                self.location.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-            except Exception as exc:
-                if http_status(exc) not in (409, 412):
-                    raise
-                raise TemporaryFailure(
-                    f"another run committed {self.location.url} while this one was writing (its lock was taken "
-                    "over): nothing of this run was committed; rerun (a finished output is then skipped or refused)"
-                ) from None
+        if not self.store.create_exclusive(target, data):
+            raise TemporaryFailure(
+                f"another run committed {self.location.url} while this one was writing (its lock was taken "
+                "over): nothing of this run was committed; rerun (a finished output is then skipped or refused)"
+            )
         self.location.fs.invalidate_cache(self.location.path)
 
     def _remove_other_data_folders(self) -> None:
@@ -328,21 +277,9 @@ class OutputFolder:
         folders = sorted({n.split("/", 1)[0] for n in others if n.startswith(DATA_FOLDER_PREFIX) and "/" in n})
         files = [n for n in others if not (n.startswith(DATA_FOLDER_PREFIX) and "/" in n)]
         for name in folders:
-            with contextlib.suppress(FileNotFoundError):
-                self.location.fs.rm(self.location.child(name).path, recursive=True)
+            self.store.remove(self.location.child(name), recursive=True)
         for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                self.location.fs.rm(self.location.child(name).path)
-
-    def _swap_into_place(self) -> None:
-        final = self.location.path.rstrip("/")
-        old = self.staging.path + "-old"
-        _remove(old)
-        if os.path.lexists(final):
-            os.replace(final, old)  # --force: the old output stays whole until the new one is in place
-        os.replace(self.staging.path, final)
-        _fsync_dir(os.path.dirname(final) or ".")
-        _remove(old)
+            self.store.remove(self.location.child(name))
 
     def discard(self) -> None:
         """Remove what this run wrote, after a failure that a rerun cannot fix (bad input). A
@@ -351,8 +288,8 @@ class OutputFolder:
         if self._worker:
             return
         with storage_errors(self.location.url):
-            if self.location.is_local:
-                _remove(self.staging.path)
+            if self.store.renames:
+                self.store.remove(self.staging, recursive=True)
             elif not self._marker_exists():
                 self._clear_staging()
 
@@ -371,25 +308,22 @@ class OutputFolder:
         return loaded if isinstance(loaded, dict) and "done" in loaded else {}
 
     def _clear_staging(self) -> None:
-        if self.location.is_local:
-            if os.path.isdir(self.staging.path):
-                shutil.rmtree(self.staging.path)
+        if self.store.renames:
+            self.store.remove(self.staging, recursive=True)
             return
         self._fence()  # a writer stopped past its lease deletes nothing of the run that took over
         if self._marker_exists():
             # Remove the marker first: from here on readers see "incomplete", never a mix.
-            self.location.fs.rm(self.location.child(self.marker or "").path)
+            self.store.remove(self.location.child(self.marker or ""))
         # a model's own data folder only: other objects (another work's folder, an older layout's
         # shards) go after this run's commit, never before it
-        target = self.staging if self._data_folder else self.location
-        if self.location.fs.exists(target.path):
-            self.location.fs.rm(target.path, recursive=True)
+        self.store.remove(self.staging if self._data_folder else self.location, recursive=True)
         self.location.fs.invalidate_cache(self.location.path)
 
     def _staged_worker_records(self) -> list[str]:
         """Names of the fan-out workers' records in the staging area."""
-        if self.location.is_local:
-            names = os.listdir(self.staging.path) if os.path.isdir(self.staging.path) else []
+        if self.store.renames:
+            names = self.store.entries(self.staging) or []
         elif self._data_folder:
             prefix = self._data_folder + "/"
             names = [n[len(prefix) :] for n in self._remote_names() if n.startswith(prefix)]
@@ -398,20 +332,7 @@ class OutputFolder:
         return [name for name in names if _is_worker_record(name)]
 
     def _remote_names(self) -> list[str]:
-        if not self.location.fs.exists(self.location.path):
-            return []
-        return self.location.list_files()
-
-    def _abort_dangling_uploads(self) -> None:
-        """A SIGKILLed run cannot abort its multipart uploads; the next run does it for them."""
-        bucket, _, key = self.location.path.partition("/")
-        # The trailing slash matters: `models/m` must not match the uploads of `models/m-int8/...`.
-        prefix = key.rstrip("/") + "/" if key else ""
-        listing = self.location.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
-        for upload in listing.get("Uploads", []):
-            self.location.fs.call_s3(
-                "abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-            )
+        return self.store.entries(self.location) or []
 
 
 def _unfinished_run_file(name: str) -> bool:
@@ -424,104 +345,10 @@ def _is_worker_record(name: str) -> bool:
     return name.startswith(WORKER_RECORD_PREFIX) and name.endswith(".json")
 
 
-def _abandon(remote: Any) -> None:
-    """Drop a failed upload without ever leaving it open: an open s3fs file retries its upload at
-    garbage collection, which hangs the process at exit when the event loop is already gone."""
-    try:
-        remote.discard()
-    except Exception:  # the server may be gone; the next run aborts what is left
-        pass
-    finally:
-        remote.closed = True
-        remote.buffer = None
-
-
-@contextlib.contextmanager
-def _lost_upload_is_retryable(url: str) -> Iterator[None]:
-    """An upload that vanished (aborted by a cleanup, lost by the server) is worth a retry (74),
-    not "input not found" (66, which would also make the stage discard the whole output)."""
-    try:
-        yield
-    except FileNotFoundError as exc:
-        raise StorageIOError(
-            f"the upload of {url} was lost ({' '.join(str(exc).split())[:160]}): rerun the same command"
-        ) from None
-
-
-def _fsync_dir(path: str) -> None:
-    """A folder's entries to disk (renames); best effort, as some filesystems refuse it."""
-    with contextlib.suppress(OSError):
-        _fsync_file(path)
-
-
-@contextlib.contextmanager
-def _writeback(path: str, every_seconds: float = 0.1) -> Iterator[None]:
-    """Flush the file to disk in the background while it is being written, so the fsync before
-    its rename waits for the last fraction of a second of writes, not for the whole file."""
-    stop = threading.Event()
-    fd = os.open(path, os.O_RDONLY)
-
-    def flush() -> None:
-        while not stop.wait(every_seconds):
-            with contextlib.suppress(OSError):
-                os.fdatasync(fd)
-
-    thread = threading.Thread(target=flush, name="parquant-writeback", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        os.close(fd)
-
-
-def _native_file(path: str) -> Any:
-    import pyarrow as pa  # only the Parquet writer asks for a native sink
-
-    return pa.OSFile(path, "wb")
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
 def write_file_atomically(location: Location, data: bytes) -> None:
-    """One file, whole or not at all: local temp file + rename; S3 PUTs are atomic already."""
+    """One file, whole or not at all (the store's atomic put)."""
     with storage_errors(location.url):
-        if location.is_local:
-            with _local_atomic(location.path) as handle:
-                handle.write(data)
-        else:
-            location.fs.pipe_file(location.path, data)
-
-
-@contextlib.contextmanager
-def _local_atomic(path: str, native: bool = False) -> Iterator[IO[bytes]]:
-    """Write `path.part`, then rename it over `path`; on any failure remove the partial file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = path + ".part"
-    try:
-        with _native_file(partial) if native else open(partial, "wb") as handle, _writeback(partial):
-            yield handle
-        _fsync_file(partial)  # the bytes are on disk before the name says they are there
-        os.replace(partial, path)
-        _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-        raise
+        store_for(location).put_atomic(location, data)
 
 
 def fingerprint(*parts: object) -> str:

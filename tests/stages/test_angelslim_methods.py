@@ -181,11 +181,13 @@ def test_an_expert_calibration_never_reaches_is_reported_and_gets_usable_scales(
 
 
 def test_auto_picks_angelslim_for_qwen3_moe_and_explains_what_it_cannot_run() -> None:
+    from parquant.backends import ModelFacts
     from parquant.stages.quantize import choose
 
     def plan(method: str, model_type: str) -> tuple[str, str]:
-        chosen = choose(load_config(flags={"method": method, **SMALL_CALIBRATION}, environ={}), model_type, cuda=False)
-        return chosen.backend, chosen.method
+        config = load_config(flags={"method": method, **SMALL_CALIBRATION}, environ={})
+        chosen = choose(config, ModelFacts(model_type, 0, 0, {}), cuda=False)
+        return chosen.backend.name, chosen.method
 
     assert plan("fp8-dynamic", "qwen3_moe") == ("angelslim", "fp8-dynamic")  # was: unsupported architecture
     assert plan("int8-smooth", "qwen3_moe") == ("angelslim", "int8-smooth")
