@@ -59,11 +59,11 @@ def plan_ptq(reader: ModelReader, recipe: Recipe, ignore: list[str]) -> PTQPlan:
     except RecipeError as exc:
         raise ConfigError(str(exc)) from None
     quantizers = _quantizers(recipe)
+    specs = {module: reader.tensor_spec(f"{module}.weight") for module in assigned}
     targets = {
-        module: quantizers[group]
-        for module, group in assigned.items()
-        if quantizers[group].supports(reader.tensor_spec(f"{module}.weight"))
+        module: quantizers[group] for module, group in assigned.items() if quantizers[group].supports(specs[module])
     }
+    outputs = {module: method.outputs(specs[module], module) for module, method in targets.items()}
     if not targets:
         raise UnavailableError(
             f"architecture {config.get('model_type')!r} has no nn.Linear layers to quantize outside --ignore "
@@ -78,7 +78,7 @@ def plan_ptq(reader: ModelReader, recipe: Recipe, ignore: list[str]) -> PTQPlan:
         if method is not None:
             items += [
                 ModelItem(KIND_TENSOR, out.name, out.nbytes, _output_chunks(cache, method, module, spec, out), out)
-                for out in method.outputs(spec, module)
+                for out in outputs[module]
             ]
         else:
             items.append(ModelItem(KIND_TENSOR, name, spec.nbytes, _checked_copy(reader, spec), spec))

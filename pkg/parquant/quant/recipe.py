@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .linear_layers import is_ignored
-from .targets import ALL_LINEAR, targeted
+from .targets import ALL_LINEAR, selected, targeted
 
 # How the values are found: data-free round to nearest (rtn), calibrated static scales (minmax),
 # or an error-correcting / scale-searching algorithm over calibration data.
@@ -167,14 +167,12 @@ class Recipe:
 
         Raises RecipeError when a module matches two groups, or (`every_group_used`: a recipe file)
         when a group matches none."""
+        ignore = list(self.ignore)
+        live = [module for module in sorted(modules) if not is_ignored(module, ignore)]
+        members = [set(selected(live, group.targets)) for group in self.groups]  # one pass per group
         assigned: dict[str, int] = {}
-        used = [False] * len(self.groups)
-        for module in sorted(modules):
-            if is_ignored(module, list(self.ignore)):
-                continue
-            found = [i for i, group in enumerate(self.groups) if group.matches(module)]
-            if found:
-                used[found[0]] = True
+        for module in live:
+            found = [index for index, chosen in enumerate(members) if module in chosen]
             if len(found) > 1:
                 raise RecipeError(
                     f"{self.source}: module {module} is matched by groups {found[0]} and {found[1]} "
@@ -183,8 +181,8 @@ class Recipe:
                 )
             if found:
                 assigned[module] = found[0]
-        for index, was_used in enumerate(used):
-            if every_group_used and not was_used:
+        for index, chosen in enumerate(members):
+            if every_group_used and not chosen:
                 raise RecipeError(
                     f"{self.source}: group {index} (targets {', '.join(self.groups[index].targets)}) matches no "
                     "linear layer of this model outside the ignore list: fix its targets (module names, `re:` "

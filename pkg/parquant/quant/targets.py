@@ -23,3 +23,9 @@ def target_matches(module: str, target: str) -> bool:
 
 def targeted(module: str, targets: Iterable[str]) -> bool:
     return any(target_matches(module, target) for target in targets)
+
+
+def selected(modules: Iterable[str], targets: Iterable[str]) -> list[str]:
+    """The modules any of `targets` names, in their order."""
+    wanted = list(targets)
+    return [module for module in modules if targeted(module, wanted)]
