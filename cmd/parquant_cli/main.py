@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import importlib
 import json
 import logging
 import os
@@ -78,81 +79,30 @@ def _context(options: CommonOptions) -> Any:
     )
 
 
-def run_import(options: ImportOptions) -> int:
-    from parquant.stages import hf_import
+def stage_runner(module: str) -> Callable[[Any], int]:
+    """The one way a stage runs from the command line: its `run(options, context)` returns a typed
+    outcome (outcomes.StageOutcome); the log gets its lines, stdout its text (where it has one and
+    --json was not asked for) or its JSON, and a failure it reports (a precision gate) is raised
+    like any other error, so its exit code and one-line message come from the same place."""
 
-    return _finish(hf_import.run(options, _context(options)))
-
-
-def run_export(options: ExportOptions) -> int:
-    from parquant.stages import hf_export
-
-    return _finish(hf_export.run(options, _context(options)))
-
-
-def run_quantize(options: QuantizeOptions) -> int:
-    if options.compare:
-        return _run_compare(options)
-    from parquant.quant.estimate import duration
-    from parquant.stages import quantize
-
-    result = quantize.run(options, _context(options))
-    if options.dry_run:
-        plan, estimate = result.details["plan"], result.details["estimate"]
-        log.info("plan: backend %s, method %s, device %s", plan["backend"], plan["method"], plan["device"])
-        for line in plan["reasons"] + plan["fallbacks"]:
-            log.info("plan: %s", line)
-        log.info(
-            "estimate: peak memory %.2f GB, disk %.2f GB, about %s (%s)",
-            estimate["peak_memory_gb"],
-            estimate["disk_gb"],
-            duration(estimate["seconds"]),
-            estimate["basis"],
-        )
-        print(json.dumps(asdict(result)))
+    def run(options: CommonOptions) -> int:
+        stage = importlib.import_module(f"parquant.stages.{module}")
+        outcome = stage.run(options, _context(options))
+        for line in outcome.log_lines():
+            log.info("%s", line)
+        text = None if getattr(options, "json", False) else outcome.text()
+        print(text if text is not None else json.dumps(outcome.to_dict(), indent=2 if _pretty(options) else None))
+        failure = outcome.failure()
+        if failure is not None:
+            raise failure
         return 0
-    return _finish(result)
+
+    return run
 
 
-def _run_compare(options: QuantizeOptions) -> int:
-    from parquant.stages import compare
-
-    rows = compare.run(options, _context(options))
-    failed = [entry.label for entry in rows if entry.error]
-    log.info(
-        "compare: %d rows, report in %s/report%s",
-        len(rows),
-        options.output.rstrip("/"),
-        f" ({len(failed)} failed: {', '.join(failed)})" if failed else "",
-    )
-    print(json.dumps({"report": f"{options.output.rstrip('/')}/report", "rows": len(rows), "failed": failed}))
-    return 0
-
-
-def run_validate(options: ValidateOptions) -> int:
-    from parquant.stages import validate
-    from parquant.validate import gate
-
-    result = validate.run(options, _context(options))
-    print(json.dumps(result.to_dict(), indent=2) if options.json else result.summary())
-    gate(result)
-    return 0
-
-
-def run_benchmark(options: BenchmarkOptions) -> int:
-    from parquant.stages import benchmark
-
-    result = benchmark.run(options, _context(options))
-    print(json.dumps(result.to_dict(), indent=2) if options.json else result.summary())
-    return 0
-
-
-def run_report(options: ReportOptions) -> int:
-    from parquant.stages import report
-
-    files = report.run(options, _context(options))
-    log.info("report: wrote %s (%s)", options.output, ", ".join(files))
-    return 0
+def _pretty(options: CommonOptions) -> bool:
+    """validate, benchmark and inspect have always printed their --json indented."""
+    return bool(getattr(options, "json", False))
 
 
 def run_pipeline(options: PipelineOptions) -> int:
@@ -230,50 +180,22 @@ def _run_on_kubernetes(options: PipelineOptions, spec: Any, shared: list[str]) -
         raise
 
 
-def run_inspect(options: InspectOptions) -> int:
-    from parquant.stages import inspect
-    from parquant.stages.inspect import format_summary
-
-    summary = inspect.run(options, _context(options))
-    print(json.dumps(summary.to_dict(), indent=2) if options.json else format_summary(summary))
-    return 0
-
-
-def _finish(result: Any) -> int:
-    part = (getattr(result, "details", None) or {}).get("part")
-    if result.skipped:
-        log.info("%s: already done, skipped", result.stage)
-    elif part:
-        log.info(
-            "%s: fan-out worker %d of %d wrote its share of %s in %.1fs (a run without --shard-index commits it)",
-            result.stage,
-            part[0],
-            part[1],
-            result.output,
-            result.seconds,
-        )
-    else:
-        log.info("%s: wrote %s in %.1fs", result.stage, result.output, result.seconds)
-    print(json.dumps(asdict(result)))
-    return 0
-
-
 STAGES: dict[str, Stage] = {
     "import": Stage(
         ImportOptions,
-        run_import,
+        stage_runner("hf_import"),
         "HF checkpoint folder -> Parquet model",
         ("parquant import examples/tiny-llama -o out/m", "parquant import s3://bucket/hf -o s3://bucket/m"),
     ),
     "export": Stage(
         ExportOptions,
-        run_export,
+        stage_runner("hf_export"),
         "Parquet model -> HF checkpoint folder (transformers/vLLM)",
         ("parquant export out/m -o out/m-hf",),
     ),
     "quantize": Stage(
         QuantizeOptions,
-        run_quantize,
+        stage_runner("quantize"),
         "Parquet model -> quantized Parquet model (AngelSlim or PTQ)",
         (
             "parquant quantize out/m -o out/m-int8 --method int8-weight",
@@ -283,24 +205,27 @@ STAGES: dict[str, Stage] = {
     ),
     "validate": Stage(
         ValidateOptions,
-        run_validate,
+        stage_runner("validate"),
         "precision of a quantized model vs its reference (gate: exit 79)",
         ("parquant validate out/m out/m-int8 --eval-text examples/data/eval.txt -o out/validate.json",),
     ),
     "benchmark": Stage(
         BenchmarkOptions,
-        run_benchmark,
+        stage_runner("benchmark"),
         "load time, prefill latency, decode tokens/s, peak memory",
         ("parquant benchmark out/m-int8 --batch-sizes 1 --seq-lens 128 -o out/bench.json",),
     ),
     "report": Stage(
         ReportOptions,
-        run_report,
+        stage_runner("report"),
         "comparison report (Markdown, JSON, HTML with plots) from results",
         ("parquant report out/validate.json out/bench.json -o out/report",),
     ),
     "inspect": Stage(
-        InspectOptions, run_inspect, "show tensors, dtypes, size, quantization, manifest", ("parquant inspect out/m",)
+        InspectOptions,
+        stage_runner("inspect"),
+        "show tensors, dtypes, size, quantization, manifest",
+        ("parquant inspect out/m",),
     ),
     "pipeline": Stage(
         PipelineOptions,

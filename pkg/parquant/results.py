@@ -14,7 +14,7 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, ParquantError, PrecisionGateError
 
 DEFAULT_MIN_COSINE = 0.99
 DEFAULT_MAX_PPL_RATIO = 1.05
@@ -70,6 +70,17 @@ class ValidationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "validation", **asdict(self)}
+
+    # -- as a stage's outcome (outcomes.StageOutcome) --
+    def log_lines(self) -> list[str]:
+        return []  # the text is the report
+
+    def text(self) -> str | None:
+        return self.summary()
+
+    def failure(self) -> ParquantError | None:
+        """79 when the candidate missed a threshold: the precision gate."""
+        return None if self.passed else PrecisionGateError(f"precision gate failed: {'; '.join(self.failures)}")
 
     def summary(self) -> str:
         worst = self.worst_tensors[0] if self.worst_tensors else None
@@ -129,6 +140,16 @@ class BenchmarkResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "benchmark", **asdict(self)}
+
+    # -- as a stage's outcome (outcomes.StageOutcome) --
+    def log_lines(self) -> list[str]:
+        return []  # the text is the report
+
+    def text(self) -> str | None:
+        return self.summary()
+
+    def failure(self) -> ParquantError | None:
+        return None
 
     def summary(self) -> str:
         lines = [

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidInputError, PrecisionGateError
+from .errors import InvalidInputError
 from .fs import resolve
 from .logs import third_party_output
 from .progress import ProgressCallback, ProgressEvent, no_progress
@@ -251,5 +251,6 @@ def _check_same_architecture(reference: dict[str, Any], candidate: dict[str, Any
 
 def gate(result: ValidationResult) -> None:
     """Raise exit 79 when the candidate missed a threshold."""
-    if not result.passed:
-        raise PrecisionGateError(f"precision gate failed: {'; '.join(result.failures)}")
+    failure = result.failure()
+    if failure is not None:
+        raise failure

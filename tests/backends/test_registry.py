@@ -12,6 +12,7 @@ import torch
 from parquant.backends import (
     BackendJob,
     BackendOutput,
+    BackendReport,
     Hardware,
     ModelFacts,
     all_backends,
@@ -98,7 +99,8 @@ class Int7Backend:
             if file not in ("config.json", "model.safetensors.index.json"):
                 data = reader.read_file(file)
                 items.append(ModelItem(KIND_FILE, file, len(data), lambda size, data=data: sliced(data, size)))
-        return BackendOutput(items, layers, targets, list(recipe.ignore), details={"toy": True})
+        report = BackendReport(quantized_layers=len(targets), skipped_layers=skipped)
+        return BackendOutput(items, layers, targets, list(recipe.ignore), report=report)
 
 
 def _bytes_of(tensor: torch.Tensor):  # type: ignore[no-untyped-def]
@@ -119,7 +121,7 @@ def test_a_registered_backend_runs_a_recipe_through_quantize_validate_and_report
         config = load_config(flags={"recipe": str(recipe)}, environ={})
         result = quantize(str(model), str(tmp_path / "toy"), config)
         assert result.details["backend"] == "toy-int7" and result.details["method"] == "int7-everywhere"
-        assert result.details["toy"] is True
+        assert result.quantized_layers == 28 and result.skipped_layers == ["lm_head"]
         checked = validate(
             str(model),
             str(tmp_path / "toy"),

@@ -22,7 +22,7 @@ from ..quant.methods import ANGELSLIM, get_method, method_names
 from ..quant.recipe import PRESET, Recipe
 from ..quant.roles import quantized_modules
 from ..store.schema import TensorSpec
-from .base import BackendJob, BackendOutput, Hardware, ModelFacts, register
+from .base import BackendJob, BackendOutput, BackendReport, Hardware, ModelFacts, register
 
 NOT_INSTALLED = "angelslim is not installed"
 # seconds per parameter per calibration token on a CPU for a recipe that is no registry method
@@ -90,26 +90,25 @@ class AngelSlim:
         nonfinite: dict[str, int] = {}
         items = checkpoint.items(lambda spec, data: _count_nonfinite(nonfinite, spec, data))
         names = {name for weights in checkpoint.weights for name in weights.tensors}
-        details: dict[str, object] = {
-            "quantize_seconds": round(quantized_seconds, 3),
-            "export_seconds": round(run.export_seconds, 3),
-            "engine_seconds": round(run.engine_seconds, 3),
-            "calibration_samples": run.calibration.samples if run.calibration else 0,
-        }
+        report = BackendReport(
+            calibration_samples=run.calibration.samples if run.calibration else 0,
+            quantize_seconds=round(quantized_seconds, 3),
+            export_seconds=round(run.export_seconds, 3),
+            engine_seconds=round(run.engine_seconds, 3),
+        )
         warnings = []
         if run.coverage is not None:  # the manifest says which experts calibration reached
-            coverage = run.coverage.to_dict()
-            details["expert_coverage"] = coverage
+            report.expert_coverage = run.coverage.to_dict()
             warnings = [
                 f"expert {name} received no calibration token (its activation scales were set from its siblings)"
-                for name in coverage["uncovered"]
+                for name in report.expert_coverage["uncovered"]
             ]
         return BackendOutput(
             items,
             model_layers(job.reader.config()),
             quantized_modules(names),
             list(job.config.ignore),
-            details=details,
+            report=report,
             warnings=warnings,
             safetensors_layout=checkpoint.layout(),
             nonfinite=nonfinite,

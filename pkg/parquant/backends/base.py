@@ -56,6 +56,19 @@ class BackendJob:
 
 
 @dataclass
+class BackendReport:
+    """What a backend found besides the items: the quantize result carries these fields."""
+
+    quantized_layers: int | None = None  # the built-in PTQ
+    skipped_layers: list[str] | None = None
+    calibration_samples: int | None = None  # calibrated backends
+    quantize_seconds: float | None = None  # the backend's own run, before the writer
+    export_seconds: float | None = None  # AngelSlim: Parquet -> its HF folder (0: cached)
+    engine_seconds: float | None = None  # AngelSlim's engine itself
+    expert_coverage: dict[str, Any] | None = None  # MoE: calibration tokens per expert
+
+
+@dataclass
 class BackendOutput:
     """A run's result: the items to write (tensors computed lazily, as the writer asks), the
     modules stored quantized, those not asked for (ignored or untargeted), and what to record."""
@@ -64,7 +77,7 @@ class BackendOutput:
     layers: ModelLayers
     quantized: set[str]
     not_asked: list[str]  # module names or ignore patterns: left in full precision on purpose
-    details: dict[str, Any] = field(default_factory=dict)
+    report: BackendReport = field(default_factory=BackendReport)
     warnings: list[str] = field(default_factory=list)
     safetensors_layout: dict[str, dict[str, Any]] | None = None
     kept_fused: list[str] = field(default_factory=list)  # 3-D fused experts copied unquantized

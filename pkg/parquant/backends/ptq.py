@@ -12,7 +12,7 @@ from ..quant.config import QuantizationConfig
 from ..quant.estimate import Estimate, estimate
 from ..quant.methods import PTQ, get_method
 from ..quant.recipe import Recipe
-from .base import BackendJob, BackendOutput, Hardware, ModelFacts, register
+from .base import BackendJob, BackendOutput, BackendReport, Hardware, ModelFacts, register
 
 
 class BuiltInPTQ:
@@ -47,7 +47,7 @@ class BuiltInPTQ:
             plan.layers,
             set(plan.quantized),
             plan.not_asked,
-            details={"quantized_layers": len(plan.quantized), "skipped_layers": plan.skipped},
+            report=BackendReport(quantized_layers=len(plan.quantized), skipped_layers=plan.skipped),
             kept_fused=plan.kept_fused,
         )
 

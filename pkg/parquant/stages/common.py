@@ -1,4 +1,5 @@
-"""What every stage shares: the result type, "already done?" decisions, provenance, JSON results."""
+"""What every stage shares: its context, "already done?" decisions, provenance, JSON results (a
+stage's result type: outcomes.py)."""
 
 from __future__ import annotations
 
@@ -48,18 +49,6 @@ class StageContext:
             environ.get(PLACEMENT_NOTE_VARIABLE) or None,
             int(index) if index.isdigit() else None,
         )
-
-
-@dataclass
-class StageResult:
-    """What a stage did; the CLI prints it, the pipeline records it."""
-
-    stage: str
-    output: str
-    skipped: bool
-    seconds: float
-    warnings: list[str] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def finished_model(output: OutputFolder, expected_fingerprint: str) -> Manifest | None:

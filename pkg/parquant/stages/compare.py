@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ParquantError, UsageError
 from ..progress import ProgressCallback, no_progress
@@ -19,7 +20,7 @@ from ..results import BenchmarkResult, ComparisonEntry, Thresholds, ValidationRe
 from .benchmark import benchmark
 from .common import StageContext, write_json
 from .options import QuantizeOptions
-from .quantize import config_flags, quantize
+from .quantize import QuantizePlanResult, QuantizeResult, config_flags, quantize
 from .report import report
 from .validate import validate
 
@@ -42,14 +43,39 @@ class CompareSettings:
     task_limit: int | None = None
 
 
-def run(options: QuantizeOptions, context: StageContext) -> list[ComparisonEntry]:
+@dataclass
+class CompareResult:
+    """`quantize --compare`'s outcome: the report's folder, its rows, the methods that failed."""
+
+    report: str
+    rows: list[ComparisonEntry]
+
+    @property
+    def failed(self) -> list[str]:
+        return [entry.label for entry in self.rows if entry.error]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"report": self.report, "rows": len(self.rows), "failed": self.failed}
+
+    def log_lines(self) -> list[str]:
+        failed = f" ({len(self.failed)} failed: {', '.join(self.failed)})" if self.failed else ""
+        return [f"compare: {len(self.rows)} rows, report in {self.report}{failed}"]
+
+    def text(self) -> str | None:
+        return None
+
+    def failure(self) -> ParquantError | None:
+        return None  # a method that failed is a row of the report, not the comparison's failure
+
+
+def run(options: QuantizeOptions, context: StageContext) -> CompareResult:
     """`parquant quantize --compare M1,M2 --eval-text T`."""
     from ..tasks import parse_tasks
 
     if not options.eval_text:
         raise UsageError("--compare needs --eval-text URL (held-out text for validation)")
     flags = config_flags(options)
-    return compare(
+    rows = compare(
         options.model,
         options.output,
         [m.strip() for m in (options.compare or "").split(",") if m.strip()],
@@ -59,6 +85,7 @@ def run(options: QuantizeOptions, context: StageContext) -> list[ComparisonEntry
         storage_options=context.storage_options,
         progress=context.progress,
     )
+    return CompareResult(f"{options.output.rstrip('/')}/report", rows)
 
 
 def compare(
@@ -84,10 +111,11 @@ def compare(
             quantized = quantize(
                 model, entry.model, config, force=force, storage_options=storage_options, progress=progress
             )
-            entry.backend = str(quantized.details.get("backend", ""))
-            entry.method = str(quantized.details.get("method", method))
+            assert isinstance(quantized, QuantizeResult)
+            entry.backend = quantized.backend or ""
+            entry.method = quantized.method or method
             entry.quantize_seconds = round(quantized.seconds, 2)
-            entry.note = "; ".join(quantized.details.get("fallbacks", []))
+            entry.note = "; ".join(quantized.fallbacks or [])
             entry.validation = _validate(model, entry.model, settings, storage_options)
             entry.benchmark = _benchmark(entry.model, settings, storage_options)
         except ParquantError as exc:
@@ -148,9 +176,10 @@ def _announce(
             planned = quantize(model, "unused", config_for(method), dry_run=True, storage_options=storage_options)
         except ParquantError:
             continue  # the real run reports it
-        seconds = float(planned.details["estimate"]["seconds"])
+        assert isinstance(planned, QuantizePlanResult) and planned.estimate is not None
+        seconds = planned.estimate.seconds
         total += seconds
-        parts.append(f"{method} {duration(seconds)} on {planned.details['plan']['device']}")
+        parts.append(f"{method} {duration(seconds)} on {planned.plan['device']}")
     if parts:
         log.info("compare: quantizing is estimated to take about %s (%s)", duration(total), ", ".join(parts))
 

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from ..fs import check_separate, resolve
 from ..hf import DEFAULT_EXPORT_SHARD_BYTES
 from ..hf_folders import marker_for, write_hf_folder
+from ..outcomes import WriteResult
 from ..outputs import OutputFolder
 from ..progress import ProgressCallback, no_progress
 from ..quant.runtimes import loads_in
 from ..store.reader import ModelReader
-from .common import StageContext, StageResult, log
+from .common import StageContext, log
 from .options import ExportOptions
 
 
-def run(options: ExportOptions, context: StageContext) -> StageResult:
+@dataclass
+class ExportResult(WriteResult):
+    safetensors_files: int | None = None
+    files: int | None = None
+    bytes: int | None = None
+    loads_in: dict[str, str] | None = None  # which runtimes load it (quant/runtimes.py)
+
+
+def run(options: ExportOptions, context: StageContext) -> ExportResult:
     return export_checkpoint(
         options.model,
         options.output,
@@ -35,7 +45,7 @@ def export_checkpoint(
     shard_bytes: int = DEFAULT_EXPORT_SHARD_BYTES,
     storage_options: Mapping[str, str] | None = None,
     progress: ProgressCallback = no_progress,
-) -> StageResult:
+) -> ExportResult:
     """Write a Parquet model back as a Hugging Face checkpoint folder (safetensors + its files)."""
     started = time.monotonic()
     model_location = resolve(model, storage_options)
@@ -54,17 +64,15 @@ def export_checkpoint(
         log.warning("%s", warnings[0])
     if export.skipped:
         log.info("%s already holds this export; skipping (use --force to redo it)", output)
-        return StageResult("export", output, True, time.monotonic() - started, warnings, {"loads_in": runtimes})
-    return StageResult(
+        return ExportResult("export", output, True, time.monotonic() - started, warnings, loads_in=runtimes)
+    return ExportResult(
         "export",
         output,
         False,
         time.monotonic() - started,
         warnings,
-        {
-            "safetensors_files": export.safetensors_files,
-            "files": export.files,
-            "bytes": export.bytes,
-            "loads_in": runtimes,
-        },
+        safetensors_files=export.safetensors_files,
+        files=export.files,
+        bytes=export.bytes,
+        loads_in=runtimes,
     )

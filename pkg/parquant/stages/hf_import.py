@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from ..errors import InvalidInputError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..hf import HFCheckpoint
 from ..numerics import count_nonfinite
+from ..outcomes import WriteResult
 from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
 from ..progress import ProgressCallback, no_progress
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
-from .common import StageContext, StageResult, finished_model, log, provenance
+from .common import StageContext, finished_model, log, provenance
 from .fanout import check_part, fan_out_part, run_local_workers
 from .options import ImportOptions
 
 
-def run(options: ImportOptions, context: StageContext) -> StageResult:
+@dataclass
+class ImportResult(WriteResult):
+    tensors: int | None = None
+    files: int | None = None
+    shards: int | None = None
+    bytes: int | None = None
+
+
+def run(options: ImportOptions, context: StageContext) -> ImportResult:
     """`parquant import`: the options as typed, the context as the process found it."""
     part = fan_out_part(options, context)
     started = time.monotonic()
@@ -71,7 +80,7 @@ def import_checkpoint(
     description: ModelDescription | None = None,
     part: tuple[int, int] | None = None,
     started: float | None = None,
-) -> StageResult:
+) -> ImportResult:
     """Convert a Hugging Face checkpoint folder into a Parquet model, streaming tensor by tensor.
 
     `description` lets another stage (quantize) import its intermediate HF folder under its own
@@ -96,7 +105,7 @@ def import_checkpoint(
         done = finished_model(folder, identity)
         if done is not None:
             log.info("%s already holds this import; skipping (use --force to redo it)", output)
-            return StageResult("import", output, True, time.monotonic() - started)
+            return ImportResult("import", output, True, time.monotonic() - started)
         for name in checkpoint.skipped:
             log.warning("skipping pickle file %s: parquant never unpickles", name)
         counter = _NonFiniteCounter(strict)
@@ -111,20 +120,18 @@ def import_checkpoint(
         with cleanup_on_bad_input(folder):
             manifest = write_model(folder, items, write, description, identity, progress, part)
     if manifest is None:
-        return StageResult("import", output, False, time.monotonic() - started, [], {"part": list(part or ())})
+        return ImportResult("import", output, False, time.monotonic() - started, [], part)
     warnings = [f"tensor {name} has {count} NaN/Inf values" for name, count in sorted(counter.found.items())]
     for warning in warnings:
         log.warning("%s (use --strict to refuse such checkpoints)", warning)
-    return StageResult(
+    return ImportResult(
         "import",
         output,
         False,
         time.monotonic() - started,
         warnings,
-        {
-            "tensors": len(manifest.tensors),
-            "files": len(manifest.files),
-            "shards": len(manifest.shards),
-            "bytes": sum(t.nbytes for t in manifest.tensors.values()),
-        },
+        tensors=len(manifest.tensors),
+        files=len(manifest.files),
+        shards=len(manifest.shards),
+        bytes=sum(t.nbytes for t in manifest.tensors.values()),
     )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..errors import ParquantError
 from ..fs import resolve
 from ..moe import summarize_experts
 from ..quant.detect import detect_quantization, logical_parameters
@@ -45,6 +46,16 @@ class ModelSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    # -- as a stage's outcome (outcomes.StageOutcome) --
+    def log_lines(self) -> list[str]:
+        return []  # the text is the report
+
+    def text(self) -> str | None:
+        return format_summary(self)
+
+    def failure(self) -> ParquantError | None:
+        return None
 
 
 def run(options: InspectOptions, context: StageContext) -> ModelSummary:

@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends import Backend, BackendJob, BackendOutput, Hardware, ModelFacts, all_backends, get_backend
 from ..backends.angelslim import NOT_INSTALLED
@@ -20,6 +20,7 @@ from ..cpus import compute_threads, torch_threads
 from ..errors import ConfigError, InvalidInputError, OutOfMemoryError, ParquantError, UnavailableError, UsageError
 from ..fs import check_separate, ensure_free_space, resolve
 from ..memory import available_memory
+from ..outcomes import WriteResult
 from ..outputs import OutputFolder, cleanup_on_bad_input, fingerprint
 from ..progress import ProgressCallback, no_progress
 from ..quant import methods
@@ -33,9 +34,12 @@ from ..store.reader import ModelReader
 from ..store.schema import MANIFEST_NAME, TensorSpec
 from ..store.writer import ModelDescription, WriteOptions, write_model
 from ..workdirs import work_folder
-from .common import StageContext, StageResult, finished_model, provenance
+from .common import StageContext, finished_model, provenance
 from .fanout import check_part, fan_out_part, run_local_workers
 from .options import QuantizeOptions
+
+if TYPE_CHECKING:
+    from .compare import CompareResult
 
 log = logging.getLogger("parquant")
 # A backend's failures that the built-in PTQ may not share: a missing or broken package (69), its
@@ -157,9 +161,55 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def run(options: QuantizeOptions, context: StageContext) -> StageResult:
-    """`parquant quantize` (without --compare: stages/compare.py runs that)."""
+@dataclass
+class QuantizeResult(WriteResult):
+    backend: str | None = None
+    method: str | None = None
+    device: str | None = None
+    fallbacks: list[str] | None = None
+    estimate: Estimate | None = None
+    quantize_seconds: float | None = None  # the backend's run and the write
+    write_seconds: float | None = None
+    torch_threads: int | None = None
+    quantized_share: dict[str, Any] | None = None  # per role, in parameters (quant/roles.py)
+    quantized_layers: int | None = None
+    skipped_layers: list[str] | None = None
+    quantized_experts: int | None = None
+    calibration_samples: int | None = None
+    export_seconds: float | None = None
+    engine_seconds: float | None = None
+    expert_coverage: dict[str, Any] | None = None
+
+
+@dataclass
+class QuantizePlanResult(WriteResult):
+    """`--dry-run`: what a run would do and cost; nothing is written."""
+
+    dry_run: bool = True
+    plan: dict[str, Any] = field(default_factory=dict)
+    estimate: Estimate | None = None
+
+    def log_lines(self) -> list[str]:
+        plan = self.plan
+        lines = [f"plan: backend {plan['backend']}, method {plan['method']}, device {plan['device']}"]
+        lines += [f"plan: {line}" for line in plan["reasons"] + plan["fallbacks"]]
+        if self.estimate is not None:
+            guess = self.estimate
+            lines.append(
+                f"estimate: peak memory {guess.peak_memory_gb:.2f} GB, disk {guess.disk_gb:.2f} GB, about "
+                f"{duration(guess.seconds)} ({guess.basis})"
+            )
+        return lines
+
+
+def run(options: QuantizeOptions, context: StageContext) -> QuantizeResult | QuantizePlanResult | CompareResult:
+    """`parquant quantize` (`--compare`: stages/compare.py)."""
     from ..store.writer import WriteOptions
+
+    if options.compare:
+        from . import compare
+
+        return compare.run(options, context)
 
     part = fan_out_part(options, context)
     config = load_config(options.config, config_flags(options))
@@ -167,7 +217,7 @@ def run(options: QuantizeOptions, context: StageContext) -> StageResult:
 
     started = time.monotonic()
 
-    def run_quantize(dry_run: bool, part: tuple[int, int] | None) -> StageResult:
+    def run_quantize(dry_run: bool, part: tuple[int, int] | None) -> QuantizeResult | QuantizePlanResult:
         return quantize(
             options.model,
             options.output,
@@ -220,7 +270,7 @@ def quantize(
     part: tuple[int, int] | None = None,
     started: float | None = None,
     min_quantized_fraction: float = 0.0,
-) -> StageResult:
+) -> QuantizeResult | QuantizePlanResult:
     """Quantize the Parquet model at `model` into a Parquet model at `output`.
 
     `part=(i, n)` makes this run fan-out worker i of n (stages/fanout.py): the built-in PTQ writes
@@ -274,20 +324,15 @@ def quantize(
                 f"{guess.calibration_tokens:,}",
             )
         if dry_run:
-            return StageResult(
-                "quantize",
-                output,
-                True,
-                time.monotonic() - started,
-                [],
-                {"dry_run": True, "plan": plan.to_dict(), "estimate": guess.to_dict()},
+            return QuantizePlanResult(
+                "quantize", output, True, time.monotonic() - started, plan=plan.to_dict(), estimate=guess
             )
         folder = OutputFolder(resolve(output, storage_options), force=force, marker=MANIFEST_NAME)
         identity = fingerprint("quantize", reader.manifest.digest(), config.to_dict(), write.__dict__)
         with folder.locked(part):
             if finished_model(folder, identity) is not None:
                 log.info("%s already holds this quantization; skipping (use --force to redo it)", output)
-                return StageResult("quantize", output, True, time.monotonic() - started)
+                return QuantizeResult("quantize", output, True, time.monotonic() - started)
             _check_memory(plan, guess)
             ensure_free_space(folder.staging, facts.model_bytes, folder.staged_bytes())
             for reason in plan.reasons + plan.fallbacks:
@@ -307,18 +352,12 @@ def quantize(
                 part,
                 min_quantized_fraction,
             )
-            details = _run(job)
-    details.update(
-        {
-            "backend": plan.backend.name,
-            "method": plan.method,
-            "device": plan.device,
-            "fallbacks": plan.fallbacks,
-            "estimate": guess.to_dict(),
-        }
-    )
-    warnings = list(plan.fallbacks) + list(details.pop("warnings", None) or [])  # type: ignore[call-overload]
-    return StageResult("quantize", output, False, time.monotonic() - started, warnings, details)
+            result = _run(job)
+    result.backend, result.method, result.device = plan.backend.name, plan.method, plan.device
+    result.fallbacks, result.estimate = plan.fallbacks, guess
+    result.warnings = list(plan.fallbacks) + result.warnings
+    result.seconds = time.monotonic() - started
+    return result
 
 
 def _check_fits(reader: ModelReader, recipe: Recipe) -> None:
@@ -362,7 +401,7 @@ class _Job:
         return ModelDescription(source=source, created_by=made, started=self.started)
 
 
-def _run(job: _Job) -> dict[str, object]:
+def _run(job: _Job) -> QuantizeResult:
     """Run the plan's backend; a backend other than the built-in PTQ that fails before anything is
     written falls back to it (when `--backend auto` allows), and the fallback runs instead."""
     with work_folder(job.plan.backend.name) as workdir:
@@ -386,14 +425,15 @@ def _run(job: _Job) -> dict[str, object]:
         return _write(job, output, time.monotonic() - started)
 
 
-def _write(job: _Job, output: BackendOutput, run_seconds: float) -> dict[str, object]:
+def _write(job: _Job, output: BackendOutput, run_seconds: float) -> QuantizeResult:
     description = job.description()
     specs = {n: job.reader.tensor_spec(n) for n in job.reader.tensor_names()}
     share = role_coverage(output.layers, specs, output.quantized, output.not_asked)
     warnings = _share_warnings(job, share, specs) + output.warnings
     description.created_by.config["quantized_share"] = share
-    if "expert_coverage" in output.details:  # the manifest says which experts calibration reached
-        description.created_by.config["expert_coverage"] = output.details["expert_coverage"]
+    report = output.report
+    if report.expert_coverage is not None:  # the manifest says which experts calibration reached
+        description.created_by.config["expert_coverage"] = report.expert_coverage
     if output.safetensors_layout is not None:  # a backend that made safetensors files: export keeps their layout
         description.safetensors_layout = output.safetensors_layout
     started = time.monotonic()
@@ -414,19 +454,26 @@ def _write(job: _Job, output: BackendOutput, run_seconds: float) -> dict[str, ob
     for name, count in sorted(output.nonfinite.items()):
         warnings.append(f"tensor {name} has {count} NaN/Inf values")
         log.warning("%s", warnings[-1])
-    details: dict[str, object] = {
-        "quantize_seconds": round(run_seconds + time.monotonic() - started, 3),
-        **output.details,
-        "write_seconds": round(time.monotonic() - started, 3),
-        "torch_threads": threads,
-        "quantized_share": share,
-        "warnings": warnings,
-    }
-    if output.layers.experts:
-        details["quantized_experts"] = len(output.quantized & output.layers.experts)
-    if job.part is not None:
-        details["part"] = list(job.part)
-    return details
+    written = time.monotonic() - started
+    return QuantizeResult(
+        "quantize",
+        job.output,
+        False,
+        0.0,
+        warnings,
+        job.part,
+        quantize_seconds=report.quantize_seconds or round(run_seconds + written, 3),
+        write_seconds=round(written, 3),
+        torch_threads=threads,
+        quantized_share=share,
+        quantized_layers=report.quantized_layers,
+        skipped_layers=report.skipped_layers,
+        quantized_experts=len(output.quantized & output.layers.experts) if output.layers.experts else None,
+        calibration_samples=report.calibration_samples,
+        export_seconds=report.export_seconds,
+        engine_seconds=report.engine_seconds,
+        expert_coverage=report.expert_coverage,
+    )
 
 
 def _fall_back_or_refuse(job: _Job, exc: Exception) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, ParquantError
 from ..fs import resolve
 from ..outputs import OutputFolder
 from ..report import render_report, rows_from_results
@@ -14,15 +16,36 @@ from .common import StageContext
 from .options import ReportOptions
 
 
-def run(options: ReportOptions, context: StageContext) -> list[str]:
+@dataclass
+class ReportResult:
+    """`parquant report`'s outcome: where the report is, and its files."""
+
+    output: str
+    files: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": "report", "output": self.output, "files": self.files}
+
+    def log_lines(self) -> list[str]:
+        return [f"report: wrote {self.output} ({', '.join(self.files)})"]
+
+    def text(self) -> str | None:
+        return None
+
+    def failure(self) -> ParquantError | None:
+        return None
+
+
+def run(options: ReportOptions, context: StageContext) -> ReportResult:
     """`parquant report`: the files written into the output folder."""
-    return report(
+    files = report(
         options.results,
         options.output,
         title=options.title,
         force=options.force,
         storage_options=context.storage_options,
     )
+    return ReportResult(options.output, files)
 
 
 def report(
