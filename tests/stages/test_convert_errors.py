@@ -140,11 +140,14 @@ def test_output_exists_then_skip_then_force(tmp_path: Path, cli: Cli) -> None:
     assert cli("import", source, "-o", tmp_path / "pq").code == 0
     again = cli("import", source, "-o", tmp_path / "pq")
     assert again.code == 0 and json.loads(again.out)["skipped"] is True
-    different = cli("import", source, "-o", tmp_path / "pq", "--format-version", "1")
+    different = cli("import", source, "-o", tmp_path / "pq", "--chunk-size", "64KB")
     assert different.code == 73
-    forced = cli("import", source, "-o", tmp_path / "pq", "--format-version", "1", "--force")
+    forced = cli("import", source, "-o", tmp_path / "pq", "--chunk-size", "64KB", "--force")
     assert forced.code == 0 and json.loads(forced.out)["skipped"] is False
-    assert json.loads((tmp_path / "pq" / "parquant.json").read_text())["format_version"] == "1.0"
+    manifest = json.loads((tmp_path / "pq" / "parquant.json").read_text())
+    assert manifest["created_by"]["config"]["chunk_bytes"] == 64_000
+    old_format = cli("import", source, "-o", tmp_path / "pq1", "--format-version", "1")
+    assert old_format.code == 64 and "no longer written" in old_format.err
     assert cli("export", tmp_path / "pq", "-o", tmp_path / "pq").code == 64  # the output would be the input
 
 

@@ -284,8 +284,6 @@ def test_big_non_tensor_file_is_streamed(tmp_path: Path) -> None:
         peak_mb = int(run.stderr.decode().split()[-1]) / 1024
         assert peak_mb < 300, f"{args[0]} peaked at {peak_mb:.0f} MB"
     assert (tmp_path / "back" / "dataset.dat").stat().st_size == 300 * 2**20
-    with pytest.raises(ParquantError, match="use --format-version 2"):
-        import_checkpoint(str(source), str(tmp_path / "v1"), write=WriteOptions(version=1))
 
 
 def test_force_replaces_only_parquant_outputs(tmp_path: Path, cli: Cli) -> None:
@@ -303,4 +301,4 @@ def test_force_replaces_only_parquant_outputs(tmp_path: Path, cli: Cli) -> None:
     assert cli("export", tmp_path / "pq", "-o", tmp_path / "empty", "--force").code == 0
     # an earlier export (it carries its record) and an earlier model are replaced
     assert cli("export", tmp_path / "pq", "-o", tmp_path / "empty", "--force", "--max-shard-size", "100KB").code == 0
-    assert cli("import", source, "-o", tmp_path / "pq", "--force", "--format-version", "1").code == 0
+    assert cli("import", source, "-o", tmp_path / "pq", "--force", "--chunk-size", "64KB").code == 0

@@ -1,7 +1,9 @@
-"""The format itself: v1/v2 written and read back, bare .parquet files, manifest refusals."""
+"""The format itself: v2 written and read back, v1 (read only) from files an earlier parquant wrote,
+bare .parquet files, manifest refusals."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -49,11 +51,21 @@ def _write(folder: Path, version: int, chunk: int = 1000, shard: int = 10**9) ->
     return write_model(output, _items(), WriteOptions(version, chunk, shard), description, "fp")
 
 
+# Written by parquant before v1 writing ended (the items of _items(), shards of 6000 bytes), and a
+# bf16 random Llama from make_checkpoint (tokenizer left out) with its files' SHA-256 beside it.
+V1_MODEL = Path(__file__).parent / "data" / "v1-model"
+V1_LLAMA = Path(__file__).parent / "data" / "v1-llama"
+
+
 @pytest.mark.parametrize("version", [1, 2])
-def test_written_model_reads_back_exactly(tmp_path: Path, version: int) -> None:
-    manifest = _write(tmp_path / "m", version, shard=6000)
-    assert len(manifest.shards) > 1 and manifest.format_version == FORMAT_VERSIONS[version]
+def test_a_model_reads_back_exactly(tmp_path: Path, version: int) -> None:
+    if version == 2:
+        manifest = _write(tmp_path / "m", version, shard=6000)
+        assert len(manifest.shards) > 1 and manifest.format_version == FORMAT_VERSIONS[version]
+    else:
+        shutil.copytree(V1_MODEL, tmp_path / "m")
     with ModelReader(resolve(str(tmp_path / "m"))) as reader:
+        assert reader.version == version
         assert reader.tensor_names() == ["a.bias", "b.weight", "empty"]
         assert reader.read_tensor("b.weight") == bytes(range(256)) * 40
         assert reader.read_tensor("a.bias") == b"\x01\x02" * 3
@@ -64,14 +76,30 @@ def test_written_model_reads_back_exactly(tmp_path: Path, version: int) -> None:
             reader.read_tensor("missing")
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_a_bare_parquet_file_without_manifest_is_readable(tmp_path: Path, version: int) -> None:
-    _write(tmp_path / "m", version)
+def test_a_bare_parquet_file_without_manifest_is_readable(tmp_path: Path) -> None:
+    _write(tmp_path / "m", 2)
     shutil.copy(tmp_path / "m" / "model.parquet", tmp_path / "legacy.parquet")
     with ModelReader(resolve(str(tmp_path / "legacy.parquet"))) as reader:
         assert reader.read_tensor("b.weight") == bytes(range(256)) * 40
         assert "config.json" in reader.file_names()
         assert reader.read_file("config.json") == CONFIG
+    first_v1_shard = V1_MODEL / "model-00001-of-00003.parquet"  # a.bias and the files
+    with ModelReader(resolve(str(first_v1_shard))) as reader:
+        assert reader.version == 1 and reader.read_tensor("a.bias") == b"\x01\x02" * 3
+        assert reader.read_file("config.json") == CONFIG
+
+
+def test_v1_is_read_bit_exact_but_no_longer_written(tmp_path: Path) -> None:
+    """An HF checkpoint imported as v1 by an earlier parquant exports to the very same files."""
+    from parquant.errors import UsageError
+    from parquant.stages.hf_export import export_checkpoint
+
+    export_checkpoint(str(V1_LLAMA), str(tmp_path / "hf"))
+    expected = json.loads((V1_LLAMA.parent / "v1-llama.sha256.json").read_text())
+    found = {name: hashlib.sha256((tmp_path / "hf" / name).read_bytes()).hexdigest() for name in expected}
+    assert found == expected
+    with pytest.raises(UsageError, match="--format-version 1 is read but no longer written"):
+        WriteOptions(version=1)
 
 
 def test_a_foreign_v1_file_with_several_rows_per_row_group(tmp_path: Path) -> None:

@@ -56,7 +56,10 @@ class CommonOptions:
 @dataclass(kw_only=True)
 class WriteFlags:
     force: bool = field(default=False, metadata={"help": "overwrite an existing output (also redo finished work)"})
-    format_version: int = field(default=2, metadata={"choices": [1, 2], "help": "Parquet model format to write"})
+    format_version: int = field(
+        default=2,
+        metadata={"choices": [1, 2], "help": "Parquet model format to write: 2 (1 is read but no longer written)"},
+    )
     chunk_size: int = field(
         default=16 * 2**20, metadata={"type": size, "help": "max bytes per stored chunk (<= 64MiB, default 16MiB)"}
     )

@@ -7,10 +7,8 @@ CRC32C, each tensor's length and whole-tensor CRC32C. A damaged byte anywhere is
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
-import json
 import math
 import mmap
 import os
@@ -22,6 +20,7 @@ import crc32c
 from ..errors import InputNotFoundError, InvalidInputError, UnavailableError
 from ..fs import Location, storage_errors
 from ..names import safe_relative_path
+from . import legacy_v1
 from .config_json import parse_config
 from .crc import crc32c_combine
 from .manifest import MAX_MANIFEST_BYTES, DataPages, FileEntry, Manifest, Provenance, TensorEntry
@@ -31,7 +30,6 @@ from .schema import (
     KIND_FILE,
     MANIFEST_NAME,
     MAX_CHUNK_BYTES,
-    META_V1_FILES,
     META_VERSION,
     SUPPORTED_MAJOR_VERSIONS,
     V1,
@@ -295,7 +293,9 @@ class ModelReader:
         if not 0 <= first <= last < parquet.num_row_groups:
             raise InvalidInputError(f"{name}: row groups {first}-{last} are outside {url}; the model is damaged")
         if self.version == V1:
-            value = self._v1_value(parquet, first, name, url)
+            with _corrupt_is_invalid(url), storage_errors(url):
+                table = parquet.read_row_group(first, columns=["name", "data"])
+            value = legacy_v1.tensor_value(table, first, name, url)
             _check_length(name, len(value), nbytes, url)
             _check_crc(name, value, crc, url)
             yield value
@@ -420,20 +420,9 @@ class ModelReader:
                 False,
             )
 
-    def _v1_value(self, parquet: pq.ParquetFile, group: int, name: str, url: str) -> bytes:
-        with _corrupt_is_invalid(url), storage_errors(url):
-            table = parquet.read_row_group(group, columns=["name", "data"])
-        values = _binary_values(table.column("data"))
-        for row in range(table.num_rows):
-            if table.column("name")[row].as_py() == name:
-                return bytes(values[row])
-        raise InvalidInputError(f"{name} is not in row group {group} of {url}; the model is damaged")
-
     def _v1_file_blob(self, shard: int, name: str) -> bytes:
         if shard not in self._v1_files:
-            metadata = self._parquet(shard).schema_arrow.metadata or {}
-            raw = json.loads(metadata.get(META_V1_FILES, b"{}"))
-            self._v1_files[shard] = {k: base64.b64decode(v) for k, v in raw.items()}
+            self._v1_files[shard] = legacy_v1.footer_files(self._parquet(shard).schema_arrow.metadata)
         if name not in self._v1_files[shard]:
             raise InvalidInputError(f"file {name!r} is missing from {self._shard_url(shard)}; the model is damaged")
         return self._v1_files[shard][name]
@@ -452,16 +441,15 @@ class ModelReader:
             )
         tensors: dict[str, TensorEntry] = {}
         files: dict[str, FileEntry] = {}
-        columns = ["name", "dtype", "shape"] if version == V1 else ["kind", "name", "dtype", "shape"]
+        columns = legacy_v1.COLUMNS if version == V1 else ["kind", "name", "dtype", "shape"]
         for group in range(parquet.num_row_groups):
             with _corrupt_is_invalid(self.location.url):
                 rows = parquet.read_row_group(group, columns=columns).to_pylist()
             for row in rows:
                 _index_bare_row(row, group, version, tensors, files, parquet)
         if version == V1:
-            for name, blob in json.loads(metadata.get(META_V1_FILES, b"{}")).items():
-                size = len(base64.b64decode(blob))
-                files[name] = FileEntry(shard=0, row_groups=None, nbytes=size, crc32c=_UNKNOWN_CRC)
+            for name, blob in legacy_v1.footer_files(metadata).items():
+                files[name] = FileEntry(shard=0, row_groups=None, nbytes=len(blob), crc32c=_UNKNOWN_CRC)
         return Manifest(
             FORMAT_VERSIONS[version],
             [shard_file],
@@ -474,8 +462,9 @@ class ModelReader:
     @staticmethod
     def _guess_version(parquet: pq.ParquetFile) -> str:
         names = set(parquet.schema_arrow.names)
-        if {"name", "dtype", "shape", "data"} <= names and "chunk" not in names:
-            return FORMAT_VERSIONS[V1]
+        v1 = legacy_v1.looks_like_v1(parquet)
+        if v1 is not None:
+            return v1
         if {"kind", "name", "chunk", "data", "crc32c"} <= names:
             return FORMAT_VERSIONS[V2]
         return "0"

@@ -1,14 +1,12 @@
-"""Streaming writer of Parquet models (v2 and v1), shard by shard, resumable, manifest last.
+"""Streaming writer of Parquet models (format v2), shard by shard, resumable, manifest last.
 
-Memory stays at one chunk (v2) or one tensor (v1, whose format needs a tensor in one value):
-each chunk becomes its own row group, written as soon as it is read, so row groups are aligned
-to tensors and a reader fetches one tensor as a contiguous byte range.
+Memory stays at one chunk: each chunk becomes its own row group, written as soon as it is read, so
+row groups are aligned to tensors and a reader fetches one tensor as a contiguous byte range.
+Format v1 is read (store/legacy_v1.py) but no longer written.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import struct
 import time
@@ -34,12 +32,8 @@ from .schema import (
     DEFAULT_VERSION,
     FORMAT_NAME,
     FORMAT_VERSIONS,
-    KIND_FILE,
-    KIND_TENSOR,
     MAX_CHUNK_BYTES,
     META_FORMAT,
-    META_V1_CONFIG,
-    META_V1_FILES,
     META_VERSION,
     V1,
     V2,
@@ -47,10 +41,9 @@ from .schema import (
 )
 
 log = logging.getLogger("parquant")
-MAX_V1_FILE_BYTES = 64 * 2**20
 COMPRESSIONS = ("none", "zstd", "snappy", "lz4", "gzip", "brotli")
 
-# The Arrow schemas of the two layouts (docs/FORMAT.md); only writing needs pyarrow's view of them.
+# The Arrow schema of the layout (docs/FORMAT.md); only writing needs pyarrow's view of it.
 V2_SCHEMA = pa.schema(
     [
         pa.field("kind", pa.dictionary(pa.int32(), pa.string()), nullable=False),
@@ -61,15 +54,6 @@ V2_SCHEMA = pa.schema(
         pa.field("shape", pa.list_(pa.int64())),
         pa.field("data", pa.binary(), nullable=False),
         pa.field("crc32c", pa.uint32(), nullable=False),
-    ]
-)
-
-V1_SCHEMA = pa.schema(
-    [
-        pa.field("name", pa.string(), nullable=False),
-        pa.field("dtype", pa.string(), nullable=False),
-        pa.field("shape", pa.list_(pa.int64()), nullable=False),
-        pa.field("data", pa.large_binary(), nullable=False),
     ]
 )
 
@@ -84,8 +68,13 @@ class WriteOptions:
     compression: str = "none"
 
     def __post_init__(self) -> None:
-        if self.version not in (V1, V2):
-            raise UsageError(f"--format-version {self.version} is unknown: use 2 (default) or 1")
+        if self.version == V1:
+            raise UsageError(
+                "--format-version 1 is read but no longer written (its files travel in the footer, in memory, and "
+                "its tensors in one value each): use 2, the default; parquant reads v1 models as before"
+            )
+        if self.version != V2:
+            raise UsageError(f"--format-version {self.version} is unknown: use 2 (the default)")
         if not 0 < self.chunk_bytes <= MAX_CHUNK_BYTES:
             raise UsageError(f"--chunk-size must be between 1 byte and {MAX_CHUNK_BYTES} (64 MiB)")
         if self.shard_bytes <= 0:
@@ -241,8 +230,6 @@ class _Tracker:
 def _write_shard(
     handle: IO[bytes], index: int, items: list[ModelItem], options: WriteOptions, tracker: _Tracker
 ) -> dict[str, Any]:
-    if options.version == V1:
-        return _write_v1_shard(handle, index, items, options, tracker)
     metadata = {META_FORMAT: FORMAT_NAME.encode(), META_VERSION: FORMAT_VERSIONS[V2].encode()}
     writer = pq.ParquetWriter(
         handle,
@@ -391,71 +378,3 @@ def _check_length(item: ModelItem, written: int) -> None:
         raise InvalidInputError(
             f"{item.name}: expected {item.nbytes} bytes from the source, got {written}; the input is truncated"
         )
-
-
-def _write_v1_shard(
-    handle: IO[bytes], index: int, items: list[ModelItem], options: WriteOptions, tracker: _Tracker
-) -> dict[str, Any]:
-    """v1: one row per tensor; the checkpoint's files travel in the footer metadata."""
-    file_items = [item for item in items if item.kind == KIND_FILE]
-    for item in file_items:
-        if item.nbytes > MAX_V1_FILE_BYTES:
-            raise UsageError(
-                f"format version 1 keeps non-tensor files in the Parquet footer, in memory: {item.name} has "
-                f"{item.nbytes / 1e6:.0f} MB (at most {MAX_V1_FILE_BYTES // 2**20} MiB); use --format-version 2"
-            )
-    stored = {item.name: _joined(item, options.chunk_bytes) for item in file_items}
-    metadata = {
-        META_FORMAT: FORMAT_NAME.encode(),
-        META_VERSION: FORMAT_VERSIONS[V1].encode(),
-        META_V1_FILES: json.dumps({k: base64.b64encode(v).decode() for k, v in stored.items()}).encode(),
-    }
-    if "config.json" in stored:
-        metadata[META_V1_CONFIG] = stored["config.json"]
-    writer = pq.ParquetWriter(
-        handle, V1_SCHEMA.with_metadata(metadata), compression=options.compression, write_statistics=["name", "dtype"]
-    )
-    tensors: dict[str, Any] = {}
-    files: dict[str, Any] = {}
-    row_group = 0
-    try:
-        for item in items:
-            if item.kind == KIND_FILE:
-                data = stored[item.name]
-                files[item.name] = {
-                    "shard": index,
-                    "row_groups": None,
-                    "nbytes": len(data),
-                    "crc32c": crc32c.crc32c(data),
-                }
-                tracker.advance(item)
-                continue
-            assert item.spec is not None and item.kind == KIND_TENSOR
-            data = _joined(item, options.chunk_bytes)
-            _check_length(item, len(data))
-            row = pa.Table.from_pydict(
-                {"name": [item.name], "dtype": [item.spec.dtype], "shape": [list(item.spec.shape)], "data": [data]},
-                schema=V1_SCHEMA,
-            )
-            writer.write_table(row)
-            tensors[item.name] = {
-                "shard": index,
-                "row_groups": [row_group, row_group],
-                "nbytes": len(data),
-                "crc32c": crc32c.crc32c(data),
-                "dtype": item.spec.dtype,
-                "shape": list(item.spec.shape),
-            }
-            row_group += 1
-            tracker.advance(item)
-    finally:
-        writer.close()
-    return {"tensors": tensors, "files": files}
-
-
-def _joined(item: ModelItem, chunk_bytes: int) -> bytes:
-    """The whole content (v1 needs it in one value); pieces are copied as they come (see ModelItem)."""
-    data = bytearray()
-    for piece in item.chunks(chunk_bytes):
-        data += piece
-    return bytes(data)
