@@ -228,3 +228,122 @@ def test_a_rerun_skips_a_stage_only_while_its_inputs_and_output_are_unchanged(tm
     assert changed.code == 73 and _statuses(changed) == ["failed"]  # output made from other input: not overwritten
     assert _statuses(cli("pipeline", spec, *state, "--force")) == ["done", "done"]
     assert _statuses(cli("pipeline", spec, *state)) == ["skipped", "skipped"]
+
+
+# -- a graph of stages ------------------------------------------------------------------------------
+
+
+def _graph(tmp_path: Path, stages: list[dict[str, object]]) -> PipelineSpec:
+    return PipelineSpec.from_dict({"name": "g", "stages": stages}, str(tmp_path / "g.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("stages", "message"),
+    [
+        ([{"stage": "inspect", "model": "m", "after": ["nope"]}], "after names nope, not another stage"),
+        ([{"stage": "inspect", "model": "m", "name": "a", "after": ["a"]}], "after names a, not another stage"),
+        (
+            [
+                {"stage": "inspect", "model": "m", "name": "a", "after": ["b"]},
+                {"stage": "inspect", "model": "m", "name": "b", "after": ["a"]},
+            ],
+            r"form a cycle \(a -> b -> a\)",
+        ),
+        ([{"stage": "inspect", "model": "m", "after": "a"}], "after must be a list of stage names"),
+    ],
+)
+def test_a_graph_with_unknown_names_or_a_cycle_is_refused(
+    tmp_path: Path, stages: list[dict[str, object]], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _graph(tmp_path, stages)
+
+
+def _inspect(name: str, after: list[str] | None = None) -> dict[str, object]:
+    entry: dict[str, object] = {"stage": "inspect", "model": name, "name": name}
+    return entry if after is None else {**entry, "after": after}
+
+
+def test_a_failure_stops_its_dependents_and_nothing_else(tmp_path: Path) -> None:
+    from parquant.pipeline import StageOutcome, run_graph
+
+    spec = _graph(
+        tmp_path,
+        [_inspect("a"), _inspect("b"), _inspect("c", []), _inspect("d", ["c"]), _inspect("e", ["b", "d"])],
+    )
+    ran: list[str] = []
+
+    def run_one(stage: StageSpec) -> StageOutcome:
+        ran.append(stage.name)
+        return StageOutcome(stage.name, "failed" if stage.name == "b" else "done", 65 if stage.name == "b" else 0, 0)
+
+    outcomes = run_graph(spec, run_one)
+    assert ran == ["a", "b", "c", "d"]  # e runs after b, which failed; c and d do not depend on it
+    assert [(o.name, o.status) for o in outcomes] == [("a", "done"), ("b", "failed"), ("c", "done"), ("d", "done")]
+
+
+def test_independent_stages_run_at_the_same_time(tmp_path: Path) -> None:
+    """Three stages that wait for each other at a barrier: they finish only if they run at once."""
+    import threading
+
+    from parquant.pipeline import StageOutcome, run_graph
+
+    spec = _graph(tmp_path, [_inspect("a", []), _inspect("b", []), _inspect("c", []), _inspect("d", ["a", "b", "c"])])
+    barrier = threading.Barrier(3, timeout=10)
+    order: list[str] = []
+
+    def run_one(stage: StageSpec) -> StageOutcome:
+        if stage.name != "d":
+            barrier.wait()  # BrokenBarrierError if fewer than three run at once
+        order.append(stage.name)
+        return StageOutcome(stage.name, "done", 0, 0)
+
+    outcomes = run_graph(spec, run_one, parallel=3)
+    assert [o.status for o in outcomes] == ["done"] * 4 and order[-1] == "d"
+
+
+def test_parallel_local_stages_run_as_child_processes(tmp_path: Path, cli: Cli) -> None:
+    spec = tmp_path / "fan.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "fan",
+                "stages": [
+                    {"stage": "import", "source": str(EXAMPLE_MODEL), "output": str(tmp_path / "m"), "name": "m"},
+                    {
+                        "stage": "quantize",
+                        "model": str(tmp_path / "m"),
+                        "output": str(tmp_path / "int8"),
+                        "method": "int8-weight",
+                        "name": "int8",
+                        "after": ["m"],
+                    },
+                    {
+                        "stage": "quantize",
+                        "model": str(tmp_path / "m"),
+                        "output": str(tmp_path / "fp8"),
+                        "method": "fp8-block",
+                        "name": "fp8",
+                        "after": ["m"],
+                    },
+                    {"stage": "inspect", "model": str(tmp_path / "fp8"), "name": "look", "after": ["int8", "fp8"]},
+                ],
+            }
+        )
+    )
+    state = ("--state-dir", tmp_path / "state")
+    planned = cli("pipeline", spec, "--dry-run", *state)
+    assert "2. int8 [cpu, after m]" in planned.out and "4. look [cpu, after int8, fp8]" in planned.out
+    ran = cli("pipeline", spec, "--parallel", "2", *state)
+    assert ran.code == 0, ran.err
+    stages = json.loads(ran.out.strip().splitlines()[-1])["stages"]
+    assert [(s["name"], s["status"]) for s in stages] == [
+        ("m", "done"),
+        ("int8", "done"),
+        ("fp8", "done"),
+        ("look", "done"),
+    ]
+    assert (tmp_path / "int8" / "parquant.json").exists() and (tmp_path / "fp8" / "parquant.json").exists()
+    again = cli("pipeline", spec, "--parallel", "2", *state)  # resume state shared by the child processes
+    assert [s["status"] for s in json.loads(again.out.strip().splitlines()[-1])["stages"]] == ["skipped"] * 4
+    assert cli("pipeline", spec, "--parallel", "0", *state).code == 64

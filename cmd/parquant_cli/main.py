@@ -125,7 +125,10 @@ def run_pipeline(options: PipelineOptions) -> int:
     if options.executor == "kubernetes":
         outcomes = _run_on_kubernetes(options, spec, shared)
     else:
-        outcomes = LocalExecutor(lambda argv: main(argv + shared), options.state_dir).run(spec, force=options.force)
+        if options.parallel < 1:
+            raise UsageError(f"--parallel {options.parallel} must be 1 or more")
+        executor = LocalExecutor(lambda argv: main(argv + shared), options.state_dir, options.parallel)
+        outcomes = executor.run(spec, force=options.force)
     for outcome in outcomes:
         log.info(
             "pipeline: %-24s %-8s exit %d  %.1fs", outcome.name, outcome.status, outcome.exit_code, outcome.seconds
@@ -151,6 +154,7 @@ def _kubernetes_settings(options: PipelineOptions, shared: list[str]) -> Any:
         cpu_fallback_backend=options.cpu_fallback_backend,
         poll_seconds=options.poll_seconds,
         extra_args=shared,
+        parallel=options.parallel,
     )
 
 

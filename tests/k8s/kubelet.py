@@ -41,6 +41,7 @@ class FakeKubelet:
         self.logs: dict[str, Path] = {}
         self.finished: set[str] = set()
         self.runs: list[tuple[str, list[str], int]] = []  # (pod, args, exit code)
+        self.running: dict[str, tuple[float, float]] = {}  # pod -> (start, end) of its process, monotonic
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._stop = threading.Event()
         self._server = _log_server(self, pki)
@@ -140,6 +141,7 @@ class FakeKubelet:
             self._status(name, "Pending", waiting, ready=False)
             return
         self._status(name, "Running", {"running": {"startedAt": _now()}}, ready=True)
+        began = time.monotonic()
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "parquant_cli", *args],
@@ -150,6 +152,7 @@ class FakeKubelet:
             )
             self.processes[pod.metadata.uid] = process
             code = process.wait()
+        self.running[name] = (began, time.monotonic())
         self.runs.append((name, args, code))
         terminated = {
             "exitCode": code,

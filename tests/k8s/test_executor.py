@@ -167,6 +167,54 @@ def test_failing_stage_stops_the_pipeline_with_its_exit_code(
     assert job_name("failing", stages[0]) not in jobs and job_name("failing", stages[1]) not in jobs
 
 
+def test_independent_stages_run_as_concurrent_jobs(
+    admin_api: Any, namespace: str, kubelet: FakeKubelet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The graph the local executor runs, on the cluster: two quantizations of one model start
+    together once the import succeeded (`--parallel 2`), and the report waits for both."""
+    apply_driver_rbac(admin_api, namespace)
+    kubeconfig = driver_kubeconfig(admin_api, namespace, tmp_path / "driver.kubeconfig")
+    out = tmp_path / "out"
+
+    def quantize(name: str, method: str) -> dict[str, Any]:
+        model, output = str(out / "model"), str(out / name)
+        return {
+            "name": name,
+            "stage": "quantize",
+            "model": model,
+            "output": output,
+            "method": method,
+            "after": ["import"],
+        }
+
+    spec = _write_spec(
+        tmp_path / "pipeline.yaml",
+        "graph",
+        [
+            {"name": "import", "stage": "import", "source": str(TINY), "output": str(out / "model")},
+            quantize("int8", "int8-weight"),
+            quantize("fp8", "fp8-block"),
+            {"name": "look", "stage": "inspect", "model": str(out / "fp8"), "after": ["int8", "fp8"]},
+        ],
+    )
+    code = main(_pipeline_argv(spec, kubeconfig, namespace, "--no-gpu", "--parallel", "2"))
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert [(s["name"], s["status"]) for s in summary["stages"]] == [
+        ("import", "done"),
+        ("int8", "done"),
+        ("fp8", "done"),
+        ("look", "done"),
+    ]
+    stages = {stage.name: job_name("graph", stage) for stage in PipelineSpec.load(str(spec)).stages}
+    pods = {stage: next(p for p in kubelet.running if p.startswith(job)) for stage, job in stages.items()}
+    (int8_start, int8_end), (fp8_start, fp8_end) = kubelet.running[pods["int8"]], kubelet.running[pods["fp8"]]
+    assert int8_start < fp8_end and fp8_start < int8_end  # the two Jobs' pods ran at the same time
+    assert kubelet.running[pods["import"]][1] <= min(int8_start, fp8_start)
+    assert kubelet.running[pods["look"]][0] >= max(int8_end, fp8_end)
+
+
 def test_interrupt_deletes_the_running_stage_job(admin_api: Any, namespace: str, tmp_path: Path) -> None:
     """A stopped driver (SIGTERM from Kubernetes) leaves no GPU pod waiting behind it."""
     apply_driver_rbac(admin_api, namespace)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ParquantError, TemporaryFailure, UnavailableError
-from ..pipeline import PipelineSpec, StageOutcome, StageSpec, redo_args, storage_argv
+from ..pipeline import PipelineSpec, StageOutcome, StageSpec, redo_args, run_graph, storage_argv
 from .jobs import (
     CONTAINER,
     JobTemplates,
@@ -47,6 +47,7 @@ class KubernetesSettings:
     poll_seconds: float = 2.0
     stuck_seconds: float = 300.0  # how long an image pull may fail before the stage fails
     extra_args: list[str] = field(default_factory=list)  # logging flags, appended to every stage
+    parallel: int = 1  # stages whose after: allows it run as concurrent Jobs, this many at once
 
 
 class KubernetesExecutor:
@@ -63,8 +64,10 @@ class KubernetesExecutor:
         self._fail_job_codes: dict[str, set[int]] = {}
 
     def run(self, spec: PipelineSpec, force: bool = False) -> list[StageOutcome]:
-        outcomes: list[StageOutcome] = []
-        for stage in spec.stages:
+        """Every stage as a Job once the stages it runs after succeeded (pipeline.run_graph: the
+        same schedule as the local executor), up to `settings.parallel` Jobs at a time."""
+
+        def run_one(stage: StageSpec) -> StageOutcome:
             started = time.monotonic()
             try:
                 outcome = self._run_stage(spec, stage, force)
@@ -72,11 +75,9 @@ class KubernetesExecutor:
                 log.error("pipeline: %s: %s", stage.name, exc)
                 outcome = StageOutcome(stage.name, "failed", exc.exit_code, 0.0, "kubernetes", str(exc))
             outcome.seconds = round(time.monotonic() - started, 2)
-            outcomes.append(outcome)
-            if outcome.status == "failed":
-                log.error("pipeline: %s failed with exit code %d; later stages not run", stage.name, outcome.exit_code)
-                break
-        return outcomes
+            return outcome
+
+        return run_graph(spec, run_one, self.settings.parallel)
 
     def interrupt(self) -> None:
         """Delete the running stage's Jobs (and their pods): a stopped driver leaves no GPU pod behind."""

@@ -195,7 +195,9 @@ def cpu_replacement(stage: StageSpec, backend: str, why: str) -> StageSpec:
             params.update(backend=methods.ANGELSLIM, device="cpu")
         else:
             params.update(backend=methods.PTQ, method=method.fallback, device="cpu")
-    return StageSpec(stage.name, stage.stage, params, gpu=False, env={**stage.env, PLACEMENT_NOTE_VARIABLE: why})
+    return StageSpec(
+        stage.name, stage.stage, params, gpu=False, after=stage.after, env={**stage.env, PLACEMENT_NOTE_VARIABLE: why}
+    )
 
 
 __all__ = [

@@ -294,6 +294,14 @@ class PipelineOptions(CommonOptions):
         default=None,
         metadata={"type": str, "help": "local executor: where the resume state lives (default: parquant's cache)"},
     )
+    parallel: int = field(
+        default=1,
+        metadata={
+            "type": int,
+            "help": "stages run at once where the spec's after: allows it (local: child processes; kubernetes: "
+            "concurrent Jobs); default 1, one after another",
+        },
+    )
     namespace: str | None = field(
         default=None,
         metadata={"type": str, "help": "kubernetes: namespace of the stage Jobs (default: the pod's own)"},
