@@ -38,6 +38,8 @@ def test_a_mixed_recipe_runs_end_to_end_and_loads_in_transformers(tmp_path: Path
         assert checked.code == 0, checked.err
         reported = cli("report", tmp_path / "v.json", "-o", tmp_path / "report")
         assert reported.code == 0, reported.err
+        inspected = cli("inspect", tmp_path / "mixed")
+        assert "mixed-precision: float-quantized float 8-bit; pack-quantized int 4-bit group 64" in inspected.out
         with WeightLoader(str(tmp_path / "mixed")) as loader:
             block = loader.config()["quantization_config"]
             stored = {n: loader.load(n) for n in loader.names()}

@@ -107,13 +107,21 @@ def validated_schemes(raw: list[Any]) -> list[dict[str, Any]]:
 
 
 def describe(quantization_config: Mapping[str, Any]) -> tuple[str, int | None, int | None]:
-    """(format and weight type, bits, group size) of the first config group, read field by field:
-    describing a model (inspect, validate) must not import the library and transformers with it
-    (3.5 s, measured). The blocks parquant writes are built by the library; loaders validate them."""
+    """(format and weight type, bits, group size) read field by field: describing a model (inspect,
+    validate) must not import the library and transformers with it (3.5 s, measured). A config of
+    several groups (a per-layer recipe) names each group's format, type and bits, and has no single
+    bit width or group size. The blocks parquant writes are built by the library; loaders validate them."""
     groups = quantization_config.get("config_groups") or {}
-    first: Any = next(iter(groups.values()), {}) if isinstance(groups, Mapping) else {}
-    fields = (first.get("weights") or {}) if isinstance(first, Mapping) else {}
+    entries = [g for g in groups.values() if isinstance(g, Mapping)] if isinstance(groups, Mapping) else []
     layout = quantization_config.get("format")
+    if len(entries) > 1:
+        parts = []
+        for group in entries:
+            fields = group.get("weights") or {}
+            size = f" group {fields['group_size']}" if fields.get("group_size") else ""
+            parts.append(f"{group.get('format') or layout} {fields.get('type', '')} {fields.get('num_bits')}-bit{size}")
+        return f"{layout}: {'; '.join(parts)}", None, None
+    fields = (entries[0].get("weights") or {}) if entries else {}
     return (
         f"{layout or ''} {fields.get('type', '')}".strip(),
         _int(fields.get("num_bits")),
