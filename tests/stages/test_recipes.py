@@ -101,3 +101,29 @@ def test_editing_the_recipe_is_other_work_not_a_skip(tmp_path: Path, cli: Cli) -
         recipe.write_text("groups:\n  - {targets: [Linear], scheme: FP8_DYNAMIC}\n")
         edited = cli("quantize", model, "-o", tmp_path / "q", "--recipe", recipe)
     assert edited.code == 73 and "--force" in edited.err  # the output holds the first recipe's model
+
+
+def test_a_recipe_only_angelslim_can_run_goes_to_angelslim(tmp_path: Path, cli: Cli) -> None:
+    """FP8 per tensor with calibrated static activation scales: the built-in PTQ has no calibration,
+    so `auto` finds AngelSlim the one eligible backend, and the section it runs is derived from the
+    recipe (its fp8_static)."""
+    from ..helpers import SMALL_CALIBRATION
+
+    recipe = tmp_path / "fp8-static.yaml"
+    fp8 = "{num_bits: 8, type: float, strategy: tensor, dynamic: false}"
+    recipe.write_text(
+        f"algorithm: minmax\ngroups:\n  - targets: [Linear]\n    scheme: {{weights: {fp8}, input_activations: {fp8}}}\n"
+    )
+    calibration = ("--calibration-data", SMALL_CALIBRATION["calibration.data"], "--num-samples", "8", "--seq-len", "64")
+    with embedded_model_in(tmp_path, "model") as model:
+        planned = cli("quantize", model, "-o", tmp_path / "q", "--recipe", recipe, *calibration, "--dry-run")
+        assert planned.code == 0, planned.err
+        plan = json.loads(planned.out.strip().splitlines()[-1])["details"]["plan"]
+        assert plan["backend"] == "angelslim" and any(
+            "not ptq: the built-in PTQ rounds to nearest" in r for r in plan["reasons"]
+        )
+        done = cli("quantize", model, "-o", tmp_path / "q", "--recipe", recipe, *calibration)
+        assert done.code == 0, done.err
+        assert "running AngelSlim fp8_static" in done.err
+        with WeightLoader(str(tmp_path / "q")) as loader:
+            assert loader.load("model.layers.1.self_attn.q_proj.input_scale").numel() == 1
