@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import configparser
 import importlib.util
+import itertools
 import json
 import subprocess
 import sys
@@ -122,7 +123,7 @@ def _moves(calls: list[tuple[str, str]]) -> dict[str, object]:
     sequence = [module for i, (module, _) in enumerate(calls) if i == 0 or calls[i - 1][0] != module]
     left: set[str] = set()
     returns = 0
-    for previous, current in zip(sequence, sequence[1:], strict=False):
+    for previous, current in itertools.pairwise(sequence):
         left.add(previous)
         if current in left:
             returns += 1
