@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -53,3 +54,19 @@ SMALL_CALIBRATION: dict[str, object] = {
     "calibration.num_samples": 8,
     "calibration.seq_len": 128,
 }
+
+
+def validate_and_report(model: Path, candidate: Path, work: Path) -> tuple[Any, list[str]]:
+    """The candidate validated against its model (512 tokens of the embedded eval text) and that
+    result reported: what a method or a backend made must go through both."""
+    from parquant.stages.report import report
+    from parquant.stages.validate import validate
+
+    checked = validate(
+        str(model),
+        str(candidate),
+        str(Path(__file__).resolve().parents[1] / "examples" / "data" / "eval.txt"),
+        output=str(work / "validate.json"),
+        max_tokens=512,
+    )
+    return checked, report([str(work / "validate.json")], str(work / "report"))

@@ -33,6 +33,7 @@ from parquant.store.schema import KIND_FILE, KIND_TENSOR, TensorSpec
 from parquant.weights import WeightLoader
 
 from ..conftest import REPO, embedded_model_in
+from ..helpers import validate_and_report
 
 SEVEN_BIT = """
 name: int7-everywhere
@@ -110,8 +111,6 @@ def _bytes_of(tensor: torch.Tensor):  # type: ignore[no-untyped-def]
 
 def test_a_registered_backend_runs_a_recipe_through_quantize_validate_and_report(tmp_path: Path) -> None:
     from parquant.stages.quantize import quantize
-    from parquant.stages.report import report
-    from parquant.stages.validate import validate
 
     recipe = tmp_path / "int7.yaml"
     recipe.write_text(SEVEN_BIT)
@@ -122,14 +121,7 @@ def test_a_registered_backend_runs_a_recipe_through_quantize_validate_and_report
         result = quantize(str(model), str(tmp_path / "toy"), config)
         assert result.details["backend"] == "toy-int7" and result.details["method"] == "int7-everywhere"
         assert result.quantized_layers == 28 and result.skipped_layers == ["lm_head"]
-        checked = validate(
-            str(model),
-            str(tmp_path / "toy"),
-            str(REPO / "examples" / "data" / "eval.txt"),
-            output=str(tmp_path / "validate.json"),
-            max_tokens=512,
-        )
-        written = report([str(tmp_path / "validate.json")], str(tmp_path / "report"))
+        checked, written = validate_and_report(model, tmp_path / "toy", tmp_path)
         with WeightLoader(str(tmp_path / "toy")) as loader:
             stored = loader.load("model.layers.0.mlp.down_proj.weight")
             manifest = loader.reader.manifest

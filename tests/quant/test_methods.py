@@ -16,6 +16,7 @@ from parquant.quant.recipe import Recipe, RecipeGroup, Scheme
 from parquant.weights import WeightLoader
 
 from ..conftest import REPO, embedded_model_in
+from ..helpers import validate_and_report
 
 # A method made of data alone: FP8 weights per channel with 16-bit activations (W8A16 in FP8), a
 # scheme no shipped preset has. Registering it is the whole change: the built-in PTQ derives its
@@ -39,21 +40,12 @@ FP8_CHANNEL = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": 
 
 def test_a_method_registered_in_a_test_runs_through_quantize_validate_and_report(tmp_path: Path) -> None:
     from parquant.stages.quantize import quantize
-    from parquant.stages.report import report
-    from parquant.stages.validate import validate
 
     with embedded_model_in(tmp_path, "model") as model, methods.registered(TOY):
         flags = {"method": "toy-fp8-weight"}
         result = quantize(str(model), str(tmp_path / "toy"), load_config(flags=flags, environ={}))
         assert result.details["backend"] == "ptq" and result.details["method"] == "toy-fp8-weight"
-        checked = validate(
-            str(model),
-            str(tmp_path / "toy"),
-            str(REPO / "examples" / "data" / "eval.txt"),
-            output=str(tmp_path / "validate.json"),
-            max_tokens=512,
-        )
-        written = report([str(tmp_path / "validate.json")], str(tmp_path / "report"))
+        checked, written = validate_and_report(model, tmp_path / "toy", tmp_path)
         with WeightLoader(str(tmp_path / "toy")) as loader:
             stored = loader.load("model.layers.0.mlp.down_proj.weight")
             config = loader.config()

@@ -107,6 +107,30 @@ class Store(Protocol):
         ...
 
 
+class ObjectStore:
+    """What every store without rename shares (S3, memory://): objects are written in place and
+    appear whole when their write completes; the marker, created last, makes a folder complete."""
+
+    renames = False
+
+    def staging_for(self, location: Location) -> Location:
+        return location
+
+    def entries(self, location: Location) -> list[str] | None:
+        if not location.fs.exists(location.path):
+            return None
+        return location.list_files()
+
+    def prepare(self, staging: Location) -> None:
+        """Objects need no folder."""
+
+    def install(self, staging: Location, final: Location) -> None:
+        """Nothing to move: the marker, created last, made the folder complete."""
+
+    def staged_bytes(self, staging: Location) -> int:
+        return 0
+
+
 @contextlib.contextmanager
 def written_whole(write: Callable[[bytes], None]) -> Iterator[IO[bytes]]:
     """A handle collecting the bytes, handed to `write` at once on success: how a store without

@@ -17,27 +17,15 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from ..fs import Location, storage_errors
-from .base import Fence, WriterLock, no_fence, written_whole
+from .base import Fence, ObjectStore, WriterLock, no_fence, written_whole
 from .owners import busy, owner
 
 _guard = threading.Lock()
 _holders: dict[str, dict[str, Any]] = {}  # lock path -> its holder, for this process
 
 
-class MemoryStore:
-    renames = False
+class MemoryStore(ObjectStore):
     fenced = False  # a lock held in this process cannot be taken over
-
-    def staging_for(self, location: Location) -> Location:
-        return location
-
-    def entries(self, location: Location) -> list[str] | None:
-        if not location.fs.exists(location.path):
-            return None
-        return location.list_files()
-
-    def prepare(self, staging: Location) -> None:
-        """Objects need no folder."""
 
     @contextlib.contextmanager
     def open_atomic(self, target: Location, native: bool = False, fence: Fence = no_fence) -> Iterator[IO[bytes]]:
@@ -61,14 +49,8 @@ class MemoryStore:
         if target.fs.exists(target.path):
             target.fs.rm(target.path, recursive=recursive)
 
-    def install(self, staging: Location, final: Location) -> None:
-        """Nothing to move: the marker, created last, made the folder complete."""
-
     def abort_uploads(self, location: Location) -> None:
         """Writes are single calls: nothing is ever left half uploaded."""
-
-    def staged_bytes(self, staging: Location) -> int:
-        return 0
 
     def new_lock(self, where: Location) -> WriterLock:
         return ProcessLock(where)

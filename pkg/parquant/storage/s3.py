@@ -39,7 +39,7 @@ import fsspec.asyn
 
 from ..errors import ParquantError, TemporaryFailure, UnavailableError
 from ..fs import Location, storage_errors
-from .base import Fence, WriterLock, lost_upload_is_retryable, no_fence
+from .base import Fence, ObjectStore, WriterLock, lost_upload_is_retryable, no_fence
 from .owners import busy, holder_died_here, owner
 
 log = logging.getLogger("parquant")
@@ -49,20 +49,8 @@ LEASE_SECONDS = float(os.environ.get("PARQUANT_LOCK_LEASE_SECONDS", "60"))
 _CONDITIONS_HONOURED: dict[tuple[str, str], bool] = {}  # (endpoint, bucket) -> probed once a process
 
 
-class S3Store:
-    renames = False
+class S3Store(ObjectStore):
     fenced = True
-
-    def staging_for(self, location: Location) -> Location:
-        return location
-
-    def entries(self, location: Location) -> list[str] | None:
-        if not location.fs.exists(location.path):
-            return None
-        return location.list_files()
-
-    def prepare(self, staging: Location) -> None:
-        """Objects need no folder."""
 
     @contextlib.contextmanager
     def open_atomic(self, target: Location, native: bool = False, fence: Fence = no_fence) -> Iterator[IO[bytes]]:
@@ -103,9 +91,6 @@ class S3Store:
         with contextlib.suppress(FileNotFoundError):
             target.fs.rm(target.path, recursive=recursive)
 
-    def install(self, staging: Location, final: Location) -> None:
-        """Nothing to move: the marker, created last, made the folder complete."""
-
     def abort_uploads(self, location: Location) -> None:
         bucket, _, key = location.path.partition("/")
         # The trailing slash matters: `models/m` must not match the uploads of `models/m-int8/...`.
@@ -113,9 +98,6 @@ class S3Store:
         listing = location.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix)
         for upload in listing.get("Uploads", []):
             location.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-
-    def staged_bytes(self, staging: Location) -> int:
-        return 0
 
     def new_lock(self, where: Location) -> WriterLock:
         return LeaseLock(where)
