@@ -61,6 +61,7 @@ def test_unknown_key_in_file_is_a_config_error_naming_it(tmp_path: Path) -> None
     ("flags", "message"),
     [
         ({"method": "int3-magic"}, "method 'int3-magic'"),
+        ({"method": "fp8-dynamc"}, "is unknown: did you mean fp8-dynamic"),
         ({"backend": "ptq", "method": "int4-awq"}, "not offered by the ptq backend"),
         ({"backend": "angelslim", "method": "int8-weight"}, "not offered by the angelslim backend"),
         ({"method": "int4-gptq"}, "needs calibration data"),

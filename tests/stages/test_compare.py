@@ -43,3 +43,19 @@ def test_compare_writes_models_results_and_report(tmp_path: Path, cli: Callable[
     assert (tmp_path / "cmp" / "report" / "report.html").read_text().count("data:image/png;base64,") == 3
     missing = cli("quantize", tmp_path / "tiny", "-o", tmp_path / "x", "--compare", "fp8-dynamic")
     assert missing.code == 64 and "--eval-text" in missing.err
+
+
+def test_a_typo_in_the_compare_list_is_refused_before_any_work(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    """Was: `fp8-dynamc` ran the other methods for minutes, then became an error row, exit 0."""
+    result = cli(
+        "quantize",
+        EXAMPLE_MODEL,
+        "-o",
+        tmp_path / "cmp",
+        "--compare",
+        "int4-rtn,fp8-dynamc",
+        "--eval-text",
+        EVAL,
+    )
+    assert result.code == 64 and "'fp8-dynamc', which is no method: did you mean fp8-dynamic?" in result.err
+    assert not (tmp_path / "cmp").exists()

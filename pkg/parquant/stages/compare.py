@@ -75,10 +75,12 @@ def run(options: QuantizeOptions, context: StageContext) -> CompareResult:
     if not options.eval_text:
         raise UsageError("--compare needs --eval-text URL (held-out text for validation)")
     flags = config_flags(options)
+    methods = [m.strip() for m in (options.compare or "").split(",") if m.strip()]
+    _check_names(methods)
     rows = compare(
         options.model,
         options.output,
-        [m.strip() for m in (options.compare or "").split(",") if m.strip()],
+        methods,
         lambda method: load_config(options.config, {**flags, "method": method, "backend": options.backend}),
         CompareSettings(eval_text=options.eval_text, tasks=parse_tasks(options.tasks)),
         force=options.force,
@@ -86,6 +88,22 @@ def run(options: QuantizeOptions, context: StageContext) -> CompareResult:
         progress=context.progress,
     )
     return CompareResult(f"{options.output.rstrip('/')}/report", rows)
+
+
+def _check_names(names: list[str]) -> None:
+    """Every name in `--compare` is a method, checked before any work: a typo is 64 at once (with
+    the closest name), not an error row after minutes of the other methods. A method its backend
+    cannot run is still a row that says why."""
+    import difflib
+
+    from ..quant.methods import method_names
+
+    known = method_names()
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise UsageError(f"--compare names {name!r}, which is no method: {hint}choose from {', '.join(known)}")
 
 
 def compare(
