@@ -58,7 +58,7 @@ def test_a_method_registered_in_a_test_runs_through_quantize_validate_and_report
 
 
 def test_an_unknown_method_is_an_error_everywhere() -> None:
-    with pytest.raises(UsageError, match=r"unknown: choose one of .*int8-weight"):
+    with pytest.raises(UsageError, match=r"unknown: (did you mean \S+ )?choose one of .*int8-weight"):
         load_config(flags={"method": "int3-magic"}, environ={})
     with pytest.raises(ConfigError, match="int3-magic"):
         from parquant.k8s.jobs import cpu_replacement
