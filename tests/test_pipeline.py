@@ -230,6 +230,26 @@ def test_a_rerun_skips_a_stage_only_while_its_inputs_and_output_are_unchanged(tm
     assert _statuses(cli("pipeline", spec, *state)) == ["skipped", "skipped"]
 
 
+def test_a_recipe_file_edited_in_place_is_a_changed_input(tmp_path: Path, cli: Cli) -> None:
+    """The recipe is what a quantize stage reads besides its model: editing it reruns the stage (which
+    then refuses to overwrite the first recipe's model, 73), never a skip over a stale model."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("groups:\n  - {targets: [Linear], scheme: FP8_DYNAMIC}\n")
+    spec = tmp_path / "p.yaml"
+    stages = [
+        {"stage": "import", "source": str(EXAMPLE_MODEL), "output": str(tmp_path / "m")},
+        {"stage": "quantize", "model": str(tmp_path / "m"), "output": str(tmp_path / "q"), "recipe": str(recipe)},
+    ]
+    spec.write_text(json.dumps({"name": "r", "stages": stages}))
+    state = ["--state-dir", tmp_path / "state"]
+    assert _statuses(cli("pipeline", spec, *state)) == ["done", "done"]
+    assert _statuses(cli("pipeline", spec, *state)) == ["skipped", "skipped"]
+    recipe.write_text("groups:\n  - {targets: [Linear], scheme: FP8_BLOCK}\n")
+    edited = cli("pipeline", spec, *state)
+    assert "02-quantize ran before, but its input" in edited.err
+    assert edited.code == 73 and _statuses(edited) == ["skipped", "failed"]
+
+
 # -- a graph of stages ------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ STAGE_PATHS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "import": (("source",), "output"),
     "export": (("model",), "output"),
     "inspect": (("model",), None),
-    "quantize": (("model", "calibration_data", "config", "eval_text"), "output"),
+    "quantize": (("model", "calibration_data", "config", "recipe", "eval_text"), "output"),
     "validate": (("reference", "candidate", "eval_text"), "output"),
     "benchmark": (("model",), "output"),
     "report": (("results",), "output"),
