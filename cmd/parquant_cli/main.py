@@ -90,19 +90,15 @@ def stage_runner(module: str) -> Callable[[Any], int]:
         outcome = stage.run(options, _context(options))
         for line in outcome.log_lines():
             log.info("%s", line)
-        text = None if getattr(options, "json", False) else outcome.text()
-        print(text if text is not None else json.dumps(outcome.to_dict(), indent=2 if _pretty(options) else None))
+        as_json = bool(getattr(options, "json", False))  # validate, benchmark, inspect: --json, indented
+        text = None if as_json else outcome.text()
+        print(text if text is not None else json.dumps(outcome.to_dict(), indent=2 if as_json else None))
         failure = outcome.failure()
         if failure is not None:
             raise failure
         return 0
 
     return run
-
-
-def _pretty(options: CommonOptions) -> bool:
-    """validate, benchmark and inspect have always printed their --json indented."""
-    return bool(getattr(options, "json", False))
 
 
 def run_pipeline(options: PipelineOptions) -> int:

@@ -8,7 +8,6 @@ job's config would otherwise quantize with defaults).
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -236,11 +235,10 @@ def _validate(config: QuantizationConfig, origin: dict[str, str]) -> None:
 def _validate_method(config: QuantizationConfig, where: Callable[[str], str]) -> None:
     known = methods.method_names()
     if config.method not in known:
-        close = difflib.get_close_matches(config.method, known, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
         raise _error(
             where("method"),
-            f"method {config.method!r} (from {where('method')}) is unknown: {hint}choose one of {', '.join(known)}",
+            f"method {config.method!r} (from {where('method')}) is unknown: {methods.did_you_mean(config.method)}"
+            f"choose one of {', '.join(known)}",
         )
     method = methods.get_method(config.method)
     if config.backend != "auto" and not method.offered_by(config.backend):

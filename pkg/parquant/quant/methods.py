@@ -150,6 +150,14 @@ def get_method(name: str) -> QuantMethod:
         raise KeyError(f"quantization method {name!r} is unknown: choose one of {', '.join(_REGISTRY)}") from None
 
 
+def did_you_mean(name: str) -> str:
+    """`"did you mean fp8-dynamic? "` for a name close to a method's, else "" (for refusals)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(_REGISTRY), n=1, cutoff=0.6)
+    return f"did you mean {close[0]}? " if close else ""
+
+
 def default_method() -> str:
     return next(name for name, m in _REGISTRY.items() if m.default)
 

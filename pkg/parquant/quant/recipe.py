@@ -7,7 +7,8 @@ registry method is a preset recipe (quant/methods.py); a user may write one as Y
 mixes (`quantize --recipe FILE`, quant/recipe_file.py). Everything that used to be spelled per
 method is derived from the recipe: the docs table's columns, the built-in quantizer of each module
 (quant/builders.py), the config.json block (one `config_groups` entry per group), AngelSlim's
-section (quant/angelslim.py), and the dequantizer's choice of a module's scheme.
+section (quant/angelslim.py), and, through the same targets rule (quant/targets.py), the
+dequantizer's choice of a module's scheme.
 
 Targets follow compressed-tensors' rules, which loaders apply to the written config: `Linear`
 (every linear layer), `re:<pattern>` (`re.match` on the module name) or an exact module name.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .linear_layers import is_ignored
-from .targets import ALL_LINEAR, selected, targeted
+from .targets import selected, targeted
 
 # How the values are found: data-free round to nearest (rtn), calibrated static scales (minmax),
 # or an error-correcting / scale-searching algorithm over calibration data.
@@ -197,22 +198,3 @@ class Recipe:
 
 class RecipeError(ValueError):
     """A recipe does not fit the model (a group matching nothing, overlapping groups)."""
-
-
-def from_quantization_config(quantization_config: Mapping[str, Any]) -> Recipe | None:
-    """The recipe a compressed-tensors config block describes (what a dequantizer needs: each
-    module's scheme), or None for other formats."""
-    if quantization_config.get("quant_method") != "compressed-tensors":
-        return None
-    groups = quantization_config.get("config_groups") or {}
-    if not isinstance(groups, Mapping):
-        return None
-    found = []
-    for group in groups.values():
-        if not isinstance(group, Mapping) or not isinstance(group.get("weights"), Mapping):
-            continue
-        targets = tuple(str(t) for t in group.get("targets") or [ALL_LINEAR])
-        scheme = Scheme(group["weights"], group.get("input_activations"), group.get("format"))
-        found.append(RecipeGroup(targets, scheme))
-    ignore = tuple(str(i) for i in quantization_config.get("ignore") or [])
-    return Recipe("config.json", tuple(found), ignore) if found else None

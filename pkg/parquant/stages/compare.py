@@ -94,16 +94,14 @@ def _check_names(names: list[str]) -> None:
     """Every name in `--compare` is a method, checked before any work: a typo is 64 at once (with
     the closest name), not an error row after minutes of the other methods. A method its backend
     cannot run is still a row that says why."""
-    import difflib
-
-    from ..quant.methods import method_names
+    from ..quant.methods import did_you_mean, method_names
 
     known = method_names()
     for name in names:
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}? " if close else ""
-            raise UsageError(f"--compare names {name!r}, which is no method: {hint}choose from {', '.join(known)}")
+            raise UsageError(
+                f"--compare names {name!r}, which is no method: {did_you_mean(name)}choose from {', '.join(known)}"
+            )
 
 
 def compare(
